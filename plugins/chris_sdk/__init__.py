@@ -1,0 +1,27 @@
+"""ChRIS plugin SDK: the descriptor vocabulary and a small app framework.
+
+The SDK imports no service; CUBE imports it for the descriptor model so that
+the two sides of plugin registration share one definition.
+"""
+
+from chris_sdk.descriptor import (
+    DescriptorError,
+    ParameterAction,
+    ParameterType,
+    PluginDescriptor,
+    PluginParameterSpec,
+    PluginType,
+    parse_cpu_millicores,
+    parse_memory_mib,
+)
+
+__all__ = [
+    "DescriptorError",
+    "ParameterAction",
+    "ParameterType",
+    "PluginDescriptor",
+    "PluginParameterSpec",
+    "PluginType",
+    "parse_cpu_millicores",
+    "parse_memory_mib",
+]
