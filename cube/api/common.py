@@ -1,0 +1,173 @@
+"""Shared pieces of CUBE's HTTP layer: app keys, auth, errors, bodies, pages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from aiohttp import web
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from cube.db.engine import SessionMaker
+from cube.db.models import User
+from cube.errors import BadRequest, Conflict, CubeError, NotAuthenticated, PermissionDenied
+from cube.scheduler import Scheduler, StatusHub
+from cube.services import users
+from cube.settings import CubeSettings
+from cube.storage import Storage
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", CubeSettings)
+SESSIONS = web.AppKey("sessions", SessionMaker)
+STORAGE = web.AppKey("storage", Storage)
+HUB = web.AppKey("hub", StatusHub)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render CUBE errors in the DRF shape; hide internals of unexpected ones."""
+    try:
+        return await handler(request)
+    except CubeError as exc:
+        headers = {"WWW-Authenticate": 'Token realm="api"'} if exc.status == 401 else None
+        return web.json_response(exc.body(), status=exc.status, headers=headers)
+    except IntegrityError as exc:
+        log.info("integrity error: %s", exc)
+        err = Conflict("conflicts with existing data")
+        return web.json_response(err.body(), status=err.status)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return web.json_response({"detail": exc.reason}, status=exc.status)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response({"error": "Internal server error"}, status=500)
+
+
+async def current_user(request: web.Request, session: AsyncSession) -> User | None:
+    """The user of ``Authorization: Token <key>`` or ``Basic``; None if absent.
+
+    Raises:
+        NotAuthenticated: credentials present but wrong.
+    """
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "token" and value:
+        return await users.user_for_token(session, value.strip())
+    if scheme.lower() == "basic" and value:
+        try:
+            username, _, password = base64.b64decode(value).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise NotAuthenticated("Invalid basic header.") from exc
+        try:
+            return await users.authenticate(session, username, password)
+        except BadRequest as exc:
+            raise NotAuthenticated("Invalid username/password.") from exc
+    raise NotAuthenticated("Unsupported authorization scheme (use Token or Basic).")
+
+
+async def require_user(request: web.Request, session: AsyncSession) -> User:
+    """The authenticated user, or 401."""
+    user = await current_user(request, session)
+    if user is None:
+        raise NotAuthenticated("Authentication credentials were not provided.")
+    return user
+
+
+async def require_staff(request: web.Request, session: AsyncSession) -> User:
+    """An authenticated staff (admin) user, or 401/403."""
+    user = await require_user(request, session)
+    if not user.is_staff:
+        raise PermissionDenied("You do not have permission to perform this action.")
+    return user
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """A request body as a dict: JSON, collection+json template, or a form.
+
+    Raises:
+        BadRequest: unparseable body.
+    """
+    ctype = request.content_type
+    if ctype in ("application/json", "application/vnd.collection+json"):
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"JSON parse error - {exc}") from exc
+        if isinstance(data, dict) and "template" in data:
+            items = data["template"].get("data", []) if isinstance(data["template"], dict) else []
+            data = {i.get("name"): i.get("value") for i in items if isinstance(i, dict)}
+        if not isinstance(data, dict):
+            raise BadRequest("expected a JSON object")
+        return data
+    if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    if not request.can_read_body:
+        return {}
+    raise BadRequest(f"unsupported content type {ctype!r}")
+
+
+def origin(request: web.Request) -> str:
+    """``scheme://host`` of the request, the base of every hyperlink."""
+    return f"{request.scheme}://{request.host}"
+
+
+def page_bounds(request: web.Request, settings: CubeSettings) -> tuple[int, int]:
+    """``(limit, offset)`` from the query string.
+
+    Raises:
+        BadRequest: not non-negative integers.
+    """
+    try:
+        limit = int(request.query.get("limit", settings.page_size))
+        offset = int(request.query.get("offset", 0))
+    except ValueError as exc:
+        raise BadRequest("limit and offset must be integers") from exc
+    if limit < 1 or offset < 0:
+        raise BadRequest("limit must be ≥ 1 and offset ≥ 0")
+    return min(limit, settings.max_page_size), offset
+
+
+def page_response(
+    request: web.Request, count: int, limit: int, offset: int, results: Sequence[BaseModel]
+) -> web.Response:
+    """The ``count/next/previous/results`` body of a list."""
+    base = origin(request) + request.path
+
+    def link(off: int) -> str:
+        query = dict(request.query)
+        query.update(limit=str(limit), offset=str(off))
+        return f"{base}?{urlencode(query)}"
+
+    body = {
+        "count": count,
+        "next": link(offset + limit) if offset + limit < count else None,
+        "previous": link(max(0, offset - limit)) if offset > 0 else None,
+        "results": [r.model_dump(mode="json") for r in results],
+    }
+    return web.json_response(body)
+
+
+def model_response(model: BaseModel, status: int = 200) -> web.Response:
+    """A single resource as JSON."""
+    return web.json_response(model.model_dump(mode="json"), status=status)
+
+
+def int_param(request: web.Request, name: str) -> int:
+    """A numeric path parameter (routes already constrain it to digits)."""
+    return int(request.match_info[name])

@@ -1,0 +1,431 @@
+"""Handlers: feeds, plugin instances (create, read, long-poll, cancel) and files."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from urllib.parse import quote
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from sqlmodel import col, func, or_, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from cube.api import serialize as ser
+from cube.api.common import (
+    HUB,
+    SCHEDULER,
+    SESSIONS,
+    SETTINGS,
+    STORAGE,
+    int_param,
+    model_response,
+    origin,
+    page_bounds,
+    page_response,
+    read_body,
+    require_user,
+)
+from cube.db.models import Feed, ParameterValue, PluginInstance, StoredFile, User
+from cube.errors import BadRequest, NotFound
+from cube.schema import InstanceStatus
+from cube.services import files as fsvc
+from cube.services import instances as isvc
+
+routes = web.RouteTableDef()
+
+#: Longest long-poll a client may ask for on an instance (s).
+MAX_WAIT = 60.0
+
+
+def _visible_feeds(user: User) -> Any:
+    q = select(Feed)
+    if not user.is_staff:
+        q = q.where(or_(Feed.owner_id == user.id, col(Feed.public).is_(True)))
+    return q
+
+
+@routes.get("/api/v1/")
+async def list_feeds(request: web.Request) -> web.Response:
+    """The feed list (the API root of ChRIS)."""
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        q = select(Feed).where(Feed.owner_id == user.id)
+        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
+        rows = (await s.exec(q.order_by(col(Feed.id).desc()).offset(offset).limit(limit))).all()
+        base = origin(request)
+        return page_response(
+            request, total, limit, offset, [await ser.feed(base, s, f) for f in rows]
+        )
+
+
+async def _feed(s: AsyncSession, user: User, feed_id: int) -> Feed:
+    feed = (await s.exec(_visible_feeds(user).where(Feed.id == feed_id))).first()
+    if feed is None:
+        raise NotFound("Not found.")
+    return feed  # type: ignore[no-any-return]
+
+
+@routes.get("/api/v1/{id:\\d+}/")
+async def get_feed(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        feed = await _feed(s, user, int_param(request, "id"))
+        return model_response(await ser.feed(origin(request), s, feed))
+
+
+@routes.put("/api/v1/{id:\\d+}/")
+async def rename_feed(request: web.Request) -> web.Response:
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        feed = await _feed(s, user, int_param(request, "id"))
+        if feed.owner_id != user.id and not user.is_staff:
+            raise NotFound("Not found.")
+        if "name" in data:
+            name = str(data["name"])
+            if len(name) > 200:
+                raise BadRequest.field("name", "at most 200 characters")
+            feed.name = name
+        s.add(feed)
+        await s.commit()
+        return model_response(await ser.feed(origin(request), s, feed))
+
+
+@routes.get("/api/v1/{id:\\d+}/plugininstances/")
+async def feed_instances(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        feed = await _feed(s, user, int_param(request, "id"))
+        q = select(PluginInstance).where(PluginInstance.feed_id == feed.id)
+        return await _instance_page(request, s, q, limit, offset)
+
+
+@routes.get("/api/v1/{id:\\d+}/files/")
+async def feed_files(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        feed = await _feed(s, user, int_param(request, "id"))
+        q = (
+            select(StoredFile)
+            .join(PluginInstance, col(PluginInstance.id) == col(StoredFile.plugin_inst_id))
+            .where(PluginInstance.feed_id == feed.id)
+        )
+        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
+        rows = (await s.exec(q.order_by(col(StoredFile.id)).offset(offset).limit(limit))).all()
+        base = origin(request)
+        assert feed.id is not None
+        return page_response(
+            request, total, limit, offset, [ser.instance_file(base, f, feed.id) for f in rows]
+        )
+
+
+async def _instance_page(
+    request: web.Request, s: AsyncSession, q: Any, limit: int, offset: int
+) -> web.Response:
+    total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
+    rows = (
+        await s.exec(q.order_by(col(PluginInstance.id).desc()).offset(offset).limit(limit))
+    ).all()
+    base = origin(request)
+    return page_response(
+        request, total, limit, offset, [await ser.instance(base, s, i) for i in rows]
+    )
+
+
+@routes.post("/api/v1/plugins/{id:\\d+}/instances/")
+async def create_instance(request: web.Request) -> web.Response:
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        inst = await isvc.create_instance(s, user, int_param(request, "id"), data)
+        await s.commit()
+        body = await ser.instance(origin(request), s, inst)
+    request.app[SCHEDULER].kick()
+    await request.app[HUB].changed()
+    return model_response(body, status=201)
+
+
+@routes.get("/api/v1/plugins/{id:\\d+}/instances/")
+async def plugin_instances(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        q = select(PluginInstance).where(
+            PluginInstance.plugin_id == int_param(request, "id"), PluginInstance.owner_id == user.id
+        )
+        return await _instance_page(request, s, q, limit, offset)
+
+
+@routes.get("/api/v1/plugins/instances/")
+@routes.get("/api/v1/plugins/instances/search/")
+async def list_instances(request: web.Request) -> web.Response:
+    """Instances of the user; ``search/`` filters by id, status, feed_id,
+    previous_id, plugin_id, plugin_name, title."""
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        q = select(PluginInstance)
+        if not user.is_staff:
+            q = q.where(PluginInstance.owner_id == user.id)
+        if request.path.endswith("/search/"):
+            for key, column in (
+                ("id", PluginInstance.id),
+                ("feed_id", PluginInstance.feed_id),
+                ("previous_id", PluginInstance.previous_id),
+                ("plugin_id", PluginInstance.plugin_id),
+            ):
+                if (v := request.query.get(key)) is not None:
+                    if not v.isdigit():
+                        raise BadRequest.field(key, "must be an integer")
+                    q = q.where(column == int(v))
+            if v := request.query.get("status"):
+                q = q.where(PluginInstance.status == v)
+            if v := request.query.get("title"):
+                q = q.where(col(PluginInstance.title).contains(v))
+        return await _instance_page(request, s, q, limit, offset)
+
+
+@routes.get("/api/v1/plugins/instances/{id:\\d+}/")
+async def get_instance(request: web.Request) -> web.Response:
+    """An instance. ``?wait=S&status=X`` long-polls: it answers as soon as the
+    status differs from ``X``, or after ``S`` seconds (at most 60)."""
+    inst_id = int_param(request, "id")
+    known = request.query.get("status")
+    try:
+        wait = min(float(request.query.get("wait", 0)), MAX_WAIT)
+    except ValueError as exc:
+        raise BadRequest.field("wait", "must be a number of seconds") from exc
+    deadline = time.monotonic() + wait
+    hub = request.app[HUB]
+    while True:
+        async with request.app[SESSIONS]() as s:
+            user = await require_user(request, s)
+            inst = await isvc.visible_instance(s, user, inst_id)
+            remaining = deadline - time.monotonic()
+            if not known or inst.status != known or remaining <= 0:
+                return model_response(await ser.instance(origin(request), s, inst))
+        # changes in this process wake us at once; re-read each second for other workers
+        await hub.wait(min(remaining, 1.0))
+
+
+@routes.put("/api/v1/plugins/instances/{id:\\d+}/")
+async def update_instance(request: web.Request) -> web.Response:
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        inst, cancelled = await isvc.update_instance(s, user, int_param(request, "id"), data)
+        await s.commit()
+        body = await ser.instance(origin(request), s, inst)
+    if cancelled:
+        request.app[SCHEDULER].stop_instance(cancelled)
+        await request.app[HUB].changed()
+    return model_response(body)
+
+
+@routes.get("/api/v1/plugins/instances/{id:\\d+}/descendants/")
+async def descendants(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        root = await isvc.visible_instance(s, user, int_param(request, "id"))
+        ids, frontier = [], [root.id]
+        while frontier:
+            current = frontier.pop(0)
+            ids.append(current)
+            kids = await s.exec(
+                select(PluginInstance.id).where(PluginInstance.previous_id == current)
+            )
+            frontier.extend(kids.all())
+        q = select(PluginInstance).where(col(PluginInstance.id).in_(ids))
+        return await _instance_page(request, s, q, limit, offset)
+
+
+@routes.get("/api/v1/plugins/instances/{id:\\d+}/parameters/")
+async def instance_parameters(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        inst = await isvc.visible_instance(s, user, int_param(request, "id"))
+        assert inst.id is not None
+        pairs = await isvc.parameter_values(s, inst.id)
+        base = origin(request)
+        chunk = pairs[offset : offset + limit]
+        return page_response(
+            request, len(pairs), limit, offset, [ser.parameter_value(base, v, p) for v, p in chunk]
+        )
+
+
+@routes.get(
+    "/api/v1/plugins/{type:(string|integer|float|boolean|path|unextpath)}-parameter/{id:\\d+}/"
+)
+async def get_parameter_value(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        value = await s.get(ParameterValue, int_param(request, "id"))
+        if value is None:
+            raise NotFound("Not found.")
+        await isvc.visible_instance(s, user, value.plugin_inst_id)
+        for v, p in await isvc.parameter_values(s, value.plugin_inst_id):
+            if v.id == value.id:
+                return model_response(ser.parameter_value(origin(request), v, p))
+        raise NotFound("Not found.")
+
+
+@routes.get("/api/v1/plugins/instances/{id:\\d+}/files/")
+async def instance_files(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        inst = await isvc.visible_instance(s, user, int_param(request, "id"))
+        q = select(StoredFile).where(StoredFile.plugin_inst_id == inst.id)
+        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
+        rows = (await s.exec(q.order_by(col(StoredFile.id)).offset(offset).limit(limit))).all()
+        base = origin(request)
+        return page_response(
+            request, total, limit, offset, [ser.instance_file(base, f, inst.feed_id) for f in rows]
+        )
+
+
+# -- user files ------------------------------------------------------------------
+
+
+@routes.get("/api/v1/userfiles/")
+async def list_userfiles(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        q = select(StoredFile).where(
+            StoredFile.owner_id == user.id, col(StoredFile.plugin_inst_id).is_(None)
+        )
+        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
+        rows = (await s.exec(q.order_by(col(StoredFile.id)).offset(offset).limit(limit))).all()
+        base = origin(request)
+        return page_response(
+            request, total, limit, offset, [ser.user_file(base, f, user.username) for f in rows]
+        )
+
+
+@routes.post("/api/v1/userfiles/")
+async def upload_userfile(request: web.Request) -> web.Response:
+    """Multipart upload: ``upload_path`` (a field) and ``fname`` (the file),
+    in either order; the file is streamed to storage, never held in memory."""
+    if request.content_type != "multipart/form-data":
+        raise BadRequest("use multipart/form-data with 'upload_path' and 'fname'")
+    settings = request.app[SETTINGS]
+    storage = request.app[STORAGE]
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        reader = await request.multipart()
+        upload_path: str | None = None
+        row = None
+        spooled: str | None = None
+        try:
+            async for part in reader:
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "upload_path":
+                    upload_path = (await part.text()).strip()
+                elif part.name == "fname":
+                    if row is not None or spooled is not None:
+                        raise BadRequest.field("fname", "only one file per upload")
+                    if upload_path is not None:
+                        row = await fsvc.upload_file(
+                            s,
+                            storage,
+                            user,
+                            upload_path,
+                            _chunks(part),
+                            max_bytes=settings.max_upload_bytes,
+                        )
+                    else:
+                        # the path comes after the file: park the bytes in the user's area
+                        spooled = (
+                            f"home/{user.username}/.uploads-in-progress/{id(part)}-{time.time_ns()}"
+                        )
+                        await storage.write_stream(
+                            spooled, _chunks(part), max_bytes=settings.max_upload_bytes
+                        )
+            if row is None and spooled is not None:
+                if upload_path is None:
+                    raise BadRequest.field("upload_path", "This field is required.")
+                row = await fsvc.upload_file(
+                    s,
+                    storage,
+                    user,
+                    upload_path,
+                    _file_chunks(storage.local_path(spooled)),
+                    max_bytes=settings.max_upload_bytes,
+                )
+            if row is None:
+                raise BadRequest.field("fname", "No file was submitted.")
+            await s.commit()
+        finally:
+            if spooled is not None:
+                storage.local_path(spooled).unlink(missing_ok=True)
+        return model_response(ser.user_file(origin(request), row, user.username), status=201)
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(1 << 20):
+        yield chunk
+
+
+async def _file_chunks(path: Any) -> AsyncIterator[bytes]:
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, 1 << 20):
+            yield chunk
+    finally:
+        fh.close()
+
+
+@routes.get("/api/v1/userfiles/{id:\\d+}/")
+async def get_userfile(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        row = await fsvc.readable_file(s, user, int_param(request, "id"))
+        owner = await s.get(User, row.owner_id)
+        assert owner is not None
+        return model_response(ser.user_file(origin(request), row, owner.username))
+
+
+@routes.get("/api/v1/files/{id:\\d+}/")
+async def get_file(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        row = await fsvc.readable_file(s, user, int_param(request, "id"))
+        if row.plugin_inst_id is None:
+            owner = await s.get(User, row.owner_id)
+            assert owner is not None
+            return model_response(ser.user_file(origin(request), row, owner.username))
+        inst = await s.get(PluginInstance, row.plugin_inst_id)
+        assert inst is not None
+        return model_response(ser.instance_file(origin(request), row, inst.feed_id))
+
+
+@routes.get("/api/v1/userfiles/{id:\\d+}/{name}")
+@routes.get("/api/v1/files/{id:\\d+}/{name}")
+async def download(request: web.Request) -> web.StreamResponse:
+    """Stream a file's bytes (``file_resource`` links)."""
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        row = await fsvc.readable_file(s, user, int_param(request, "id"))
+    path = request.app[STORAGE].local_path(row.fname)
+    if not path.is_file():
+        raise NotFound("the file's contents are missing from storage")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Disposition": "attachment; filename*=UTF-8''"
+            + quote(row.fname.rsplit("/", 1)[-1])
+        },
+    )
+
+
+__all__ = ["InstanceStatus", "routes"]

@@ -1,0 +1,247 @@
+"""Handlers: auth token, users, compute resources, plugins and the admin API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from sqlmodel import col, func, select
+
+from cube.api import serialize as ser
+from cube.api.common import (
+    SESSIONS,
+    SETTINGS,
+    int_param,
+    model_response,
+    origin,
+    page_bounds,
+    page_response,
+    read_body,
+    require_staff,
+    require_user,
+)
+from cube.db.models import ComputeResource, Plugin, PluginMeta, PluginParameter, User
+from cube.errors import BadRequest, NotFound
+from cube.schema import AuthToken
+from cube.services import plugins as psvc
+from cube.services import users as usvc
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/auth-token/")
+async def auth_token(request: web.Request) -> web.Response:
+    data = await read_body(request)
+    username, password = data.get("username"), data.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise BadRequest(
+            "username and password are required",
+            fields={
+                k: ["This field is required."] for k in ("username", "password") if not data.get(k)
+            },
+        )
+    async with request.app[SESSIONS]() as s:
+        user = await usvc.authenticate(s, username, password)
+        token = await usvc.get_or_create_token(s, user)
+        await s.commit()
+    return model_response(AuthToken(token=token))
+
+
+@routes.post("/api/v1/users/")
+async def create_user(request: web.Request) -> web.Response:
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        user = await usvc.create_user(
+            s,
+            str(data.get("username", "")),
+            str(data.get("password", "")),
+            str(data.get("email", "")),
+        )
+        await s.commit()
+    return model_response(ser.user(origin(request), user), status=201)
+
+
+@routes.get("/api/v1/users/{id:\\d+}/")
+async def get_user(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as s:
+        me = await require_user(request, s)
+        target = await s.get(User, int_param(request, "id"))
+        if target is None or (target.id != me.id and not me.is_staff):
+            raise NotFound("Not found.")
+        return model_response(ser.user(origin(request), target))
+
+
+@routes.get("/api/v1/computeresources/")
+async def list_compute(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        me = await require_user(request, s)
+        total = (await s.exec(select(func.count()).select_from(ComputeResource))).one()
+        rows = (
+            await s.exec(
+                select(ComputeResource)
+                .order_by(col(ComputeResource.id))
+                .offset(offset)
+                .limit(limit)
+            )
+        ).all()
+        base = origin(request)
+        return page_response(
+            request,
+            total,
+            limit,
+            offset,
+            [ser.compute_resource(base, r, show_urls=me is not None) for r in rows],
+        )
+
+
+@routes.get("/api/v1/computeresources/{id:\\d+}/")
+async def get_compute(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        r = await s.get(ComputeResource, int_param(request, "id"))
+        if r is None:
+            raise NotFound("Not found.")
+        return model_response(ser.compute_resource(origin(request), r, show_urls=True))
+
+
+@routes.post("/chris-admin/api/v1/computeresources/")
+async def admin_create_compute(request: web.Request) -> web.Response:
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        try:
+            max_exec = int(data.get("max_job_exec_seconds", -1))
+        except (TypeError, ValueError) as exc:
+            raise BadRequest.field("max_job_exec_seconds", "must be an integer") from exc
+        r = await psvc.create_compute_resource(
+            s,
+            name=str(data.get("name", "")),
+            compute_url=str(data.get("compute_url", "")),
+            compute_user=str(data.get("compute_user", "")),
+            compute_password=str(data.get("compute_password", "")),
+            compute_auth_url=str(data.get("compute_auth_url", "")),
+            description=str(data.get("description", "")),
+            max_job_exec_seconds=max_exec,
+        )
+        await s.commit()
+        return model_response(ser.compute_resource(origin(request), r, show_urls=True), status=201)
+
+
+@routes.post("/chris-admin/api/v1/")
+async def admin_register_plugin(request: web.Request) -> web.Response:
+    """Register a plugin: multipart ``fname`` (descriptor file) + ``compute_names``,
+    or JSON ``{"descriptor": {...}, "compute_names": "a,b"}``."""
+    descriptor: bytes | str | dict[str, object] | None = None
+    compute_names = ""
+    if request.content_type == "multipart/form-data":
+        reader = await request.multipart()
+        async for part in reader:
+            if not hasattr(part, "name"):
+                continue
+            if part.name == "fname":
+                raw = await part.read(decode=False)  # type: ignore[union-attr]
+                if len(raw) > 1 << 20:
+                    raise BadRequest.field("fname", "a descriptor is at most 1 MiB")
+                descriptor = bytes(raw)
+            elif part.name == "compute_names":
+                compute_names = await part.text()  # type: ignore[union-attr]
+    else:
+        data = await read_body(request)
+        raw_desc = data.get("descriptor")
+        # a string is descriptor JSON text; the parser reports what is wrong with it
+        descriptor = raw_desc if isinstance(raw_desc, dict | str) else None
+        names = data.get("compute_names", "")
+        compute_names = ",".join(names) if isinstance(names, list) else str(names)
+    if descriptor is None:
+        raise BadRequest.field("fname", "a plugin descriptor JSON file is required")
+    names_list = [n.strip() for n in compute_names.split(",") if n.strip()]
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        plugin = await psvc.register_plugin(s, descriptor, names_list)
+        await s.commit()
+        meta = await s.get(PluginMeta, plugin.meta_id)
+        assert meta is not None
+        return model_response(ser.plugin(origin(request), plugin, meta), status=201)
+
+
+def _plugin_query() -> Any:
+    return select(Plugin, PluginMeta).join(PluginMeta, col(PluginMeta.id) == col(Plugin.meta_id))
+
+
+@routes.get("/api/v1/plugins/")
+@routes.get("/api/v1/plugins/search/")
+async def list_plugins(request: web.Request) -> web.Response:
+    """Plugins; ``search/`` filters by ``name``, ``name_exact``, ``version``, ``type``."""
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    q = _plugin_query()
+    if request.path.endswith("/search/"):
+        if v := request.query.get("name_exact"):
+            q = q.where(PluginMeta.name == v)
+        if v := request.query.get("name"):
+            q = q.where(col(PluginMeta.name).contains(v))
+        if v := request.query.get("version"):
+            q = q.where(Plugin.version == v)
+        if v := request.query.get("type"):
+            q = q.where(PluginMeta.type == v)
+        if v := request.query.get("id"):
+            q = q.where(Plugin.id == int(v) if v.isdigit() else False)
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
+        rows = (await s.exec(q.order_by(col(Plugin.id)).offset(offset).limit(limit))).all()
+        base = origin(request)
+        return page_response(
+            request, total, limit, offset, [ser.plugin(base, p, m) for p, m in rows]
+        )
+
+
+@routes.get("/api/v1/plugins/{id:\\d+}/")
+async def get_plugin(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        p, meta = await psvc.get_plugin(s, int_param(request, "id"))
+        return model_response(ser.plugin(origin(request), p, meta))
+
+
+@routes.get("/api/v1/plugins/{id:\\d+}/parameters/")
+async def plugin_parameters(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        await psvc.get_plugin(s, int_param(request, "id"))
+        params = await psvc.plugin_parameters(s, int_param(request, "id"))
+        base = origin(request)
+        chunk = params[offset : offset + limit]
+        return page_response(
+            request, len(params), limit, offset, [ser.parameter(base, p) for p in chunk]
+        )
+
+
+@routes.get("/api/v1/plugins/parameters/{id:\\d+}/")
+async def get_parameter(request: web.Request) -> web.Response:
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        p = await s.get(PluginParameter, int_param(request, "id"))
+        if p is None:
+            raise NotFound("Not found.")
+        return model_response(ser.parameter(origin(request), p))
+
+
+@routes.get("/api/v1/plugins/{id:\\d+}/computeresources/")
+async def plugin_compute(request: web.Request) -> web.Response:
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        await psvc.get_plugin(s, int_param(request, "id"))
+        rows = await psvc.plugin_resources(s, int_param(request, "id"))
+        base = origin(request)
+        chunk = rows[offset : offset + limit]
+        return page_response(
+            request,
+            len(rows),
+            limit,
+            offset,
+            [ser.compute_resource(base, r, show_urls=True) for r in chunk],
+        )

@@ -1,0 +1,197 @@
+"""CUBE's tables (sqlmodel). The database is the truth of all CUBE state.
+
+Scheduling state (status, lease) lives on the instance row so that any
+worker can carry on an instance after a crash or restart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Attach UTC to naive datetimes read back from SQLite."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True, max_length=32)
+    email: str = ""
+    password_hash: str
+    is_staff: bool = False
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Token(SQLModel, table=True):
+    key: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="user.id", index=True, unique=True)
+    created: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class ComputeResource(SQLModel, table=True):
+    __tablename__ = "compute_resource"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=100)
+    compute_url: str
+    compute_auth_url: str
+    compute_user: str
+    compute_password: str
+    compute_innetwork: bool = False
+    description: str = ""
+    #: Instances running longer are cancelled (CODE13); -1 means no limit.
+    max_job_exec_seconds: int = -1
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    modification_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PluginMeta(SQLModel, table=True):
+    __tablename__ = "plugin_meta"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=100)
+    title: str = ""
+    type: str
+    public_repo: str = ""
+    license: str = ""
+    icon: str = ""
+    category: str = ""
+    authors: str = ""
+    documentation: str = ""
+    stars: int = 0
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Plugin(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("meta_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    meta_id: int = Field(foreign_key="plugin_meta.id", index=True)
+    version: str = Field(max_length=10)
+    dock_image: str
+    execshell: str = ""
+    selfpath: str = ""
+    selfexec: str
+    description: str = ""
+    min_number_of_workers: int = 1
+    max_number_of_workers: int = 1
+    min_cpu_limit: int = 1000
+    max_cpu_limit: int = 2147483647
+    min_memory_limit: int = 200
+    max_memory_limit: int = 2147483647
+    min_gpu_limit: int = 0
+    max_gpu_limit: int = 0
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PluginParameter(SQLModel, table=True):
+    __tablename__ = "plugin_parameter"
+    __table_args__ = (UniqueConstraint("plugin_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    plugin_id: int = Field(foreign_key="plugin.id", index=True)
+    name: str
+    type: str  # descriptor type: str, int, float, bool, path, unextpath
+    optional: bool
+    default: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    flag: str
+    short_flag: str
+    action: str
+    help: str = ""
+    ui_exposed: bool = True
+
+
+class PluginComputeResource(SQLModel, table=True):
+    __tablename__ = "plugin_compute_resource"
+
+    plugin_id: int = Field(foreign_key="plugin.id", primary_key=True)
+    compute_resource_id: int = Field(foreign_key="compute_resource.id", primary_key=True)
+
+
+class Feed(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(default="", max_length=200)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    public: bool = False
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    modification_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PluginInstance(SQLModel, table=True):
+    __tablename__ = "plugin_instance"
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(default="", max_length=100)
+    status: str = Field(default="created", index=True)
+    previous_id: int | None = Field(default=None, foreign_key="plugin_instance.id", index=True)
+    plugin_id: int = Field(foreign_key="plugin.id", index=True)
+    feed_id: int = Field(foreign_key="feed.id", index=True)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    compute_resource_id: int = Field(foreign_key="compute_resource.id")
+    output_path: str = ""
+    cpu_limit: int
+    memory_limit: int
+    number_of_workers: int
+    gpu_limit: int
+    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    raw: str = ""
+    error_code: str = ""
+    error_message: str = ""
+    size: int = Field(default=0, sa_type=BigInteger)  # type: ignore[call-overload]
+    #: When the job was accepted by the compute site (ChRIS #408: not when queued).
+    start_date: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    end_date: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    #: Which scheduler worker drives this instance, and until when (durable lease).
+    lease_owner: str | None = Field(default=None, index=True)
+    lease_expires: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    #: Remote job status last seen (pman/pfcon vocabulary).
+    job_status: str = ""
+
+
+class StatusChange(SQLModel, table=True):
+    """When each status of an instance began (ChRIS #605: per-state timestamps)."""
+
+    __tablename__ = "status_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    plugin_inst_id: int = Field(foreign_key="plugin_instance.id", index=True)
+    status: str
+    timestamp: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    note: str = ""
+
+
+class ParameterValue(SQLModel, table=True):
+    __tablename__ = "parameter_value"
+
+    id: int | None = Field(default=None, primary_key=True)
+    plugin_inst_id: int = Field(foreign_key="plugin_instance.id", index=True)
+    plugin_param_id: int = Field(foreign_key="plugin_parameter.id")
+    value: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class StoredFile(SQLModel, table=True):
+    """A file in CUBE's storage: an upload, or an output of a plugin instance."""
+
+    __tablename__ = "stored_file"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: Storage path, e.g. ``home/chris/uploads/a.dcm``.
+    fname: str = Field(index=True, unique=True, max_length=1024)
+    fsize: int = Field(default=0, sa_type=BigInteger)  # type: ignore[call-overload]
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    plugin_inst_id: int | None = Field(default=None, foreign_key="plugin_instance.id", index=True)
+    public: bool = False
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

@@ -1,0 +1,585 @@
+"""The durable scheduler: drives plugin instances on compute sites.
+
+State lives only in the database. A worker *claims* an instance by writing
+its id and a lease expiry on the row (a guarded UPDATE, so two workers never
+drive one instance); it renews the lease while it works and gives it up when
+the instance ends. A crashed or restarted worker's instances become claimable
+again when their lease lapses, and its successor picks up where the row says
+(``scheduled`` → submit, or find the job already there; ``started`` → watch;
+``registeringFiles`` → register again, idempotently).
+
+Each claimed instance gets its own task, so one unreachable site never
+starves another instance (ChRIS #558). Status changes arrive by long-polling
+the site (``?wait=&status=``): no fixed multi-second poll. Dispatch of new
+work is immediate through :meth:`Scheduler.kick`; a slow sweep only catches
+leases that lapsed in other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col, or_, select
+
+from chris_sdk.descriptor import ParameterType, PluginType
+from cube.db.engine import SessionMaker
+from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
+from cube.schema import ErrorCode, InstanceStatus
+from cube.services import instances as svc
+from cube.settings import CubeSettings
+from cube.storage import Storage
+from pfcon.client import PfconClient
+from pfcon.errors import JobNotFound, PfconError, PfconUnavailable
+from pfcon.schema import JobDescriptor, JobInfo, JobStatus
+from pfioh.archive import ArchiveError, aiter_sync, iter_zip_members, zip_stream
+
+log = logging.getLogger(__name__)
+S = InstanceStatus
+DRIVEN = [S.SCHEDULED.value, S.STARTED.value, S.REGISTERING_FILES.value]
+
+
+class StatusHub:
+    """Wakes long-polling API requests when an instance changes in this process."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+
+    async def changed(self) -> None:
+        """Tell every waiter that some instance changed."""
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def wait(self, timeout: float) -> None:
+        """Wait for a change or ``timeout`` seconds, whichever comes first."""
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cond.wait(), timeout)
+
+
+class _Retry(Exception):
+    """A temporary failure: try the same step again after a backoff."""
+
+
+def job_id(settings: CubeSettings, inst_id: int) -> str:
+    """The compute job id of an instance (``chris-jid-<id>``)."""
+    return f"{settings.job_id_prefix}{inst_id}"
+
+
+class Scheduler:
+    """Claims instances from the database and drives each to a terminal status."""
+
+    def __init__(
+        self,
+        settings: CubeSettings,
+        sessions: SessionMaker,
+        storage: Storage,
+        hub: StatusHub,
+        client_factory: Callable[[ComputeResource], PfconClient] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.storage = storage
+        self.hub = hub
+        self._client_factory = client_factory or self._default_client
+        self._clients: dict[tuple[int, str, str], PfconClient] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._kick = asyncio.Event()
+        self._stopping = False
+        self.tmp_dir = settings.home / "tmp"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def kick(self) -> None:
+        """Look for claimable work now (new instances, children made ready)."""
+        self._kick.set()
+
+    def stop_instance(self, inst_ids: list[int]) -> None:
+        """Interrupt the tasks driving these (cancelled) instances at once."""
+        for inst_id in inst_ids:
+            task = self._tasks.get(inst_id)
+            if task is not None and not task.done():
+                task.cancel(msg="instance cancelled")
+
+    async def run(self) -> None:
+        """Claim and drive instances until cancelled."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        renewer = asyncio.create_task(self._renew_leases())
+        try:
+            while not self._stopping:
+                self._kick.clear()
+                try:
+                    await self._claim_all()
+                except Exception:
+                    log.exception("claiming work failed; trying again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), self.settings.sweep_seconds)
+        finally:
+            self._stopping = True
+            renewer.cancel()
+            tasks = list(self._tasks.values())
+            for t in tasks:
+                t.cancel(msg="scheduler stopping")
+            await asyncio.gather(renewer, *tasks, return_exceptions=True)
+            await self._release(list(self._tasks))
+            for client in self._clients.values():
+                await client.close()
+
+    async def _claim_all(self) -> None:
+        now = utcnow()
+        async with self.sessions() as s:
+            ids = (
+                await s.exec(
+                    select(PluginInstance.id)
+                    .where(col(PluginInstance.status).in_(DRIVEN))
+                    .where(
+                        or_(
+                            col(PluginInstance.lease_owner).is_(None),
+                            col(PluginInstance.lease_expires) < now,
+                            PluginInstance.lease_owner == self.settings.worker_id,
+                        )
+                    )
+                    .order_by(col(PluginInstance.id))
+                )
+            ).all()
+        for inst_id in ids:
+            if inst_id is None or inst_id in self._tasks:
+                continue
+            if await self._claim(inst_id):
+                self._tasks[inst_id] = asyncio.create_task(self._drive(inst_id))
+
+    async def _claim(self, inst_id: int) -> bool:
+        now = utcnow()
+        async with self.sessions() as s:
+            result = await s.exec(
+                update(PluginInstance)  # type: ignore[call-overload]
+                .where(col(PluginInstance.id) == inst_id)
+                .where(col(PluginInstance.status).in_(DRIVEN))
+                .where(
+                    or_(
+                        col(PluginInstance.lease_owner).is_(None),
+                        col(PluginInstance.lease_expires) < now,
+                        PluginInstance.lease_owner == self.settings.worker_id,
+                    )
+                )
+                .values(
+                    lease_owner=self.settings.worker_id,
+                    lease_expires=now + timedelta(seconds=self.settings.lease_seconds),
+                )
+            )
+            await s.commit()
+            return bool(result.rowcount == 1)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            ids = list(self._tasks)
+            if not ids:
+                continue
+            try:
+                async with self.sessions() as s:
+                    await s.exec(
+                        update(PluginInstance)  # type: ignore[call-overload]
+                        .where(col(PluginInstance.id).in_(ids))
+                        .where(PluginInstance.lease_owner == self.settings.worker_id)
+                        .values(
+                            lease_expires=utcnow() + timedelta(seconds=self.settings.lease_seconds)
+                        )
+                    )
+                    await s.commit()
+            except Exception:
+                log.exception("renewing leases failed")
+
+    async def _release(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with contextlib.suppress(Exception):
+            async with self.sessions() as s:
+                await s.exec(
+                    update(PluginInstance)  # type: ignore[call-overload]
+                    .where(col(PluginInstance.id).in_(ids))
+                    .where(PluginInstance.lease_owner == self.settings.worker_id)
+                    .values(lease_owner=None, lease_expires=None)
+                )
+                await s.commit()
+
+    # -- compute site clients ----------------------------------------------
+
+    def _default_client(self, resource: ComputeResource) -> PfconClient:
+        return PfconClient(
+            resource.compute_url,
+            username=resource.compute_user,
+            password=resource.compute_password,
+            auth_url=resource.compute_auth_url,
+        )
+
+    def _client(self, resource: ComputeResource) -> PfconClient:
+        assert resource.id is not None
+        key = (resource.id, resource.compute_url, resource.compute_user)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = self._client_factory(resource)
+        return client
+
+    # -- driving one instance ----------------------------------------------
+
+    async def _drive(self, inst_id: int) -> None:
+        delay = self.settings.retry_min_seconds
+        try:
+            while True:
+                async with self.sessions() as s:
+                    inst = await s.get(PluginInstance, inst_id)
+                    assert inst is not None
+                    resource = await s.get(ComputeResource, inst.compute_resource_id)
+                    assert resource is not None
+                status = S(inst.status)
+                try:
+                    if status is S.SCHEDULED:
+                        await self._submit(inst, resource)
+                    elif status is S.STARTED:
+                        await self._watch(inst, resource)
+                    elif status is S.REGISTERING_FILES:
+                        await self._register(inst, resource)
+                    else:
+                        await self._cleanup_remote(inst, resource)
+                        return
+                    delay = self.settings.retry_min_seconds
+                except _Retry as exc:
+                    log.warning("instance %s: %s; retrying in %.1fs", inst_id, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.retry_max_seconds)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                # cancelled by the user: stop the remote job now
+                await self._cleanup_after_cancel(inst_id)
+            raise
+        except Exception as exc:
+            log.exception("instance %s: scheduler task crashed", inst_id)
+            with contextlib.suppress(Exception):
+                await self._end(inst_id, S.CANCELLED, ErrorCode.CRASH, f"scheduler error: {exc}")
+        finally:
+            self._tasks.pop(inst_id, None)
+            if not self._stopping:
+                await self._release([inst_id])
+
+    async def _cleanup_after_cancel(self, inst_id: int) -> None:
+        with contextlib.suppress(Exception):
+            async with self.sessions() as s:
+                inst = await s.get(PluginInstance, inst_id)
+                resource = await s.get(ComputeResource, inst.compute_resource_id) if inst else None
+            if inst is not None and resource is not None:
+                await self._cleanup_remote(inst, resource)
+
+    async def _end(
+        self, inst_id: int, status: InstanceStatus, code: ErrorCode | None, message: str
+    ) -> None:
+        """Move an active instance to a terminal status and settle its children."""
+        async with self.sessions() as s:
+            changed = await svc.transition(
+                s,
+                inst_id,
+                [x for x in S if x.is_active],
+                status,
+                note=message,
+                error_code=code.value if code else "",
+                error_message=message,
+            )
+            scheduled: list[int] = []
+            if changed:
+                inst = await s.get(PluginInstance, inst_id)
+                assert inst is not None
+                await s.refresh(inst)
+                scheduled = await svc.resolve_children(s, inst)
+            await s.commit()
+        await self.hub.changed()
+        if scheduled:
+            self.kick()
+
+    async def _submit(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        assert inst.id is not None
+        jid = job_id(self.settings, inst.id)
+        client = self._client(resource)
+        try:
+            info = await client.status(jid)  # already submitted before a crash?
+        except JobNotFound:
+            info = None
+        except PfconUnavailable as exc:
+            raise _Retry(f"compute site {resource.name} unreachable: {exc}") from exc
+        except PfconError as exc:
+            await self._end(inst.id, S.CANCELLED, ErrorCode.SUBMIT, f"status check failed: {exc}")
+            return
+        if info is None:
+            try:
+                descriptor, entries = await self._job_of(inst)
+                body = aiter_sync(zip_stream(entries))
+                submitted = await client.submit(descriptor, body)
+                info = submitted.compute
+            except PfconUnavailable as exc:
+                raise _Retry(f"compute site {resource.name} unreachable: {exc}") from exc
+            except PfconError as exc:
+                await self._end(inst.id, S.CANCELLED, ErrorCode.SUBMIT, f"submit failed: {exc}")
+                return
+        summary = dict(inst.summary)
+        summary["pushPath"] = {"status": True}
+        summary["compute"] = {
+            "submit": {"status": True},
+            "return": summary.get("compute", {}).get("return", {}),
+        }
+        async with self.sessions() as s:
+            await svc.transition(
+                s,
+                inst.id,
+                [S.SCHEDULED],
+                S.STARTED,
+                job_status=info.status.value,
+                summary=summary,
+            )
+            await s.commit()
+        await self.hub.changed()
+
+    async def _watch(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        assert inst.id is not None
+        jid = job_id(self.settings, inst.id)
+        known = JobStatus(inst.job_status) if inst.job_status in set(JobStatus) else None
+        if resource.max_job_exec_seconds > 0 and inst.start_date is not None:
+            started = as_utc(inst.start_date)
+            assert started is not None
+            if (utcnow() - started).total_seconds() > resource.max_job_exec_seconds:
+                await self._end(
+                    inst.id,
+                    S.CANCELLED,
+                    ErrorCode.MAX_EXEC_TIME,
+                    f"exceeded {resource.max_job_exec_seconds}s on {resource.name}",
+                )
+                return
+        wait = self.settings.status_wait_seconds
+        if resource.max_job_exec_seconds > 0:
+            wait = min(wait, max(1.0, resource.max_job_exec_seconds / 2))
+        try:
+            info = await self._client(resource).status(jid, wait=wait, known=known)
+        except JobNotFound:
+            await self._end(
+                inst.id, S.CANCELLED, ErrorCode.UNDEFINED_STATUS, "job vanished at the site"
+            )
+            return
+        except PfconUnavailable as exc:
+            raise _Retry(f"status of {jid} unavailable: {exc}") from exc
+        except PfconError as exc:
+            raise _Retry(f"status of {jid} failed: {exc}") from exc
+        summary = self._summary_with(inst.summary, info)
+        async with self.sessions() as s:
+            if info.status is JobStatus.UNDEFINED:
+                pass
+            elif info.status.is_terminal:
+                await svc.transition(
+                    s,
+                    inst.id,
+                    [S.STARTED],
+                    S.REGISTERING_FILES,
+                    job_status=info.status.value,
+                    summary=summary,
+                )
+            else:
+                await s.exec(
+                    update(PluginInstance)  # type: ignore[call-overload]
+                    .where(col(PluginInstance.id) == inst.id)
+                    .where(PluginInstance.status == S.STARTED.value)
+                    .values(job_status=info.status.value, summary=summary)
+                )
+            await s.commit()
+        if info.status is JobStatus.UNDEFINED:
+            await self._end(
+                inst.id, S.CANCELLED, ErrorCode.UNDEFINED_STATUS, info.message or "undefined status"
+            )
+        elif info.status.value != inst.job_status:
+            await self.hub.changed()
+
+    def _summary_with(self, summary: dict[str, Any], info: JobInfo) -> dict[str, Any]:
+        out = dict(summary)
+        compute = dict(out.get("compute", {}))
+        compute["return"] = {
+            "status": info.status.is_terminal or info.status is JobStatus.UNDEFINED,
+            "job_status": info.status.value,
+            "job_logs": (info.logs or "")[-self.settings.job_logs_tail :],
+            "message": info.message,
+            "exit_code": info.exit_code,
+        }
+        out["compute"] = compute
+        return out
+
+    async def _register(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        """Fetch the output zip and register its files in one bulk insert."""
+        assert inst.id is not None
+        jid = job_id(self.settings, inst.id)
+        tmp = self.tmp_dir / f"{jid}-{uuid.uuid4().hex}.zip"
+        try:
+            try:
+                await _spool(self._client(resource).iter_output(jid), tmp)
+            except PfconUnavailable as exc:
+                raise _Retry(f"output of {jid} unavailable: {exc}") from exc
+            except PfconError as exc:
+                await self._end(
+                    inst.id,
+                    S.FINISHED_WITH_ERROR,
+                    ErrorCode.FETCH_OUTPUT,
+                    f"fetching output failed: {exc}",
+                )
+                return
+            try:
+                files = await asyncio.to_thread(self._store_members, tmp, inst.output_path)
+            except ArchiveError as exc:
+                await self.storage.delete_tree(inst.output_path)
+                await self._end(
+                    inst.id, S.FINISHED_WITH_ERROR, ErrorCode.BAD_ZIP, f"bad output archive: {exc}"
+                )
+                return
+        finally:
+            tmp.unlink(missing_ok=True)
+        succeeded = inst.job_status == JobStatus.FINISHED_SUCCESSFULLY.value
+        final = S.FINISHED_SUCCESSFULLY if succeeded else S.FINISHED_WITH_ERROR
+        summary = dict(inst.summary)
+        summary["pullPath"] = {"status": True}
+        async with self.sessions() as s:
+            # idempotent: a registration interrupted by a crash is redone whole
+            await s.exec(
+                StoredFile.__table__.delete().where(  # type: ignore[attr-defined]
+                    StoredFile.__table__.c.plugin_inst_id == inst.id  # type: ignore[attr-defined]
+                )
+            )
+            s.add_all(
+                StoredFile(fname=f, fsize=size, owner_id=inst.owner_id, plugin_inst_id=inst.id)
+                for f, size in files
+            )
+            await s.flush()
+            message = "" if succeeded else "the plugin exited with an error"
+            changed = await svc.transition(
+                s,
+                inst.id,
+                [S.REGISTERING_FILES],
+                final,
+                size=sum(size for _, size in files),
+                summary=summary,
+                error_message=message,
+            )
+            scheduled: list[int] = []
+            if changed:
+                fresh = await s.get(PluginInstance, inst.id)
+                assert fresh is not None
+                await s.refresh(fresh)
+                scheduled = await svc.resolve_children(s, fresh)
+            await s.commit()
+        await self.hub.changed()
+        if scheduled:
+            self.kick()
+
+    def _store_members(self, zip_path: Path, output_path: str) -> list[tuple[str, int]]:
+        files: list[tuple[str, int]] = []
+        for name, stream, _size in iter_zip_members(zip_path):
+            # commas separate paths in path parameters (ChRIS sanitises them too)
+            fname = f"{output_path}/{name.replace(',', '')}"
+            with stream:
+                files.append((fname, self.storage.write_fileobj(fname, stream)))
+        return files
+
+    async def _cleanup_remote(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        """Delete the job's data and container at the site; never changes the outcome."""
+        if not inst.job_status and inst.status == S.CANCELLED.value and inst.start_date is None:
+            return  # never reached the site
+        assert inst.id is not None
+        try:
+            await self._client(resource).delete(job_id(self.settings, inst.id))
+        except JobNotFound:
+            pass
+        except Exception as exc:
+            log.warning("cleanup of instance %s at %s failed: %s", inst.id, resource.name, exc)
+
+    # -- building the job ----------------------------------------------------
+
+    async def _job_of(self, inst: PluginInstance) -> tuple[JobDescriptor, list[tuple[Path, str]]]:
+        assert inst.id is not None
+        async with self.sessions() as s:
+            plugin, meta, _resource, owner = await svc.instance_context(s, inst)
+            values = await svc.parameter_values(s, inst.id)
+            entries: dict[str, Path] = {}
+            args: list[str] = []
+            path_flags: list[str] = []
+            for value, param in values:
+                ptype = ParameterType(param.type)
+                if ptype in (ParameterType.PATH, ParameterType.UNEXTPATH):
+                    path_flags.append(param.flag)
+                    for one in str(value.value).split(","):
+                        if one.strip():
+                            await self._add_path_entries(s, owner, one, entries)
+                if param.action == "store":
+                    args += [param.flag, str(value.value)]
+                elif (param.action == "store_true" and value.value is True) or (
+                    param.action == "store_false" and value.value is False
+                ):
+                    args.append(param.flag)
+            env = [
+                f"CHRIS_JID={job_id(self.settings, inst.id)}",
+                f"CHRIS_PLG_INST_ID={inst.id}",
+                f"CHRIS_USER_USERNAME={owner.username}",
+                f"CHRIS_USER_EMAIL={owner.email}",
+            ]
+            if inst.previous_id is not None:
+                prev = await s.get(PluginInstance, inst.previous_id)
+                assert prev is not None
+                env += [
+                    f"CHRIS_PREV_PLG_INST_ID={prev.id}",
+                    f"CHRIS_PREV_JID={job_id(self.settings, inst.previous_id)}",
+                ]
+                rows = await s.exec(select(StoredFile).where(StoredFile.plugin_inst_id == prev.id))
+                for f in rows.all():
+                    arc = f.fname.removeprefix(prev.output_path + "/")
+                    entries.setdefault(arc, self.storage.local_path(f.fname))
+        entrypoint = [plugin.execshell] if plugin.execshell else []
+        entrypoint.append(
+            f"{plugin.selfpath.rstrip('/')}/{plugin.selfexec}"
+            if plugin.selfpath
+            else plugin.selfexec
+        )
+        descriptor = JobDescriptor(
+            jid=job_id(self.settings, inst.id),
+            args=args,
+            args_path_flags=path_flags,
+            auid=owner.username,
+            number_of_workers=inst.number_of_workers,
+            cpu_limit=inst.cpu_limit,
+            memory_limit=inst.memory_limit,
+            gpu_limit=inst.gpu_limit,
+            image=plugin.dock_image,
+            entrypoint=entrypoint,
+            type=PluginType(meta.type),
+            env=env,
+        )
+        return descriptor, [(path, arc) for arc, path in entries.items()]
+
+    async def _add_path_entries(
+        self, s: Any, owner: User, path: str, entries: dict[str, Path]
+    ) -> None:
+        files = await svc.check_path_access(s, owner, path)
+        root = path.strip().strip("/")
+        for f in files:
+            arc = (
+                f.fname.rsplit("/", 1)[-1] if f.fname == root else f.fname.removeprefix(root + "/")
+            )
+            entries.setdefault(arc, self.storage.local_path(f.fname))
+
+
+async def _spool(chunks: AsyncIterator[bytes], target: Path) -> None:
+    """Write a byte stream to ``target`` (blocking writes off the event loop)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fh = await asyncio.to_thread(open, target, "wb")
+    try:
+        async for chunk in chunks:
+            await asyncio.to_thread(fh.write, chunk)
+    finally:
+        await asyncio.to_thread(fh.close)

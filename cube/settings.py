@@ -1,0 +1,66 @@
+"""CUBE's settings: one pydantic-settings object, env prefix ``CUBE_``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """Where embedded data lives: ``$CHRIS_HOME`` or ``./.chris``."""
+    return Path(os.environ.get("CHRIS_HOME", ".chris")).resolve()
+
+
+class CubeSettings(BaseSettings):
+    """Configuration of a CUBE process (API server and/or scheduler worker).
+
+    Every default is the embedded one (SQLite and a storage directory under
+    ``home``); production replaces ``database_url``, ``storage_dir`` and the
+    admin password.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CUBE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    home: Path = Field(default_factory=lambda: default_home() / "cube")
+    #: SQLAlchemy async URL; default ``sqlite+aiosqlite:///<home>/cube.db``.
+    database_url: str = ""
+    #: Root of file storage; default ``<home>/storage``.
+    storage_dir: Path | None = None
+    admin_username: str = "chris"
+    admin_password: SecretStr = SecretStr("chris1234")
+    admin_email: str = "chris@localhost"
+    #: Prefix of job ids given to compute sites (ChRIS: ``chris-jid-``).
+    job_id_prefix: str = "chris-jid-"
+    page_size: int = Field(default=10, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+    #: Run the scheduler inside the API process (the embedded default).
+    run_scheduler: bool = True
+    #: Identity of this scheduler worker in leases.
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    #: A claimed instance's lease; another worker may take it over when it lapses (s).
+    lease_seconds: float = Field(default=60.0, gt=1)
+    #: How long one status long-poll to a compute site may wait (s).
+    status_wait_seconds: float = Field(default=30.0, gt=0)
+    #: Safety sweep for instances whose lease lapsed in another process (s).
+    sweep_seconds: float = Field(default=5.0, gt=0)
+    #: Backoff bounds for a compute site that is unreachable (s).
+    retry_min_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+    #: Largest accepted upload (bytes).
+    max_upload_bytes: int = 64 * 1024**3
+    #: Tail of job logs kept in an instance's summary (characters, as ChRIS).
+    job_logs_tail: int = 1800
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite under ``home``."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'cube.db'}"
+
+    def resolved_storage_dir(self) -> Path:
+        """The storage root, defaulting to ``<home>/storage``."""
+        return (self.storage_dir or self.home / "storage").resolve()
