@@ -30,6 +30,12 @@ from cube.services import users as usvc
 routes = web.RouteTableDef()
 
 
+@routes.get("/api/v1/health/")
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process serves requests (no database round trip)."""
+    return web.json_response({"health": "OK"})
+
+
 @routes.post("/api/v1/auth-token/")
 async def auth_token(request: web.Request) -> web.Response:
     data = await read_body(request)

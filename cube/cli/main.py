@@ -1,0 +1,469 @@
+"""``chris``: the user's command line (typer + rich).
+
+``chris up`` runs the fabric on this machine; the other commands talk to a
+CUBE (local or remote) with a saved login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.tree import Tree
+
+from cube.cli.stack import Stack, StackConfig, StackError
+from cube.client import CubeClient
+from cube.errors import CubeError
+from cube.schema import InstanceStatus, PluginInstance
+from cube.settings import default_home
+
+app = typer.Typer(help="Use and run the ChRIS-compatible compute fabric.", no_args_is_help=True)
+plugin_app = typer.Typer(help="Plugins: list and register.", no_args_is_help=True)
+feed_app = typer.Typer(help="Feeds: list and show.", no_args_is_help=True)
+app.add_typer(plugin_app, name="plugin")
+app.add_typer(feed_app, name="feed")
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+STATUS_STYLE = {
+    "finishedSuccessfully": "green",
+    "finishedWithError": "red",
+    "cancelled": "red",
+    "started": "yellow",
+    "registeringFiles": "yellow",
+    "scheduled": "cyan",
+    "waiting": "dim",
+    "created": "dim",
+}
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; CUBE errors become a message and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except CubeError as exc:
+        body = getattr(exc, "body", None)
+        err.print(f"[red]error:[/red] {json.dumps(body) if isinstance(body, dict) else exc}")
+        raise typer.Exit(1) from exc
+    except StackError as exc:
+        err.print(f"[red]the stack failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+# -- login ------------------------------------------------------------------------
+
+
+def login_file() -> Path:
+    """Where the CLI keeps its login (``$CHRIS_LOGIN_FILE``)."""
+    default = (
+        Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+        / "chris-fabric"
+        / "login.json"
+    )
+    return Path(os.environ.get("CHRIS_LOGIN_FILE", default))
+
+
+def save_login(url: str, username: str, token: str) -> None:
+    path = login_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"url": url, "username": username, "token": token}))
+    path.chmod(0o600)
+
+
+def client() -> CubeClient:
+    """A client from the saved login.
+
+    Raises:
+        typer.Exit: not logged in.
+    """
+    path = login_file()
+    if not path.exists():
+        err.print("not logged in: run [bold]chris login[/bold]")
+        raise typer.Exit(2)
+    data = json.loads(path.read_text())
+    return CubeClient(data["url"], token=data["token"])
+
+
+@app.command()
+def login(
+    url: str = typer.Option("http://127.0.0.1:8000/", help="CUBE's URL."),
+    username: str = typer.Option("chris", "--username", "-u"),
+    password: str = typer.Option(..., "--password", "-p", prompt=True, hide_input=True),
+) -> None:
+    """Log in to CUBE and save the token."""
+
+    async def go() -> None:
+        c = await CubeClient.from_login(url, username, password)
+        async with c:
+            assert c.token
+            save_login(url, username, c.token)
+        console.print(f"logged in to {url} as [bold]{username}[/bold]")
+
+    _run(go())
+
+
+# -- running the stack ----------------------------------------------------------
+
+
+def _config(home: Path | None, backend: str, port: int) -> StackConfig:
+    return StackConfig(home=(home or default_home()).resolve(), backend=backend, cube_port=port)
+
+
+@app.command()
+def up(
+    home: Path | None = typer.Option(None, help="Data directory ($CHRIS_HOME, default ./.chris)."),
+    backend: str = typer.Option("local", help="pman backend: local or docker."),
+    port: int = typer.Option(8000, help="CUBE's port."),
+) -> None:
+    """Run CUBE, pfcon, pfioh and pman here until interrupted (Ctrl-C)."""
+    cfg = _config(home, backend, port)
+
+    async def go() -> None:
+        stack = Stack(cfg)
+        await stack.start()
+        try:
+            plugins = await stack.bootstrap()
+            save_login(cfg.cube_url, cfg.admin_user, await _token(cfg))
+            console.print(
+                f"[green]fabric up[/green] at {cfg.cube_url} (data in {cfg.home}, {backend} backend)"
+            )
+            console.print(f"plugins: {', '.join(plugins)}; logged in as {cfg.admin_user}")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            while not stop.is_set():
+                for name, proc in stack.procs.items():
+                    if proc.poll() is not None:
+                        raise StackError(
+                            f"{name} exited with {proc.returncode}:\n{stack.tail(name)}"
+                        )
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
+            console.print("stopping...")
+        finally:
+            await stack.stop()
+
+    _run(go())
+
+
+async def _token(cfg: StackConfig) -> str:
+    c = await CubeClient.from_login(cfg.cube_url, cfg.admin_user, cfg.admin_password)
+    async with c:
+        assert c.token
+        return c.token
+
+
+@app.command()
+def demo(
+    home: Path | None = typer.Option(None, help="Data directory ($CHRIS_HOME, default ./.chris)."),
+    backend: str = typer.Option("local", help="pman backend: local or docker."),
+    port: int = typer.Option(8000, help="CUBE's port."),
+) -> None:
+    """Start the fabric, run dircopy → simpledsapp → simpledsapp on sample data,
+    print the feed, and stop. Exits non-zero unless the feed succeeds."""
+    cfg = _config(home, backend, port)
+
+    async def go() -> bool:
+        stack = Stack(cfg)
+        console.print(f"starting the fabric in {cfg.home} ({backend} backend)...")
+        await stack.start()
+        try:
+            await stack.bootstrap()
+            c = await CubeClient.from_login(cfg.cube_url, cfg.admin_user, cfg.admin_password)
+            async with c:
+                return await _demo_feed(c, cfg)
+        finally:
+            await stack.stop()
+
+    ok = _run(go())
+    raise typer.Exit(0 if ok else 1)
+
+
+async def _demo_feed(c: CubeClient, cfg: StackConfig) -> bool:
+    sample = cfg.home / "sample"
+    sample.mkdir(parents=True, exist_ok=True)
+    files = {
+        "scan/notes.txt": b"sample study for the fabric demo\n",
+        "scan/series1/slice-001.dat": bytes(range(256)) * 64,
+        "scan/series1/slice-002.dat": bytes(reversed(range(256))) * 64,
+    }
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = f"home/{cfg.admin_user}/uploads/demo-{stamp}"
+    for rel, data in files.items():
+        local = sample / rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+        await c.upload(local, f"{folder}/{rel}")
+    console.print(f"uploaded {len(files)} files to {folder}")
+    dircopy = await c.plugin_by_name("pl-dircopy")
+    simple = await c.plugin_by_name("pl-simpledsapp")
+    root = await c.create_instance(dircopy.id, {"dir": folder}, title=f"demo {stamp}")
+    first = await c.create_instance(simple.id, {"prefix": "a_"}, previous_id=root.id)
+    second = await c.create_instance(simple.id, {"prefix": "b_"}, previous_id=first.id)
+    await _live_wait(c, second.id, root.feed_id)
+    console.print()
+    tree = await _feed_tree(c, root.feed_id, with_files=True)
+    console.print(tree)
+    instances = await c.feed_instances(root.feed_id)
+    ok = all(i.status == InstanceStatus.FINISHED_SUCCESSFULLY for i in instances)
+    outputs = await c.instance_files(second.id)
+    expected = {"b_a_notes.txt", "b_a_slice-001.dat", "b_a_slice-002.dat"}
+    got = {f.fname.rsplit("/", 1)[-1] for f in outputs}
+    if ok and got >= expected:
+        console.print(f"[green]feed {root.feed_id} finishedSuccessfully[/green]")
+        return True
+    err.print(
+        f"[red]demo failed[/red]: statuses {[i.status.value for i in instances]}, outputs {sorted(got)}"
+    )
+    return False
+
+
+# -- plugins -----------------------------------------------------------------------
+
+
+@plugin_app.command("list")
+def plugin_list() -> None:
+    """List registered plugins."""
+
+    async def go() -> None:
+        async with client() as c:
+            table = Table("id", "name", "version", "type", "image")
+            for p in await c.plugins():
+                table.add_row(str(p.id), p.name, p.version, p.type.value, p.dock_image)
+            console.print(table)
+
+    _run(go())
+
+
+@plugin_app.command("add")
+def plugin_add(
+    descriptor: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Descriptor JSON file."
+    ),
+    compute: list[str] = typer.Option(["host"], "--compute", "-c", help="Compute resource names."),
+) -> None:
+    """Register a plugin from its descriptor JSON (admin)."""
+
+    async def go() -> None:
+        try:
+            desc = json.loads(descriptor.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            err.print(f"[red]error:[/red] {descriptor} is not JSON: {exc}")
+            raise typer.Exit(1) from exc
+        async with client() as c:
+            p = await c.register_plugin(desc, compute)
+            console.print(f"registered {p.name} {p.version} as plugin {p.id}")
+
+    _run(go())
+
+
+# -- files and instances ---------------------------------------------------------
+
+
+@app.command()
+def upload(
+    local: Path = typer.Argument(..., exists=True, help="A file or a directory."),
+    to: str = typer.Option("", help="Destination under home/<user>/ (default uploads/<name>)."),
+) -> None:
+    """Upload a file or a whole directory."""
+
+    async def go() -> None:
+        data = json.loads(login_file().read_text())
+        dest = to or f"home/{data['username']}/uploads/{local.name}"
+        paths = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+        async with client() as c:
+            for p in paths:
+                target = dest if local.is_file() else f"{dest}/{p.relative_to(local).as_posix()}"
+                f = await c.upload(p, target)
+                console.print(f"{f.fname} ({f.fsize} bytes)")
+
+    _run(go())
+
+
+@app.command()
+def run(
+    plugin: str = typer.Argument(..., help="Plugin name (e.g. pl-simpledsapp) or id."),
+    param: list[str] = typer.Option([], "--param", "-p", help="name=value, repeatable."),
+    previous: int | None = typer.Option(None, "--previous", help="Parent instance (ds plugins)."),
+    title: str | None = typer.Option(None),
+    version: str | None = typer.Option(None),
+    compute: str | None = typer.Option(None, help="Compute resource name."),
+    cpu_limit: str | None = typer.Option(None, help="e.g. 2000m"),
+    memory_limit: str | None = typer.Option(None, help="e.g. 1Gi"),
+    wait: bool = typer.Option(False, help="Wait with a live status display."),
+) -> None:
+    """Run a plugin: a new feed (fs) or on an instance (ds, --previous)."""
+    params: dict[str, str] = {}
+    for item in param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            err.print(f"[red]error:[/red] --param takes name=value, got {item!r}")
+            raise typer.Exit(2)
+        params[name] = value
+
+    async def go() -> bool:
+        async with client() as c:
+            p = await c.plugin_by_name(plugin, version) if not plugin.isdigit() else None
+            inst = await c.create_instance(
+                p.id if p else int(plugin),
+                params,
+                previous_id=previous,
+                title=title,
+                compute_resource_name=compute,
+                cpu_limit=cpu_limit,
+                memory_limit=memory_limit,
+            )
+            console.print(
+                f"instance {inst.id} of {inst.plugin_name} in feed {inst.feed_id}: {inst.status.value}"
+            )
+            if not wait:
+                return True
+            final = await _live_wait(c, inst.id, inst.feed_id)
+            return final.status == InstanceStatus.FINISHED_SUCCESSFULLY
+
+    raise typer.Exit(0 if _run(go()) else 1)
+
+
+@app.command("wait")
+def wait_cmd(instance: int = typer.Argument(..., help="Instance id.")) -> None:
+    """Wait for an instance to end, showing its feed's statuses live."""
+
+    async def go() -> bool:
+        async with client() as c:
+            inst = await c.instance(instance)
+            final = await _live_wait(c, instance, inst.feed_id)
+            return final.status == InstanceStatus.FINISHED_SUCCESSFULLY
+
+    raise typer.Exit(0 if _run(go()) else 1)
+
+
+def _status_table(instances: list[PluginInstance]) -> Table:
+    table = Table("id", "plugin", "previous", "status", "started", "ended", "error")
+    for i in sorted(instances, key=lambda x: x.id):
+        style = STATUS_STYLE.get(i.status.value, "")
+        table.add_row(
+            str(i.id),
+            f"{i.plugin_name} {i.plugin_version}",
+            str(i.previous_id or ""),
+            f"[{style}]{i.status.value}[/{style}]" if style else i.status.value,
+            i.start_date.strftime("%H:%M:%S") if i.start_date else "",
+            i.end_date.strftime("%H:%M:%S") if i.end_date else "",
+            (f"{i.error_code} " + i.error_message).strip(),
+        )
+    return table
+
+
+async def _live_wait(c: CubeClient, inst_id: int, feed_id: int) -> PluginInstance:
+    last: PluginInstance | None = None
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        async for last in c.watch(inst_id):
+            live.update(_status_table(await c.feed_instances(feed_id)))
+    assert last is not None
+    return last
+
+
+async def _feed_tree(c: CubeClient, feed_id: int, *, with_files: bool) -> Tree:
+    feed = await c.feed(feed_id)
+    instances = sorted(await c.feed_instances(feed_id), key=lambda i: i.id)
+    tree = Tree(f"[bold]feed {feed.id}[/bold] {feed.name}")
+    nodes: dict[int, Tree] = {}
+    for i in instances:
+        style = STATUS_STYLE.get(i.status.value, "")
+        label = f"#{i.id} {i.plugin_name} {i.plugin_version} [{style}]{i.status.value}[/{style}]"
+        parent = nodes.get(i.previous_id or -1, tree)
+        node = nodes[i.id] = parent.add(label)
+        if with_files:
+            for f in await c.instance_files(i.id):
+                node.add(f"[dim]{f.fname.removeprefix(i.output_path + '/')}[/dim] ({f.fsize} B)")
+    return tree
+
+
+@feed_app.command("list")
+def feed_list() -> None:
+    """List your feeds."""
+
+    async def go() -> None:
+        async with client() as c:
+            table = Table("id", "name", "created", "finished", "errored", "cancelled")
+            for f in await c.feeds():
+                table.add_row(
+                    str(f.id),
+                    f.name,
+                    f.creation_date.strftime("%Y-%m-%d %H:%M"),
+                    str(f.finished_jobs),
+                    str(f.errored_jobs),
+                    str(f.cancelled_jobs),
+                )
+            console.print(table)
+
+    _run(go())
+
+
+@feed_app.command("show")
+def feed_show(feed: int, files: bool = typer.Option(True, help="List output files.")) -> None:
+    """Show a feed as a tree of instances with statuses and outputs."""
+
+    async def go() -> None:
+        async with client() as c:
+            console.print(await _feed_tree(c, feed, with_files=files))
+
+    _run(go())
+
+
+@app.command()
+def files(instance: int = typer.Argument(..., help="Instance id.")) -> None:
+    """List an instance's output files."""
+
+    async def go() -> None:
+        async with client() as c:
+            table = Table("id", "file", "bytes")
+            for f in await c.instance_files(instance):
+                table.add_row(str(f.id), f.fname, str(f.fsize))
+            console.print(table)
+
+    _run(go())
+
+
+@app.command()
+def download(
+    instance: int = typer.Argument(..., help="Instance id."),
+    dest: Path = typer.Argument(Path("."), help="Local directory."),
+) -> None:
+    """Download an instance's outputs, keeping their relative paths."""
+
+    async def go() -> None:
+        async with client() as c:
+            inst = await c.instance(instance)
+            for f in await c.instance_files(instance):
+                rel = f.fname.removeprefix(inst.output_path + "/")
+                target = (dest / rel).resolve()
+                if dest.resolve() not in target.parents:
+                    raise typer.BadParameter(f"refusing to write outside {dest}: {rel}")
+                n = await c.download(f.file_resource, target)
+                console.print(f"{target} ({n} bytes)")
+
+    _run(go())
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())  # type: ignore[func-returns-value]

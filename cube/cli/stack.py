@@ -1,0 +1,227 @@
+"""Run the whole fabric on one machine: CUBE, pfcon, pfioh and pman as processes.
+
+Used by ``chris up`` and ``chris demo``. Every service runs as its own
+process on 127.0.0.1 with its data under one directory (``$CHRIS_HOME``,
+default ``./.chris``); logs go to ``<home>/logs/<service>.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cube.client import CubeClient, CubeClientError
+
+#: The reference plugins registered on every embedded install (console scripts).
+REFERENCE_PLUGINS = ("dircopy", "simpledsapp")
+#: Where plugin images carry their descriptor.
+DESCRIPTOR_LABEL = "org.chrisproject.descriptor"
+
+
+class StackError(RuntimeError):
+    """A service failed to start or to answer."""
+
+
+@dataclass
+class StackConfig:
+    """Ports, credentials and locations of a local fabric."""
+
+    home: Path
+    backend: str = "local"
+    cube_port: int = 8000
+    pfcon_port: int = 5005
+    pfioh_port: int = 5055
+    pman_port: int = 5010
+    admin_user: str = "chris"
+    admin_password: str = "chris1234"
+    pfcon_user: str = "pfcon"
+    pfcon_password: str = "pfcon1234"
+    compute_name: str = "host"
+    #: plugin console script → image tag, for container backends
+    images: dict[str, str] = field(default_factory=dict)
+    startup_timeout: float = 60.0
+
+    @property
+    def cube_url(self) -> str:
+        return f"http://127.0.0.1:{self.cube_port}/"
+
+    @property
+    def pfcon_url(self) -> str:
+        return f"http://127.0.0.1:{self.pfcon_port}/api/v1/"
+
+
+class Stack:
+    """Start, bootstrap and stop the four services."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = config.home / "logs"
+
+    def _env(self) -> dict[str, str]:
+        c = self.config
+        store = c.home / "site" / "store"
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CUBE_", "PFCON_", "PFIOH_", "PMAN_"))
+        }
+        base.update(
+            CUBE_HOME=str(c.home / "cube"),
+            CUBE_PORT=str(c.cube_port),
+            CUBE_ADMIN_USERNAME=c.admin_user,
+            CUBE_ADMIN_PASSWORD=c.admin_password,
+            PFIOH_PORT=str(c.pfioh_port),
+            PFIOH_STOREBASE=str(store),
+            PMAN_PORT=str(c.pman_port),
+            PMAN_STOREBASE=str(store),
+            PMAN_DATA_DIR=str(c.home / "site" / "pman"),
+            PMAN_BACKEND=c.backend,
+            PFCON_PORT=str(c.pfcon_port),
+            PFCON_PFCON_USER=c.pfcon_user,
+            PFCON_PFCON_PASSWORD=c.pfcon_password,
+            PFCON_PFIOH_URL=f"http://127.0.0.1:{c.pfioh_port}/api/v1/",
+            PFCON_PMAN_URL=f"http://127.0.0.1:{c.pman_port}/api/v1/",
+        )
+        # keep a stable pfcon signing key per installation
+        key_file = c.home / "site" / "pfcon.key"
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(os.urandom(32).hex())
+            key_file.chmod(0o600)
+        base["PFCON_SECRET_KEY"] = key_file.read_text().strip()
+        return base
+
+    async def start(self) -> None:
+        """Start every service and wait until each answers its health check.
+
+        Raises:
+            StackError: a service exited or did not answer in time.
+        """
+        c = self.config
+        self.logs.mkdir(parents=True, exist_ok=True)
+        env = self._env()
+        order = [
+            ("pfioh", c.pfioh_port, []),
+            ("pman", c.pman_port, ["--backend", c.backend]),
+            ("pfcon", c.pfcon_port, []),
+            ("cube", c.cube_port, []),
+        ]
+        try:
+            for name, port, extra in order:
+                log = (self.logs / f"{name}.log").open("ab")
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", name, "serve", *extra],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                log.close()
+                await self._wait_healthy(name, f"http://127.0.0.1:{port}/api/v1/health/")
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_healthy(self, name: str, url: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.startup_timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while True:
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    raise StackError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                if loop.time() > deadline:
+                    raise StackError(f"{name} did not answer at {url}:\n{self.tail(name)}")
+                await asyncio.sleep(0.1)
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        """The last lines of a service's log."""
+        path = self.logs / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def bootstrap(self) -> dict[str, int]:
+        """Register the local compute resource and the reference plugins.
+
+        Idempotent: an existing resource or plugin is kept. Returns plugin
+        name → id.
+        """
+        c = self.config
+        client = await CubeClient.from_login(c.cube_url, c.admin_user, c.admin_password)
+        async with client:
+            names = {r.name for r in await client.compute_resources()}
+            if c.compute_name not in names:
+                await client.add_compute_resource(
+                    c.compute_name,
+                    c.pfcon_url,
+                    c.pfcon_user,
+                    c.pfcon_password,
+                    description=f"this machine ({c.backend} backend)",
+                )
+            ids: dict[str, int] = {}
+            for script in REFERENCE_PLUGINS:
+                desc = await asyncio.to_thread(reference_descriptor, script, c.images.get(script))
+                plugin = await client.register_plugin(desc, [c.compute_name])
+                ids[plugin.name] = plugin.id
+            return ids
+
+    async def stop(self) -> None:
+        """Stop the services (SIGTERM, then SIGKILL after 10 s), CUBE first."""
+        for name in ("cube", "pfcon", "pman", "pfioh"):
+            proc = self.procs.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+
+def reference_descriptor(script: str, image: str | None = None) -> dict[str, Any]:
+    """A reference plugin's descriptor: from its image label when an image is
+    given (container backends), else from running its console script ``--json``.
+
+    Raises:
+        StackError: the script or image gives no valid descriptor.
+    """
+    if image:
+        import docker
+
+        try:
+            client = docker.from_env()
+            labels = client.images.get(image).labels or {}
+        except Exception as exc:  # docker errors of any kind: the image is unusable
+            raise StackError(f"cannot read image {image}: {exc}") from exc
+        if DESCRIPTOR_LABEL not in labels:
+            raise StackError(f"image {image} has no {DESCRIPTOR_LABEL} label")
+        return json.loads(labels[DESCRIPTOR_LABEL])  # type: ignore[no-any-return]
+    exe = Path(sys.executable).parent / script
+    cmd = [str(exe) if exe.exists() else script, "--json"]
+    try:
+        out = subprocess.run(cmd, check=True, capture_output=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise StackError(f"cannot get the descriptor of {script}: {exc}") from exc
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+__all__ = ["CubeClientError", "Stack", "StackConfig", "StackError", "reference_descriptor"]
