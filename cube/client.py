@@ -227,8 +227,8 @@ class CubeClient:
     async def wait(self, inst_id: int, *, timeout: float = 3600.0) -> schema.PluginInstance:
         """Wait for an instance to reach a terminal status."""
         last = None
-        async for last in self.watch(inst_id, timeout=timeout):
-            pass
+        async for inst in self.watch(inst_id, timeout=timeout):
+            last = inst
         assert last is not None
         return last
 

@@ -26,10 +26,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from chris_sdk.descriptor import ParameterType, PluginType
 from sqlalchemy import update
 from sqlmodel import col, or_, select
 
-from chris_sdk.descriptor import ParameterType, PluginType
 from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
 from cube.schema import ErrorCode, InstanceStatus
@@ -143,7 +143,7 @@ class Scheduler:
                         or_(
                             col(PluginInstance.lease_owner).is_(None),
                             col(PluginInstance.lease_expires) < now,
-                            PluginInstance.lease_owner == self.settings.worker_id,
+                            col(PluginInstance.lease_owner) == self.settings.worker_id,
                         )
                     )
                     .order_by(col(PluginInstance.id))
@@ -166,7 +166,7 @@ class Scheduler:
                     or_(
                         col(PluginInstance.lease_owner).is_(None),
                         col(PluginInstance.lease_expires) < now,
-                        PluginInstance.lease_owner == self.settings.worker_id,
+                        col(PluginInstance.lease_owner) == self.settings.worker_id,
                     )
                 )
                 .values(
@@ -188,7 +188,7 @@ class Scheduler:
                     await s.exec(
                         update(PluginInstance)  # type: ignore[call-overload]
                         .where(col(PluginInstance.id).in_(ids))
-                        .where(PluginInstance.lease_owner == self.settings.worker_id)
+                        .where(col(PluginInstance.lease_owner) == self.settings.worker_id)
                         .values(
                             lease_expires=utcnow() + timedelta(seconds=self.settings.lease_seconds)
                         )
@@ -205,7 +205,7 @@ class Scheduler:
                 await s.exec(
                     update(PluginInstance)  # type: ignore[call-overload]
                     .where(col(PluginInstance.id).in_(ids))
-                    .where(PluginInstance.lease_owner == self.settings.worker_id)
+                    .where(col(PluginInstance.lease_owner) == self.settings.worker_id)
                     .values(lease_owner=None, lease_expires=None)
                 )
                 await s.commit()
@@ -390,7 +390,7 @@ class Scheduler:
                 await s.exec(
                     update(PluginInstance)  # type: ignore[call-overload]
                     .where(col(PluginInstance.id) == inst.id)
-                    .where(PluginInstance.status == S.STARTED.value)
+                    .where(col(PluginInstance.status) == S.STARTED.value)
                     .values(job_status=info.status.value, summary=summary)
                 )
             await s.commit()

@@ -10,9 +10,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, NewType, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
 from chris_sdk.descriptor import PluginType
+from pydantic import BaseModel, ConfigDict
 
 UserId = NewType("UserId", int)
 FeedId = NewType("FeedId", int)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from sqlmodel import col, func, select
 
 from cube.api import serialize as ser
@@ -28,6 +27,9 @@ from cube.services import plugins as psvc
 from cube.services import users as usvc
 
 routes = web.RouteTableDef()
+
+#: A descriptor is small JSON; anything larger is refused while reading.
+MAX_DESCRIPTOR_BYTES = 1 << 20
 
 
 @routes.get("/api/v1/health/")
@@ -144,15 +146,17 @@ async def admin_register_plugin(request: web.Request) -> web.Response:
     if request.content_type == "multipart/form-data":
         reader = await request.multipart()
         async for part in reader:
-            if not hasattr(part, "name"):
+            if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "fname":
-                raw = await part.read(decode=False)  # type: ignore[union-attr]
-                if len(raw) > 1 << 20:
-                    raise BadRequest.field("fname", "a descriptor is at most 1 MiB")
+                raw = bytearray()
+                while chunk := await part.read_chunk(64 * 1024):
+                    raw += chunk
+                    if len(raw) > MAX_DESCRIPTOR_BYTES:
+                        raise BadRequest.field("fname", "a descriptor is at most 1 MiB")
                 descriptor = bytes(raw)
             elif part.name == "compute_names":
-                compute_names = await part.text()  # type: ignore[union-attr]
+                compute_names = await part.text()
     else:
         data = await read_body(request)
         raw_desc = data.get("descriptor")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from chris_sdk.descriptor import ParameterType, PluginType
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from chris_sdk.descriptor import ParameterType, PluginType
 from cube import schema
 from cube.db import models as m
 from cube.db.models import as_utc

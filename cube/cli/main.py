@@ -137,7 +137,8 @@ def up(
             plugins = await stack.bootstrap()
             save_login(cfg.cube_url, cfg.admin_user, await _token(cfg))
             console.print(
-                f"[green]fabric up[/green] at {cfg.cube_url} (data in {cfg.home}, {backend} backend)"
+                f"[green]fabric up[/green] at {cfg.cube_url} "
+                f"(data in {cfg.home}, {backend} backend)"
             )
             console.print(f"plugins: {', '.join(plugins)}; logged in as {cfg.admin_user}")
             stop = asyncio.Event()
@@ -228,7 +229,8 @@ async def _demo_feed(c: CubeClient, cfg: StackConfig) -> bool:
         console.print(f"[green]feed {root.feed_id} finishedSuccessfully[/green]")
         return True
     err.print(
-        f"[red]demo failed[/red]: statuses {[i.status.value for i in instances]}, outputs {sorted(got)}"
+        f"[red]demo failed[/red]: statuses {[i.status.value for i in instances]}, "
+        f"outputs {sorted(got)}"
     )
     return False
 
@@ -329,7 +331,8 @@ def run(
                 memory_limit=memory_limit,
             )
             console.print(
-                f"instance {inst.id} of {inst.plugin_name} in feed {inst.feed_id}: {inst.status.value}"
+                f"instance {inst.id} of {inst.plugin_name} in feed {inst.feed_id}: "
+                f"{inst.status.value}"
             )
             if not wait:
                 return True
@@ -371,7 +374,8 @@ def _status_table(instances: list[PluginInstance]) -> Table:
 async def _live_wait(c: CubeClient, inst_id: int, feed_id: int) -> PluginInstance:
     last: PluginInstance | None = None
     with Live(console=console, refresh_per_second=4, transient=False) as live:
-        async for last in c.watch(inst_id):
+        async for inst in c.watch(inst_id):
+            last = inst
             live.update(_status_table(await c.feed_instances(feed_id)))
     assert last is not None
     return last

@@ -50,6 +50,8 @@ class StackConfig:
     #: plugin console script → image tag, for container backends
     images: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 60.0
+    #: extra environment for every service (e.g. CUBE_LEASE_SECONDS in tests)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def cube_url(self) -> str:
@@ -100,7 +102,17 @@ class Stack:
             key_file.write_text(os.urandom(32).hex())
             key_file.chmod(0o600)
         base["PFCON_SECRET_KEY"] = key_file.read_text().strip()
+        base.update(c.extra_env)
         return base
+
+    def _services(self) -> list[tuple[str, int, list[str]]]:
+        c = self.config
+        return [
+            ("pfioh", c.pfioh_port, []),
+            ("pman", c.pman_port, ["--backend", c.backend]),
+            ("pfcon", c.pfcon_port, []),
+            ("cube", c.cube_port, []),
+        ]
 
     async def start(self) -> None:
         """Start every service and wait until each answers its health check.
@@ -108,31 +120,33 @@ class Stack:
         Raises:
             StackError: a service exited or did not answer in time.
         """
-        c = self.config
         self.logs.mkdir(parents=True, exist_ok=True)
-        env = self._env()
-        order = [
-            ("pfioh", c.pfioh_port, []),
-            ("pman", c.pman_port, ["--backend", c.backend]),
-            ("pfcon", c.pfcon_port, []),
-            ("cube", c.cube_port, []),
-        ]
         try:
-            for name, port, extra in order:
-                log = (self.logs / f"{name}.log").open("ab")
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", name, "serve", *extra],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-                log.close()
-                await self._wait_healthy(name, f"http://127.0.0.1:{port}/api/v1/health/")
+            for name, _port, _extra in self._services():
+                await self.start_service(name)
         except BaseException:
             await self.stop()
             raise
+
+    async def start_service(self, name: str) -> None:
+        """Start one service (again) and wait for its health check."""
+        port, extra = next((p, e) for n, p, e in self._services() if n == name)
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", name, "serve", *extra],
+                env=self._env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        await self._wait_healthy(name, f"http://127.0.0.1:{port}/api/v1/health/")
+
+    async def kill(self, name: str) -> None:
+        """Kill one service abruptly (SIGKILL), as a crash would."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
 
     async def _wait_healthy(self, name: str, url: str) -> None:
         loop = asyncio.get_running_loop()

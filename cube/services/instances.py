@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import col, func, or_, select
-from sqlmodel.ext.asyncio.session import AsyncSession
-
 from chris_sdk.descriptor import (
     ParameterType,
     PluginType,
     parse_cpu_millicores,
     parse_memory_mib,
 )
+from sqlalchemy import update
+from sqlmodel import col, func, or_, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from cube.db.models import (
     ComputeResource,
     Feed,
@@ -271,7 +271,10 @@ async def create_instance(
         owner_id=user.id,
         compute_resource_id=resource.id,
         summary=default_summary(),
-        **limits,
+        cpu_limit=limits["cpu_limit"],
+        memory_limit=limits["memory_limit"],
+        number_of_workers=limits["number_of_workers"],
+        gpu_limit=limits["gpu_limit"],
     )
     session.add(inst)
     await session.flush()

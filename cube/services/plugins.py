@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from chris_sdk.descriptor import DescriptorError, PluginDescriptor
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from chris_sdk.descriptor import DescriptorError, PluginDescriptor
 from cube.db.models import (
     ComputeResource,
     Plugin,
     PluginComputeResource,
     PluginMeta,
     PluginParameter,
-    utcnow,
 )
 from cube.errors import BadRequest, Conflict, NotFound
 

@@ -40,7 +40,13 @@ DS_DESCRIPTOR: dict[str, Any] = {
     "parameters": [
         {"name": "prefix", "type": "str", "optional": True, "default": "", "flag": "--prefix"},
         {"name": "count", "type": "int", "optional": True, "default": 1, "flag": "--count"},
-        {"name": "verbose", "type": "bool", "optional": True, "default": False, "flag": "--verbose"},
+        {
+            "name": "verbose",
+            "type": "bool",
+            "optional": True,
+            "default": False,
+            "flag": "--verbose",
+        },
     ],
 }
 
@@ -71,14 +77,21 @@ async def registered(api: TestClient, admin: dict[str, str]) -> dict[str, int]:
     """A compute resource and the two test plugins; returns plugin ids."""
     resp = await api.post(
         "/chris-admin/api/v1/computeresources/",
-        json={"name": "site", "compute_url": "http://127.0.0.1:9/api/v1/", "compute_user": "u", "compute_password": "p"},
+        json={
+            "name": "site",
+            "compute_url": "http://127.0.0.1:9/api/v1/",
+            "compute_user": "u",
+            "compute_password": "p",
+        },
         headers=admin,
     )
     assert resp.status == 201, await resp.text()
     ids = {}
     for desc in (FS_DESCRIPTOR, DS_DESCRIPTOR):
         resp = await api.post(
-            "/chris-admin/api/v1/", json={"descriptor": desc, "compute_names": "site"}, headers=admin
+            "/chris-admin/api/v1/",
+            json={"descriptor": desc, "compute_names": "site"},
+            headers=admin,
         )
         assert resp.status == 201, await resp.text()
         ids[desc["type"]] = (await resp.json())["id"]

@@ -42,7 +42,9 @@ async def test_basic_auth_is_accepted(api: TestClient) -> None:
     assert (await api.get("/api/v1/plugins/", headers=header)).status == 200
 
 
-async def test_register_plugins_and_read_them(api: TestClient, admin: dict[str, str], registered: dict[str, int]) -> None:
+async def test_register_plugins_and_read_them(
+    api: TestClient, admin: dict[str, str], registered: dict[str, int]
+) -> None:
     resp = await api.get(f"/api/v1/plugins/{registered['ds']}/", headers=admin)
     body = await resp.json()
     assert body["name"] == "pl-dsthing" and body["type"] == "ds"
@@ -59,15 +61,21 @@ async def test_register_plugins_and_read_them(api: TestClient, admin: dict[str, 
     assert [p["id"] for p in (await search.json())["results"]] == [registered["fs"]]
     # registering the same descriptor again is idempotent
     again = await api.post(
-        "/chris-admin/api/v1/", json={"descriptor": DS_DESCRIPTOR, "compute_names": "site"}, headers=admin
+        "/chris-admin/api/v1/",
+        json={"descriptor": DS_DESCRIPTOR, "compute_names": "site"},
+        headers=admin,
     )
     assert again.status == 201 and (await again.json())["id"] == registered["ds"]
 
 
-async def test_register_plugin_multipart_fname(api: TestClient, admin: dict[str, str], registered: dict[str, int]) -> None:
+async def test_register_plugin_multipart_fname(
+    api: TestClient, admin: dict[str, str], registered: dict[str, int]
+) -> None:
     desc = dict(FS_DESCRIPTOR, name="pl-other", dock_image="test/other:1")
     form = FormData()
-    form.add_field("fname", json.dumps(desc).encode(), filename="d.json", content_type="application/json")
+    form.add_field(
+        "fname", json.dumps(desc).encode(), filename="d.json", content_type="application/json"
+    )
     form.add_field("compute_names", "site")
     resp = await api.post("/chris-admin/api/v1/", data=form, headers=admin)
     assert resp.status == 201, await resp.text()
@@ -82,8 +90,22 @@ async def test_malformed_descriptors_are_refused_and_nothing_written(
         {"descriptor": "{not json", "compute_names": "site"},
         {"descriptor": dict(DS_DESCRIPTOR, name="x", version="one"), "compute_names": "site"},
         {"descriptor": dict(DS_DESCRIPTOR, name="x", type="zz"), "compute_names": "site"},
-        {"descriptor": dict(FS_DESCRIPTOR, name="x", parameters=[{"name": "p", "type": "path", "optional": True, "default": "a", "flag": "--p"}]), "compute_names": "site"},
-        {"descriptor": dict(DS_DESCRIPTOR, name="x", min_cpu_limit="5000m", max_cpu_limit="1000m"), "compute_names": "site"},
+        {
+            "descriptor": dict(
+                FS_DESCRIPTOR,
+                name="x",
+                parameters=[
+                    {"name": "p", "type": "path", "optional": True, "default": "a", "flag": "--p"}
+                ],
+            ),
+            "compute_names": "site",
+        },
+        {
+            "descriptor": dict(
+                DS_DESCRIPTOR, name="x", min_cpu_limit="5000m", max_cpu_limit="1000m"
+            ),
+            "compute_names": "site",
+        },
         {"descriptor": dict(DS_DESCRIPTOR, name="x"), "compute_names": "nosuchsite"},
         {"descriptor": dict(DS_DESCRIPTOR, name="x")},
     ]
@@ -103,10 +125,16 @@ async def test_malformed_descriptors_are_refused_and_nothing_written(
 
 
 async def test_non_admin_cannot_register(api: TestClient, registered: dict[str, int]) -> None:
-    resp = await api.post("/api/v1/users/", json={"username": "alice", "password": "alice-pass-1", "email": "a@x"})
+    resp = await api.post(
+        "/api/v1/users/", json={"username": "alice", "password": "alice-pass-1", "email": "a@x"}
+    )
     assert resp.status == 201
     alice = await token_for(api, "alice", "alice-pass-1")
-    resp = await api.post("/chris-admin/api/v1/", json={"descriptor": DS_DESCRIPTOR, "compute_names": "site"}, headers=alice)
+    resp = await api.post(
+        "/chris-admin/api/v1/",
+        json={"descriptor": DS_DESCRIPTOR, "compute_names": "site"},
+        headers=alice,
+    )
     assert resp.status == 403
 
 
@@ -144,7 +172,9 @@ async def test_upload_path_rules(api: TestClient, admin: dict[str, str]) -> None
 async def _fs_instance(api: TestClient, admin: dict[str, str], fs_id: int) -> dict[str, Any]:
     assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"hello")).status == 201
     resp = await api.post(
-        f"/api/v1/plugins/{fs_id}/instances/", json={"dir": "home/chris/uploads/in", "title": "root"}, headers=admin
+        f"/api/v1/plugins/{fs_id}/instances/",
+        json={"dir": "home/chris/uploads/in", "title": "root"},
+        headers=admin,
     )
     assert resp.status == 201, await resp.text()
     return await resp.json()  # type: ignore[no-any-return]
@@ -164,33 +194,63 @@ async def test_instances_lifecycle_without_compute(
 
     ds = await api.post(
         f"/api/v1/plugins/{registered['ds']}/instances/",
-        json={"previous_id": fs["id"], "prefix": "p_", "count": "7", "verbose": True, "cpu_limit": "2000m"},
+        json={
+            "previous_id": fs["id"],
+            "prefix": "p_",
+            "count": "7",
+            "verbose": True,
+            "cpu_limit": "2000m",
+        },
         headers=admin,
     )
     assert ds.status == 201, await ds.text()
     ds_body = await ds.json()
     assert ds_body["status"] == "waiting" and ds_body["feed_id"] == fs["feed_id"]
     assert ds_body["cpu_limit"] == 2000
-    assert ds_body["output_path"].startswith(fs["output_path"].removesuffix("/data") + "/pl-dsthing_")
-    params = (await (await api.get(f"/api/v1/plugins/instances/{ds_body['id']}/parameters/", headers=admin)).json())["results"]
-    assert {p["param_name"]: p["value"] for p in params} == {"prefix": "p_", "count": 7, "verbose": True}
+    assert ds_body["output_path"].startswith(
+        fs["output_path"].removesuffix("/data") + "/pl-dsthing_"
+    )
+    params = (
+        await (
+            await api.get(f"/api/v1/plugins/instances/{ds_body['id']}/parameters/", headers=admin)
+        ).json()
+    )["results"]
+    assert {p["param_name"]: p["value"] for p in params} == {
+        "prefix": "p_",
+        "count": 7,
+        "verbose": True,
+    }
 
     # cancelling the parent cascades to the waiting child
-    resp = await api.put(f"/api/v1/plugins/instances/{fs['id']}/", json={"status": "cancelled"}, headers=admin)
+    resp = await api.put(
+        f"/api/v1/plugins/instances/{fs['id']}/", json={"status": "cancelled"}, headers=admin
+    )
     assert resp.status == 200 and (await resp.json())["status"] == "cancelled"
-    child = await (await api.get(f"/api/v1/plugins/instances/{ds_body['id']}/", headers=admin)).json()
+    child = await (
+        await api.get(f"/api/v1/plugins/instances/{ds_body['id']}/", headers=admin)
+    ).json()
     assert child["status"] == "cancelled" and child["end_date"] is not None
     # a finished instance cannot be changed; only 'cancelled' may be set
-    again = await api.put(f"/api/v1/plugins/instances/{fs['id']}/", json={"status": "cancelled"}, headers=admin)
+    again = await api.put(
+        f"/api/v1/plugins/instances/{fs['id']}/", json={"status": "cancelled"}, headers=admin
+    )
     assert again.status == 200
-    bad = await api.put(f"/api/v1/plugins/instances/{fs['id']}/", json={"status": "started"}, headers=admin)
+    bad = await api.put(
+        f"/api/v1/plugins/instances/{fs['id']}/", json={"status": "started"}, headers=admin
+    )
     assert bad.status == 400
     # a child of a cancelled parent is cancelled at once
-    late = await api.post(f"/api/v1/plugins/{registered['ds']}/instances/", json={"previous_id": fs["id"]}, headers=admin)
+    late = await api.post(
+        f"/api/v1/plugins/{registered['ds']}/instances/",
+        json={"previous_id": fs["id"]},
+        headers=admin,
+    )
     assert (await late.json())["status"] == "cancelled"
 
 
-async def test_bad_instance_requests(api: TestClient, admin: dict[str, str], registered: dict[str, int]) -> None:
+async def test_bad_instance_requests(
+    api: TestClient, admin: dict[str, str], registered: dict[str, int]
+) -> None:
     fs = await _fs_instance(api, admin, registered["fs"])
     ds_url = f"/api/v1/plugins/{registered['ds']}/instances/"
     cases: list[tuple[str, dict[str, Any], int, str]] = [
@@ -201,9 +261,19 @@ async def test_bad_instance_requests(api: TestClient, admin: dict[str, str], reg
         (ds_url, {"previous_id": 9999}, 400, "previous_id"),
         (ds_url, {"previous_id": fs["id"], "cpu_limit": "9000m"}, 400, "cpu_limit"),
         (ds_url, {"previous_id": fs["id"], "memory_limit": "lots"}, 400, "memory_limit"),
-        (ds_url, {"previous_id": fs["id"], "compute_resource_name": "elsewhere"}, 400, "compute_resource_name"),
+        (
+            ds_url,
+            {"previous_id": fs["id"], "compute_resource_name": "elsewhere"},
+            400,
+            "compute_resource_name",
+        ),
         (f"/api/v1/plugins/{registered['fs']}/instances/", {}, 400, "dir"),
-        (f"/api/v1/plugins/{registered['fs']}/instances/", {"dir": "home/chris/nothing"}, 400, "dir"),
+        (
+            f"/api/v1/plugins/{registered['fs']}/instances/",
+            {"dir": "home/chris/nothing"},
+            400,
+            "dir",
+        ),
         (f"/api/v1/plugins/{registered['fs']}/instances/", {"dir": "home/../etc"}, 400, "dir"),
         ("/api/v1/plugins/4242/instances/", {}, 404, "detail"),
     ]
@@ -217,14 +287,20 @@ async def test_bad_instance_requests(api: TestClient, admin: dict[str, str], reg
     assert (await api.post(ds_url, json={"previous_id": fs["id"]})).status == 401
 
 
-async def test_other_users_cannot_see_or_use_files(api: TestClient, admin: dict[str, str], registered: dict[str, int]) -> None:
+async def test_other_users_cannot_see_or_use_files(
+    api: TestClient, admin: dict[str, str], registered: dict[str, int]
+) -> None:
     fs = await _fs_instance(api, admin, registered["fs"])
-    await api.post("/api/v1/users/", json={"username": "mallory", "password": "mallory-pw", "email": ""})
+    await api.post(
+        "/api/v1/users/", json={"username": "mallory", "password": "mallory-pw", "email": ""}
+    )
     mallory = await token_for(api, "mallory", "mallory-pw")
     assert (await api.get(f"/api/v1/plugins/instances/{fs['id']}/", headers=mallory)).status == 404
     assert (await api.get(f"/api/v1/{fs['feed_id']}/", headers=mallory)).status == 404
     resp = await api.post(
-        f"/api/v1/plugins/{registered['fs']}/instances/", json={"dir": "home/chris/uploads/in"}, headers=mallory
+        f"/api/v1/plugins/{registered['fs']}/instances/",
+        json={"dir": "home/chris/uploads/in"},
+        headers=mallory,
     )
     assert resp.status == 400 and "dir" in await resp.json()
     files = await (await api.get("/api/v1/userfiles/", headers=admin)).json()
@@ -238,9 +314,13 @@ async def test_instance_long_poll_times_out_with_same_status(
     fs = await _fs_instance(api, admin, registered["fs"])
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    resp = await api.get(f"/api/v1/plugins/instances/{fs['id']}/?wait=0.5&status=scheduled", headers=admin)
+    resp = await api.get(
+        f"/api/v1/plugins/instances/{fs['id']}/?wait=0.5&status=scheduled", headers=admin
+    )
     assert resp.status == 200 and (await resp.json())["status"] == "scheduled"
     assert loop.time() - t0 >= 0.5
     # a different known status answers at once
-    resp = await api.get(f"/api/v1/plugins/instances/{fs['id']}/?wait=30&status=started", headers=admin)
+    resp = await api.get(
+        f"/api/v1/plugins/instances/{fs['id']}/?wait=30&status=started", headers=admin
+    )
     assert (await resp.json())["status"] == "scheduled"

@@ -1,0 +1,223 @@
+"""End to end: CUBE, pfcon, pfioh and pman as real servers on loopback.
+
+A dircopy → simpledsapp → simpledsapp feed runs once on pman's ``local``
+backend and once on ``docker`` against a real engine with locally built
+plugin images. Also: errors propagate to children, and a CUBE killed in the
+middle of a feed carries on after a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cube.cli.stack import Stack, StackConfig
+from cube.client import CubeClient
+from cube.schema import InstanceStatus
+from tests.support.components import free_port
+
+pytestmark = pytest.mark.slow
+
+S = InstanceStatus
+
+TREE: dict[str, bytes] = {
+    "study/notes.txt": b"hello fabric\n",
+    "study/series 1/ïmage-001.dcm": bytes(range(256)) * 400,
+    "study/series 1/ïmage-002.dcm": hashlib.sha256(b"x").digest() * 1000,
+    "study/empty.bin": b"",
+}
+
+
+def _config(home: Path, backend: str = "local", **extra: Any) -> StackConfig:
+    return StackConfig(
+        home=home,
+        backend=backend,
+        cube_port=free_port(),
+        pfcon_port=free_port(),
+        pfioh_port=free_port(),
+        pman_port=free_port(),
+        **extra,
+    )
+
+
+async def _started(cfg: StackConfig) -> AsyncIterator[tuple[Stack, CubeClient]]:
+    stack = Stack(cfg)
+    await stack.start()
+    try:
+        await stack.bootstrap()
+        client = await CubeClient.from_login(cfg.cube_url, cfg.admin_user, cfg.admin_password)
+        async with client:
+            yield stack, client
+    finally:
+        await stack.stop()
+
+
+@pytest.fixture
+async def local_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, CubeClient]]:
+    async for pair in _started(_config(tmp_path, extra_env={"CUBE_LEASE_SECONDS": "3"})):
+        yield pair
+
+
+@pytest.fixture
+async def docker_stack(
+    tmp_path: Path, docker_engine: Any
+) -> AsyncIterator[tuple[Stack, CubeClient]]:
+    from tests.support.images import ensure_plugin_images
+
+    images = ensure_plugin_images(docker_engine)
+    cfg = _config(
+        tmp_path,
+        "docker",
+        images={"dircopy": images["pl-dircopy"], "simpledsapp": images["pl-simpledsapp"]},
+    )
+    try:
+        async for pair in _started(cfg):
+            yield pair
+    finally:
+        for c in docker_engine.containers.list(
+            all=True, filters={"label": "org.chrisproject.managed-by=pman"}
+        ):
+            if c.name.startswith("chris-jid-"):
+                c.remove(force=True)
+
+
+async def _upload_tree(client: CubeClient, tmp: Path, folder: str) -> None:
+    for rel, data in TREE.items():
+        local = tmp / "upload" / rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+        await client.upload(local, f"{folder}/{rel}")
+
+
+async def _run_feed(client: CubeClient, tmp: Path) -> None:
+    folder = "home/chris/uploads/in"
+    await _upload_tree(client, tmp, folder)
+    dircopy = await client.plugin_by_name("pl-dircopy")
+    simple = await client.plugin_by_name("pl-simpledsapp")
+    root = await client.create_instance(dircopy.id, {"dir": folder}, title="e2e")
+    a = await client.create_instance(
+        simple.id, {"prefix": "a_", "dummyInt": "5"}, previous_id=root.id
+    )
+    b = await client.create_instance(simple.id, {"prefix": "b_"}, previous_id=a.id)
+    assert a.status is S.WAITING and b.status is S.WAITING
+
+    final = await client.wait(b.id, timeout=300)
+    instances = {i.id: i for i in await client.feed_instances(root.feed_id)}
+    for i in instances.values():
+        assert i.status is S.FINISHED_SUCCESSFULLY, (
+            i.id,
+            i.status,
+            i.error_code,
+            i.error_message,
+            i.summary,
+        )
+    assert final.status is S.FINISHED_SUCCESSFULLY
+    # each status is timestamped; start_date is when it started, not when queued
+    history = [h.status for h in final.status_history]
+    assert history == [
+        S.CREATED,
+        S.WAITING,
+        S.SCHEDULED,
+        S.STARTED,
+        S.REGISTERING_FILES,
+        S.FINISHED_SUCCESSFULLY,
+    ]
+    started = next(h.timestamp for h in final.status_history if h.status is S.STARTED)
+    assert final.start_date == started and final.end_date is not None and final.end_date >= started
+
+    expected = {
+        f"{rel.rsplit('/', 1)[0]}/b_a_{rel.rsplit('/', 1)[1]}": data for rel, data in TREE.items()
+    }
+    files = await client.instance_files(b.id)
+    got = {f.fname.removeprefix(final.output_path + "/"): f for f in files}
+    assert set(got) == set(expected)
+    for rel, f in got.items():
+        dest = tmp / "download" / rel
+        n = await client.download(f.file_resource, dest)
+        assert dest.read_bytes() == expected[rel] and n == f.fsize == len(expected[rel])
+    assert final.size == sum(len(d) for d in expected.values())
+    # the dircopy root copied the uploaded tree verbatim
+    root_files = {
+        f.fname.removeprefix(instances[root.id].output_path + "/")
+        for f in await client.instance_files(root.id)
+    }
+    assert root_files == set(TREE)
+
+
+async def test_feed_on_local_backend(local_stack: tuple[Stack, CubeClient], tmp_path: Path) -> None:
+    _stack, client = local_stack
+    await _run_feed(client, tmp_path)
+
+
+@pytest.mark.docker
+async def test_feed_on_docker_backend(
+    docker_stack: tuple[Stack, CubeClient], tmp_path: Path, docker_engine: Any
+) -> None:
+    _stack, client = docker_stack
+    await _run_feed(client, tmp_path)
+    # remote data and containers are cleaned up after each instance
+    leftovers = docker_engine.containers.list(
+        all=True, filters={"label": "org.chrisproject.managed-by=pman"}
+    )
+    assert [c.name for c in leftovers if c.name.startswith("chris-jid-")] == []
+
+
+async def test_failing_plugin_cancels_its_children(
+    local_stack: tuple[Stack, CubeClient], tmp_path: Path
+) -> None:
+    _stack, client = local_stack
+    failing = await client.register_plugin(
+        {
+            "name": "pl-fail",
+            "dock_image": "chris-test/busybox:1",
+            "type": "ds",
+            "version": "1.0",
+            "execshell": "",
+            "selfpath": "",
+            "selfexec": "false",
+            "parameters": [],
+        },
+        ["host"],
+    )
+    folder = "home/chris/uploads/f"
+    await _upload_tree(client, tmp_path, folder)
+    dircopy = await client.plugin_by_name("pl-dircopy")
+    simple = await client.plugin_by_name("pl-simpledsapp")
+    root = await client.create_instance(dircopy.id, {"dir": folder})
+    bad = await client.create_instance(failing.id, previous_id=root.id)
+    child = await client.create_instance(simple.id, previous_id=bad.id)
+    bad_final = await client.wait(bad.id, timeout=120)
+    assert bad_final.status is S.FINISHED_WITH_ERROR
+    assert bad_final.summary["compute"]["return"]["job_status"] == "finishedWithError"
+    child_final = await client.wait(child.id, timeout=30)
+    assert child_final.status is S.CANCELLED and child_final.start_date is None
+
+
+async def test_cube_restart_carries_on(
+    local_stack: tuple[Stack, CubeClient], tmp_path: Path
+) -> None:
+    stack, client = local_stack
+    folder = "home/chris/uploads/r"
+    await _upload_tree(client, tmp_path, folder)
+    dircopy = await client.plugin_by_name("pl-dircopy")
+    simple = await client.plugin_by_name("pl-simpledsapp")
+    root = await client.create_instance(dircopy.id, {"dir": folder})
+    slow = await client.create_instance(
+        simple.id, {"sleepLength": "4", "prefix": "s_"}, previous_id=root.id
+    )
+    child = await client.create_instance(simple.id, {"prefix": "c_"}, previous_id=slow.id)
+    async for inst in client.watch(slow.id, timeout=120):
+        if inst.status is S.STARTED:
+            break
+    await stack.kill("cube")  # crash in the middle of the job
+    await stack.start_service("cube")
+    final = await client.wait(child.id, timeout=120)
+    assert final.status is S.FINISHED_SUCCESSFULLY, (final.error_code, final.error_message)
+    names = {f.fname.rsplit("/", 1)[-1] for f in await client.instance_files(child.id)}
+    assert "c_s_notes.txt" in names
+    slow_final = await client.instance(slow.id)
+    assert [h.status for h in slow_final.status_history].count(S.STARTED) == 1
