@@ -39,3 +39,21 @@ class ErrorBody(BaseModel):
 
     message: str
     code: str = "error"
+
+
+class JobDataStatus(BaseModel):
+    """What pfioh holds for a job (``GET /api/v1/jobs/<jid>/``).
+
+    ``incoming`` tells whether the input was unpacked; ``outgoing_files``
+    counts the regular files under ``outgoing/`` (recursively).
+    """
+
+    jid: JobKey
+    incoming: bool
+    outgoing_files: int
+
+
+class Health(BaseModel):
+    """Reply of ``GET /api/v1/health/``."""
+
+    health: str = "OK"

@@ -9,9 +9,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NewType
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from chris_sdk.descriptor import PluginType
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: A job id, e.g. ``chris-jid-42``. Also the container / process label value.
 JobId = NewType("JobId", str)
@@ -27,6 +26,15 @@ class JobStatus(StrEnum):
     FINISHED_SUCCESSFULLY = "finishedSuccessfully"
     FINISHED_WITH_ERROR = "finishedWithError"
     UNDEFINED = "undefined"
+
+    @classmethod
+    def _missing_(cls, value: object) -> JobStatus | None:
+        # older pman/pfcon spell it "notstarted"; accept any case on input
+        if isinstance(value, str):
+            for member in cls:
+                if member.value.lower() == value.lower():
+                    return member
+        return None
 
     @property
     def is_terminal(self) -> bool:
@@ -95,6 +103,12 @@ class ServerInfo(BaseModel):
     server_version: str
     container_env: str
     storage_type: str = "host"
+
+
+class Health(BaseModel):
+    """GET ``/api/v1/health/``."""
+
+    health: str = "OK"
 
 
 class ErrorBody(BaseModel):

@@ -4,6 +4,7 @@ The SDK imports no service; CUBE imports it for the descriptor model so that
 the two sides of plugin registration share one definition.
 """
 
+from chris_sdk.app import ChrisPlugin, Invocation, Parameter, PluginFailure, RunFunction
 from chris_sdk.descriptor import (
     DescriptorError,
     ParameterAction,
@@ -14,14 +15,21 @@ from chris_sdk.descriptor import (
     parse_cpu_millicores,
     parse_memory_mib,
 )
+from chris_sdk.files import copy_tree
 
 __all__ = [
+    "ChrisPlugin",
     "DescriptorError",
+    "Invocation",
+    "Parameter",
     "ParameterAction",
     "ParameterType",
     "PluginDescriptor",
+    "PluginFailure",
     "PluginParameterSpec",
     "PluginType",
+    "RunFunction",
+    "copy_tree",
     "parse_cpu_millicores",
     "parse_memory_mib",
 ]

@@ -107,6 +107,8 @@ _API_NAMES = {
 
 
 class ParameterAction(StrEnum):
+    """The argparse action of a parameter (``store_true``/``store_false`` only for bools)."""
+
     STORE = "store"
     STORE_TRUE = "store_true"
     STORE_FALSE = "store_false"
@@ -177,7 +179,9 @@ class PluginParameterSpec(BaseModel):
         if self.type is ParameterType.BOOL:
             if self.action is None:
                 self.action = (
-                    ParameterAction.STORE_FALSE if self.default is True else ParameterAction.STORE_TRUE
+                    ParameterAction.STORE_FALSE
+                    if self.default is True
+                    else ParameterAction.STORE_TRUE
                 )
         elif self.action is None:
             self.action = ParameterAction.STORE

@@ -1,0 +1,347 @@
+"""The site coordinator: pfcon's logic, free of HTTP request objects.
+
+:class:`Coordinator` pushes a job's input to pfioh, schedules the job on pman,
+relays status and output, and deletes both halves of a job. It reaches pfioh
+and pman only through :class:`pfioh.client.PfiohClient` and
+:class:`pman.client.PmanClient`; their exceptions are translated here, at the
+edge, into :mod:`pfcon.errors` (status and message preserved, ``from exc``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+
+from pydantic import ValidationError
+
+import pfioh.errors as pfioh_errors
+import pman.errors as pman_errors
+from pfcon.errors import (
+    InvalidJob,
+    JobConflict,
+    JobNotFound,
+    PfconError,
+    PfconUnavailable,
+    UpstreamError,
+)
+from pfcon.schema import (
+    JobData,
+    JobDescriptor,
+    JobInfo,
+    JobStatus,
+    JobSubmitted,
+    PfconServerInfo,
+    StorageEnv,
+)
+from pfioh.client import PfiohClient
+from pman.client import PmanClient
+from pman.schema import JobId, JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def _server_version() -> str:
+    try:
+        return version("chris-fabric")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.0.0"
+
+
+SERVER_VERSION = _server_version()
+
+#: Only host paths under a shared storebase are implemented (reference §3.4).
+COMPUTE_VOLUME_TYPE = "host"
+
+
+@contextmanager
+def pfioh_errors_translated() -> Iterator[None]:
+    """Translate :mod:`pfioh.errors` raised inside the block into :mod:`pfcon.errors`.
+
+    Unreachable → :class:`PfconUnavailable` (503); pfioh refusing pfcon's own
+    token → :class:`UpstreamError` (502, a site misconfiguration, not the
+    caller's fault); other 4xx keep their status; 5xx → :class:`UpstreamError`.
+    """
+    try:
+        yield
+    except pfioh_errors.PfiohUnavailable as exc:
+        raise PfconUnavailable(f"pfioh unreachable: {exc}") from exc
+    except pfioh_errors.JobNotFound as exc:
+        raise JobNotFound(str(exc)) from exc
+    except pfioh_errors.Conflict as exc:
+        raise JobConflict(str(exc)) from exc
+    except pfioh_errors.Unauthorized as exc:
+        raise UpstreamError(f"pfioh refused pfcon's credentials: {exc}") from exc
+    except pfioh_errors.PfiohError as exc:
+        if 400 <= exc.status < 500:
+            raise InvalidJob(str(exc), status=exc.status) from exc
+        raise UpstreamError(f"pfioh failed: {exc}") from exc
+
+
+@contextmanager
+def pman_errors_translated() -> Iterator[None]:
+    """Translate :mod:`pman.errors` raised inside the block into :mod:`pfcon.errors`.
+
+    Unreachable → :class:`PfconUnavailable` (503); 404 → :class:`JobNotFound`;
+    409 → :class:`JobConflict`; pman refusing pfcon's token → :class:`UpstreamError`
+    (502); other 4xx (an invalid or unsatisfiable job,
+    e.g. 422) keep their status as :class:`InvalidJob`; backend failures and
+    other 5xx → :class:`UpstreamError` (502).
+    """
+    try:
+        yield
+    except pman_errors.PmanUnavailable as exc:
+        raise PfconUnavailable(f"pman unreachable: {exc}") from exc
+    except pman_errors.JobNotFound as exc:
+        raise JobNotFound(str(exc)) from exc
+    except pman_errors.JobConflict as exc:
+        raise JobConflict(str(exc)) from exc
+    except pman_errors.Unauthorized as exc:
+        raise UpstreamError(f"pman refused pfcon's credentials: {exc}") from exc
+    except pman_errors.PmanError as exc:
+        if 400 <= exc.status < 500:
+            raise InvalidJob(str(exc), status=exc.status) from exc
+        raise UpstreamError(f"pman failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class PushedInput:
+    """The outcome of pushing a job's input archive to pfioh.
+
+    ``created`` is False when pfioh already held input for the job (an
+    idempotent retry); paths are relative to the site's storebase.
+    """
+
+    jid: str
+    created: bool
+    nfiles: int = 0
+    path: str = ""
+    outgoing: str = ""
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """The reply to a submission and whether it created the job (201) or found it (200)."""
+
+    reply: JobSubmitted
+    created: bool
+
+
+class Coordinator:
+    """pfcon's operations on one site's pfioh and pman.
+
+    ``max_status_wait`` (seconds) caps a status long-poll; ``innetwork`` is
+    reported in the server info (only zip mode is implemented).
+    """
+
+    def __init__(
+        self,
+        pfioh: PfiohClient,
+        pman: PmanClient,
+        *,
+        max_status_wait: float = 60.0,
+        innetwork: bool = False,
+    ) -> None:
+        self._pfioh = pfioh
+        self._pman = pman
+        self._max_status_wait = max_status_wait
+        self._innetwork = innetwork
+
+    async def server_info(self) -> PfconServerInfo:
+        """This site's description; ``container_env`` comes from pman.
+
+        Raises :class:`PfconUnavailable` when pman cannot be reached.
+        """
+        with pman_errors_translated():
+            info = await self._pman.server_info()
+        return PfconServerInfo(
+            server_version=SERVER_VERSION,
+            pfcon_innetwork=self._innetwork,
+            storage_env=StorageEnv.ZIPFILE,
+            container_env=info.container_env,
+            compute_volume_type=COMPUTE_VOLUME_TYPE,
+        )
+
+    async def push_input(self, jid: str, archive: AsyncIterable[bytes]) -> PushedInput:
+        """Stream a job's input zip to pfioh, which unpacks it.
+
+        Returns ``created=False`` (without raising) when pfioh already holds
+        input for ``jid``; the archive may then be partly unread. Raises
+        :class:`InvalidJob` (400/413/422) for a corrupt, unsafe or too large
+        archive, :class:`PfconUnavailable` when pfioh cannot be reached.
+        pfioh keeps nothing of a failed upload, so nothing is deleted here:
+        a failure that hides a conflict must not remove an existing job's input.
+        """
+        try:
+            with pfioh_errors_translated():
+                report = await self._pfioh.push_incoming(jid, archive)
+        except JobConflict:
+            log.info("input of job %s already at pfioh; treating the submission as a retry", jid)
+            return PushedInput(jid=jid, created=False)
+        return PushedInput(
+            jid=jid,
+            created=True,
+            nfiles=report.nfiles,
+            path=report.path,
+            outgoing=report.outgoing,
+        )
+
+    async def discard_input(self, jid: str) -> None:
+        """Best-effort removal of a job's data at pfioh; failures are logged, not raised."""
+        try:
+            with pfioh_errors_translated():
+                await self._pfioh.delete(jid)
+        except PfconError as exc:
+            log.warning("could not remove the data of job %s at pfioh: %s", jid, exc)
+
+    async def schedule(self, job: JobDescriptor, pushed: PushedInput) -> SubmitOutcome:
+        """Run ``job`` on pman over the input just pushed.
+
+        When the input already existed (``pushed.created`` False) and pman
+        knows the job with the same image and entrypoint, the current state is
+        returned (``created`` False). Raises :class:`JobConflict` (409) when
+        the existing job differs or has no pman half, pman's refusal with its
+        own status (e.g. :class:`InvalidJob` 422), :class:`PfconUnavailable`.
+        The caller discards freshly pushed input when this raises.
+        """
+        if not pushed.created:
+            return await self._existing(job)
+        try:
+            spec = JobSpec(
+                jid=JobId(job.jid),
+                image=job.image,
+                entrypoint=job.entrypoint,
+                args=job.args,
+                args_path_flags=job.args_path_flags,
+                auid=job.auid,
+                type=job.type,
+                cpu_limit=job.cpu_limit,
+                memory_limit=job.memory_limit,
+                gpu_limit=job.gpu_limit,
+                number_of_workers=job.number_of_workers,
+                env=job.env,
+                input_dir=pushed.path,
+                output_dir=pushed.outgoing,
+            )
+        except ValidationError as exc:
+            # The descriptor was validated already, so only pfioh's paths can be wrong.
+            raise UpstreamError(f"pfioh reported unusable paths for job {job.jid}") from exc
+        with pman_errors_translated():
+            info = await self._pman.schedule(spec)
+        data = JobData(jid=job.jid, nfiles=pushed.nfiles, timestamp=_now(), path=pushed.path)
+        return SubmitOutcome(JobSubmitted(data=data, compute=info), created=True)
+
+    async def _existing(self, job: JobDescriptor) -> SubmitOutcome:
+        """The state of a job resubmitted after its input reached pfioh."""
+        try:
+            with pman_errors_translated():
+                info = await self._pman.get(job.jid)
+        except JobNotFound as exc:
+            raise JobConflict(
+                f"input data of job {job.jid!r} already exists but pman has no such job "
+                "(another submission is in progress, or one failed midway); "
+                "DELETE the job to start over"
+            ) from exc
+        if info.image != job.image or not all(word in info.cmd for word in job.entrypoint):
+            raise JobConflict(
+                f"job {job.jid!r} already exists with a different image or entrypoint"
+            )
+        with pfioh_errors_translated():
+            stored = await self._pfioh.job_status(job.jid)
+        if not stored.incoming:
+            raise JobConflict(f"job {job.jid!r} exists but its input is incomplete")
+        # pfioh's status has no count of input files nor their path: report 0
+        # and the storebase layout pfioh documents (pfioh.schema).
+        data = JobData(
+            jid=job.jid,
+            nfiles=0,
+            timestamp=info.timestamp or _now(),
+            path=f"key-{job.jid}/incoming",
+        )
+        return SubmitOutcome(JobSubmitted(data=data, compute=info), created=False)
+
+    async def status(
+        self, jid: str, *, wait: float | None = None, known: JobStatus | None = None
+    ) -> JobInfo:
+        """The job's compute state from pman.
+
+        With ``wait`` (seconds, capped at ``max_status_wait``), pman answers as
+        soon as the status differs from ``known`` (default: the current
+        status), or after ``wait``. Raises :class:`JobNotFound`,
+        :class:`PfconUnavailable`.
+        """
+        if wait is not None:
+            wait = min(max(wait, 0.0), self._max_status_wait)
+        with pman_errors_translated():
+            if wait and known is None:
+                # a long-poll needs a status to differ from: the current one
+                known = (await self._pman.get(jid)).status
+            return await self._pman.get(jid, wait=wait, known=known)
+
+    async def open_output(self, jid: str) -> AsyncGenerator[bytes, None]:
+        """The job's output zip from pfioh, as a stream of chunks.
+
+        The first chunk is fetched before returning, so an unknown job raises
+        :class:`JobNotFound` (and an unreachable pfioh :class:`PfconUnavailable`)
+        here, before the caller starts a response. Later failures raise
+        :class:`PfconError` from the iterator.
+        """
+        source = self._pfioh.iter_outgoing(jid)
+        try:
+            with pfioh_errors_translated():
+                first = await anext(source, None)
+        except BaseException:
+            await _aclose(source)
+            raise
+        return _relay(first, source)
+
+    async def delete(self, jid: str) -> None:
+        """Remove the job at pman (stopping it) and its data at pfioh.
+
+        A half that is already gone is not an error. Both are attempted; if
+        either fails otherwise, :class:`UpstreamError` (502) names the failures.
+        """
+        failures: list[str] = []
+        try:
+            with pman_errors_translated():
+                await self._pman.delete(jid)
+        except JobNotFound:
+            pass
+        except PfconError as exc:
+            failures.append(str(exc))
+        try:
+            with pfioh_errors_translated():
+                await self._pfioh.delete(jid)
+        except JobNotFound:
+            pass
+        except PfconError as exc:
+            failures.append(str(exc))
+        if failures:
+            raise UpstreamError(f"could not delete job {jid!r}: " + "; ".join(failures))
+
+
+async def _relay(first: bytes | None, source: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """Yield ``first`` then the rest of ``source``, translating pfioh's errors."""
+    try:
+        if first is None:
+            return
+        yield first
+        with pfioh_errors_translated():
+            async for chunk in source:
+                yield chunk
+    finally:
+        await _aclose(source)
+
+
+async def _aclose(source: AsyncIterator[bytes]) -> None:
+    """Close an async generator early so its HTTP response is released."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

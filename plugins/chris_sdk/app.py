@@ -1,0 +1,494 @@
+"""A small framework for writing ChRIS plugins.
+
+A plugin is declared once, as data, and the SDK derives everything ChRIS
+needs from that declaration (reference ``chris.md`` §2):
+
+* the descriptor (:meth:`ChrisPlugin.descriptor`), validated by
+  :class:`~chris_sdk.descriptor.PluginDescriptor`;
+* the command line (:meth:`ChrisPlugin.build_parser`), following the ChRIS
+  invocation conventions: ``[options] inputdir outputdir`` for ``ds``,
+  ``[options] outputdir`` for ``fs`` and ``ts`` (``ts`` plugins also get
+  ``--plugininstances``, ``-f/--filter`` and ``-g/--groupByInstance``), plus
+  ``--json``, ``--version``, ``--saveinputmeta`` and ``--saveoutputmeta``;
+* typed option values (each parameter's value goes through
+  :meth:`ParameterType.coerce <chris_sdk.descriptor.ParameterType.coerce>`).
+
+Example::
+
+    plugin = ChrisPlugin(
+        name="pl-hello",
+        type=PluginType.DS,
+        version="1.0.0",
+        dock_image="example/pl-hello:1.0.0",
+        parameters=[Parameter("--greeting", "greeting", "str", help="what to say", default="hi")],
+        run=say_hello,  # (options, inputdir, outputdir) -> int | None
+    )
+
+    def main() -> None:  # the console script
+        sys.exit(plugin.main())
+
+:meth:`ChrisPlugin.main` is the command-line edge: it is the one place of the
+SDK that writes to stdout/stderr (the descriptor for ``--json``, argparse's
+usage errors, a :class:`PluginFailure` message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from chris_sdk.descriptor import (
+    DescriptorError,
+    ParameterAction,
+    ParameterType,
+    PluginDescriptor,
+    PluginParameterSpec,
+    PluginType,
+)
+
+#: File names chrisapp uses for ``--saveinputmeta`` / ``--saveoutputmeta``.
+INPUT_META_FILE = "input.meta.json"
+OUTPUT_META_FILE = "output.meta.json"
+
+#: Flags and option names the SDK itself defines; a plugin cannot declare them.
+RESERVED_FLAGS = frozenset(
+    {"-h", "--help", "--json", "--version", "--saveinputmeta", "--saveoutputmeta"}
+)
+RESERVED_NAMES = frozenset(
+    {"help", "json", "version", "saveinputmeta", "saveoutputmeta", "inputdir", "outputdir"}
+)
+
+#: The signature of a plugin's work: ``run(options, inputdir, outputdir)``.
+#: ``inputdir`` is ``None`` for fs and ts plugins. Returning ``None`` means 0.
+RunFunction = Callable[[argparse.Namespace, Path | None, Path], int | None]
+
+
+class PluginFailure(Exception):
+    """Raise from a plugin's ``run`` to fail with a message (no traceback).
+
+    :meth:`ChrisPlugin.main` writes the message to stderr and returns
+    ``exit_status`` (1 unless given).
+    """
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def _spec_or_error(**fields: Any) -> PluginParameterSpec:
+    """Build a parameter spec, turning pydantic's error into ``DescriptorError``."""
+    try:
+        return PluginParameterSpec(**fields)
+    except ValidationError as exc:
+        errors = [
+            (".".join(str(p) for p in e["loc"]) or "parameter", e["msg"]) for e in exc.errors()
+        ]
+        summary = "; ".join(f"{f}: {m}" if f != "parameter" else m for f, m in errors)
+        raise DescriptorError(
+            f"invalid parameter {fields.get('flag')!r}: {summary}", errors
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """The declaration of one plugin parameter (one descriptor parameter object).
+
+    ``flag`` is the long flag (``--prefix``), ``name`` the option name the
+    plugin reads (``options.prefix``) and the descriptor's ``name``; ``type``
+    is a :class:`ParameterType` or its value (``"str"``, ``"int"``, ``"float"``,
+    ``"bool"``, ``"path"``, ``"unextpath"``). ``action`` defaults as in ChRIS: a
+    bool gets ``store_false`` when its default is true, else ``store_true``;
+    anything else gets ``store``.
+
+    Raises :class:`~chris_sdk.descriptor.DescriptorError` at declaration when
+    the parameter breaks a ChRIS rule (an optional parameter without a
+    default, an optional ``path``/``unextpath``, a required hidden parameter,
+    a default of the wrong type, a bad flag or name).
+    """
+
+    flag: str
+    name: str
+    type: ParameterType | str = ParameterType.STR
+    help: str = ""
+    optional: bool = True
+    default: Any = None
+    short_flag: str | None = None
+    ui_exposed: bool = True
+    action: ParameterAction | str | None = None
+    _spec: PluginParameterSpec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spec = _spec_or_error(
+            name=self.name,
+            type=self.type,
+            optional=self.optional,
+            flag=self.flag,
+            short_flag=self.short_flag,
+            action=self.action,
+            help=self.help,
+            default=self.default,
+            ui_exposed=self.ui_exposed,
+        )
+        # Frozen dataclass: the validated spec is computed once, here.
+        object.__setattr__(self, "_spec", spec)
+
+    @property
+    def spec(self) -> PluginParameterSpec:
+        """The validated descriptor parameter (defaults coerced, action filled in)."""
+        return self._spec
+
+
+#: The parameters chrisapp adds to every ts plugin (pl-topologicalcopy's CLI).
+TS_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "--plugininstances",
+        "plugininstances",
+        ParameterType.STR,
+        help="comma-separated list of the ids of the parent plugin instances",
+        default="",
+    ),
+    Parameter(
+        "--filter",
+        "filter",
+        ParameterType.STR,
+        short_flag="-f",
+        help="comma-separated list of regular expressions, one per parent instance, "
+        "selecting the files to copy",
+        default="",
+    ),
+    Parameter(
+        "--groupByInstance",
+        "groupByInstance",
+        ParameterType.BOOL,
+        short_flag="-g",
+        help="put the files of each parent under a directory named after its id",
+        default=False,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A parsed command line: typed options and the plugin's directories."""
+
+    options: argparse.Namespace
+    inputdir: Path | None
+    outputdir: Path
+    save_input_meta: bool = False
+    save_output_meta: bool = False
+
+
+def _converter(ptype: ParameterType) -> Callable[[str], Any]:
+    """An argparse ``type=`` callable giving a clear message on a bad value."""
+
+    def convert(text: str) -> Any:
+        try:
+            return ptype.coerce(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = ptype.api_name
+    return convert
+
+
+class _DescriptorAction(argparse.Action):
+    """``--json``: print the descriptor and exit 0, before positionals are checked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        self.render: Callable[[], str] = kwargs.pop("render")
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        sys.stdout.write(self.render() + "\n")
+        sys.stdout.flush()
+        parser.exit(0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChrisPlugin:
+    """The declaration of a ChRIS plugin.
+
+    Descriptor fields (``name``, ``type``, ``version``, ``dock_image``,
+    ``title``, ...) are those of reference §2.1. Limits take the descriptor's
+    forms: CPU as ``"1000m"`` or int millicores, memory as ``"2Gi"``/
+    ``"2000Mi"`` or int MiB, ``""`` meaning CUBE's default; GPU limits are ints
+    (``max_gpu_limit=None`` means 0, or unlimited when ``min_gpu_limit > 0``).
+    ``output_meta`` is what ``--saveoutputmeta`` writes.
+
+    Raises :class:`~chris_sdk.descriptor.DescriptorError` at declaration when
+    the whole descriptor would be invalid (bad name or version, min above max,
+    duplicate or reserved flags and names).
+    """
+
+    name: str
+    type: PluginType | str
+    version: str
+    dock_image: str
+    run: RunFunction
+    parameters: Sequence[Parameter] = ()
+    title: str = ""
+    category: str = ""
+    description: str = ""
+    documentation: str = ""
+    license: str = ""
+    icon: str = ""
+    authors: str = ""
+    public_repo: str = ""
+    min_number_of_workers: int = 1
+    max_number_of_workers: int = 1
+    min_cpu_limit: int | str = ""
+    max_cpu_limit: int | str = ""
+    min_memory_limit: int | str = ""
+    max_memory_limit: int | str = ""
+    min_gpu_limit: int = 0
+    max_gpu_limit: int | None = None
+    output_meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            plugin_type = PluginType(self.type)
+        except ValueError as exc:
+            raise DescriptorError(
+                f"plugin type must be one of fs, ds, ts; got {self.type!r}", [("type", str(exc))]
+            ) from exc
+        object.__setattr__(self, "type", plugin_type)
+        object.__setattr__(self, "parameters", tuple(self.parameters))
+        for param in self.parameters:
+            if not isinstance(param, Parameter):
+                raise DescriptorError(f"parameters must be Parameter objects, got {param!r}")
+            flags = {param.spec.flag, param.spec.short_flag}
+            if clash := sorted(f for f in flags if f in RESERVED_FLAGS):
+                raise DescriptorError(
+                    f"parameter {param.name!r}: flag {clash[0]} is reserved by the SDK",
+                    [("parameters", f"reserved flag {clash[0]}")],
+                )
+            if param.name in RESERVED_NAMES:
+                raise DescriptorError(
+                    f"parameter name {param.name!r} is reserved by the SDK",
+                    [("parameters", f"reserved name {param.name}")],
+                )
+        shorts = [
+            p.spec.short_flag for p in self.all_parameters if p.spec.short_flag != p.spec.flag
+        ]
+        longs = {p.spec.flag for p in self.all_parameters}
+        if len(set(shorts)) != len(shorts) or longs & set(shorts):
+            raise DescriptorError(
+                "parameter short flags must be unique", [("parameters", "duplicate short flag")]
+            )
+        # Validate the whole descriptor now, so a bad declaration fails at import.
+        self.descriptor(script="/declaration/check")
+
+    @property
+    def plugin_type(self) -> PluginType:
+        """The plugin type as the enum (``type`` is normalised to it at declaration)."""
+        return PluginType(self.type)
+
+    @property
+    def all_parameters(self) -> tuple[Parameter, ...]:
+        """Declared parameters, preceded by the ts ones for a ts plugin."""
+        extra = TS_PARAMETERS if self.plugin_type is PluginType.TS else ()
+        return (*extra, *self.parameters)
+
+    # -- descriptor -------------------------------------------------------------------------
+
+    def descriptor_dict(self, script: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """The descriptor as the JSON object ``--json`` prints (reference key order).
+
+        ``script`` is the path of the running console script (default
+        ``sys.argv[0]``), resolved; its directory is ``selfpath`` and its name
+        ``selfexec``. ``execshell`` is ``sys.executable``. Limits are emitted as
+        declared (``""`` for CUBE's defaults). Raises ``DescriptorError`` when
+        the result does not validate.
+        """
+        script_path = Path(script if script is not None else sys.argv[0]).resolve()
+        data: dict[str, Any] = {
+            "name": self.name,
+            "dock_image": self.dock_image,
+            "public_repo": self.public_repo,
+            "type": self.plugin_type.value,
+            "parameters": [p.spec.model_dump(mode="json") for p in self.all_parameters],
+            "icon": self.icon,
+            "authors": self.authors,
+            "title": self.title,
+            "category": self.category,
+            "description": self.description,
+            "documentation": self.documentation,
+            "license": self.license,
+            "version": self.version,
+            "selfpath": str(script_path.parent),
+            "selfexec": script_path.name,
+            "execshell": sys.executable,
+            "min_number_of_workers": self.min_number_of_workers,
+            "max_number_of_workers": self.max_number_of_workers,
+            "min_memory_limit": self.min_memory_limit,
+            "max_memory_limit": self.max_memory_limit,
+            "min_cpu_limit": self.min_cpu_limit,
+            "max_cpu_limit": self.max_cpu_limit,
+            "min_gpu_limit": self.min_gpu_limit,
+            "max_gpu_limit": self.max_gpu_limit,
+        }
+        validated = PluginDescriptor.parse(data)
+        # The model resolves an unset max GPU limit (0, or unlimited if a GPU is needed).
+        data["max_gpu_limit"] = validated.max_gpu_limit
+        return data
+
+    def descriptor(self, script: str | os.PathLike[str] | None = None) -> PluginDescriptor:
+        """The validated descriptor model (limits normalised); see :meth:`descriptor_dict`."""
+        return PluginDescriptor.parse(self.descriptor_dict(script))
+
+    def descriptor_json(self, script: str | os.PathLike[str] | None = None) -> str:
+        """The descriptor JSON text that ``--json`` prints."""
+        # ASCII escapes: the JSON survives any stdout encoding (a bare C locale, a pipe).
+        return json.dumps(self.descriptor_dict(script), indent=2)
+
+    # -- command line -----------------------------------------------------------------------
+
+    def build_parser(
+        self, prog: str | None = None, script: str | os.PathLike[str] | None = None
+    ) -> argparse.ArgumentParser:
+        """The argparse parser of the plugin's command line (ChRIS conventions).
+
+        ``script`` is passed to :meth:`descriptor_json` for ``--json``.
+        """
+        parser = argparse.ArgumentParser(
+            prog=prog,
+            description=self.description or self.title or None,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        for param in self.all_parameters:
+            _add_parameter(parser, param.spec)
+        if self.plugin_type is PluginType.DS:
+            parser.add_argument("inputdir", type=Path, help="directory of the input files")
+        parser.add_argument("outputdir", type=Path, help="directory for the output files")
+        parser.add_argument(
+            "--json",
+            action=_DescriptorAction,
+            render=lambda: self.descriptor_json(script),
+            help="print the plugin descriptor as JSON and exit",
+        )
+        parser.add_argument(
+            "--version", action="version", version=self.version, help="print the version and exit"
+        )
+        parser.add_argument(
+            "--saveinputmeta",
+            action="store_true",
+            help=f"write the options to {INPUT_META_FILE} in outputdir",
+        )
+        parser.add_argument(
+            "--saveoutputmeta",
+            action="store_true",
+            help=f"write output meta data to {OUTPUT_META_FILE} in outputdir",
+        )
+        return parser
+
+    def parse_args(
+        self, argv: Sequence[str] | None = None, script: str | os.PathLike[str] | None = None
+    ) -> Invocation:
+        """Parse a command line (default ``sys.argv[1:]``) into an :class:`Invocation`.
+
+        Raises ``SystemExit`` as argparse does: 2 with a usage message on a bad
+        command line (unknown flag, wrong type, missing required parameter,
+        ``inputdir`` not a directory), 0 after ``--help``, ``--json`` or
+        ``--version``.
+        """
+        parser = self.build_parser(script=script)
+        ns = parser.parse_args(argv)
+        inputdir: Path | None = getattr(ns, "inputdir", None)
+        if inputdir is not None and not inputdir.is_dir():
+            parser.error(f"inputdir {str(inputdir)!r} is not a directory")
+        options = argparse.Namespace(**{p.name: getattr(ns, p.name) for p in self.all_parameters})
+        return Invocation(
+            options=options,
+            inputdir=inputdir,
+            outputdir=ns.outputdir,
+            save_input_meta=ns.saveinputmeta,
+            save_output_meta=ns.saveoutputmeta,
+        )
+
+    def execute(self, invocation: Invocation) -> int:
+        """Run the plugin for a parsed invocation and return its exit status.
+
+        Creates ``outputdir`` if needed, writes the meta files that were asked
+        for, and calls ``run``. Exceptions of ``run`` (including
+        :class:`PluginFailure`) propagate.
+        """
+        invocation.outputdir.mkdir(parents=True, exist_ok=True)
+        if invocation.save_input_meta:
+            meta = {
+                **vars(invocation.options),
+                "inputdir": None if invocation.inputdir is None else str(invocation.inputdir),
+                "outputdir": str(invocation.outputdir),
+            }
+            _write_json(invocation.outputdir / INPUT_META_FILE, meta)
+        status = self.run(invocation.options, invocation.inputdir, invocation.outputdir)
+        if invocation.save_output_meta:
+            _write_json(invocation.outputdir / OUTPUT_META_FILE, dict(self.output_meta))
+        return 0 if status is None else status
+
+    def main(
+        self, argv: Sequence[str] | None = None, script: str | os.PathLike[str] | None = None
+    ) -> int:
+        """The command-line entry: parse, run, return the exit status.
+
+        A :class:`PluginFailure` becomes its message on stderr and its exit
+        status; other exceptions propagate (a traceback is the useful report).
+        Raises ``SystemExit`` for usage errors, ``--help``, ``--json`` and
+        ``--version`` (see :meth:`parse_args`).
+        """
+        invocation = self.parse_args(argv, script=script)
+        try:
+            return self.execute(invocation)
+        except PluginFailure as exc:
+            sys.stderr.write(f"{self.name}: error: {exc}\n")
+            return exc.exit_status
+
+
+def _add_parameter(parser: argparse.ArgumentParser, spec: PluginParameterSpec) -> None:
+    """Add one descriptor parameter to ``parser``."""
+    flags = [spec.flag]
+    if spec.short_flag and spec.short_flag != spec.flag:
+        flags.insert(0, spec.short_flag)
+    required = not spec.optional
+    if spec.action in (ParameterAction.STORE_TRUE, ParameterAction.STORE_FALSE):
+        default = spec.default
+        if default is None:
+            default = spec.action is ParameterAction.STORE_FALSE
+        parser.add_argument(
+            *flags,
+            dest=spec.name,
+            action=spec.action.value,
+            default=default,
+            required=required,
+            help=spec.help,
+        )
+        return
+    parser.add_argument(
+        *flags,
+        dest=spec.name,
+        type=_converter(spec.type),
+        default=spec.default,
+        required=required,
+        metavar=spec.type.value.upper(),
+        help=spec.help,
+    )
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` (UTF-8)."""
+    with path.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")

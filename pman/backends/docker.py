@@ -1,0 +1,392 @@
+"""The docker backend: plugin jobs as containers of a Docker engine.
+
+A job is a container named after its jid and labelled
+``org.chrisproject.jid=<jid>`` and ``org.chrisproject.managed-by=pman``;
+the engine is the only record of it, so a restarted pman finds its jobs by
+label. The storebase dirs of the job are bind-mounted at ``/share/incoming``
+(read-only) and ``/share/outgoing`` (read-write).
+
+Unlike ChRIS pman (a soft ``mem_reservation``), ``memory_limit`` is a hard
+limit without swap: a plugin that exceeds it is OOM-killed and reported as
+such.
+
+The docker library is synchronous: every call runs in a worker thread, and
+its exceptions are translated here into pman's (:func:`_translate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+import docker
+import docker.errors
+import docker.types
+import requests
+from docker.models.containers import Container
+
+from pman.backends.base import Backend
+from pman.errors import BackendError, InvalidJob, JobConflict, JobNotFound, PmanError
+from pman.schema import JobId, JobInfo, JobSpec, JobStatus, build_command
+from pman.settings import BackendName, PmanSettings
+
+log = logging.getLogger(__name__)
+
+LABEL_JID = "org.chrisproject.jid"
+LABEL_MANAGED_BY = "org.chrisproject.managed-by"
+MANAGED_BY = "pman"
+#: The max run time a container was started with, in seconds.
+LABEL_MAX_RUN = "org.chrisproject.max-run-seconds"
+
+INCOMING = "/share/incoming"
+OUTGOING = "/share/outgoing"
+
+OOM_MESSAGE = "out of memory (OOMKilled)"
+MAX_RUN_MESSAGE = "exceeded max run time"
+#: Docker's zero time, reported for events that did not happen yet.
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Turn docker and transport errors inside the block into pman errors."""
+    try:
+        yield
+    except PmanError:
+        raise
+    except docker.errors.ImageNotFound as exc:
+        raise InvalidJob(f"{what}: image not found ({exc.explanation})") from exc
+    except docker.errors.NotFound as exc:
+        raise JobNotFound(f"{what}: {exc.explanation}") from exc
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            raise JobConflict(f"{what}: {exc.explanation}") from exc
+        raise BackendError(f"{what}: docker engine error: {exc.explanation}") from exc
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+        raise BackendError(f"{what}: docker engine unreachable: {exc}") from exc
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value or value.startswith("0001-01-01"):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def status_from_state(state: dict[str, Any], labels: dict[str, str]) -> tuple[JobStatus, str]:
+    """A job's status and message from a container's ``State`` (reference §4).
+
+    Running/Paused → started; OOMKilled → finishedWithError (out of memory);
+    exited 0 → finishedSuccessfully; exited non-0 or Dead → finishedWithError
+    ("exceeded max run time" when it ran for its max run time label);
+    created → notStarted, unless the engine recorded a start error;
+    anything else → undefined.
+    """
+    status = str(state.get("Status", ""))
+    exit_code = int(state.get("ExitCode") or 0)
+    if state.get("Running") or state.get("Paused") or status in ("running", "paused"):
+        return JobStatus.STARTED, status or "running"
+    if state.get("OOMKilled"):
+        return JobStatus.FINISHED_WITH_ERROR, OOM_MESSAGE
+    if status == "created":
+        if state.get("Error"):
+            return JobStatus.FINISHED_WITH_ERROR, f"failed to start: {state['Error']}"
+        return JobStatus.NOT_STARTED, status
+    if status == "exited":
+        if exit_code == 0:
+            return JobStatus.FINISHED_SUCCESSFULLY, status
+        limit = labels.get(LABEL_MAX_RUN)
+        started, finished = (
+            _parse_time(state.get("StartedAt")),
+            _parse_time(state.get("FinishedAt")),
+        )
+        if limit and started and finished:
+            if (finished - started).total_seconds() >= float(limit):
+                return JobStatus.FINISHED_WITH_ERROR, MAX_RUN_MESSAGE
+        return JobStatus.FINISHED_WITH_ERROR, f"exited with code {exit_code}"
+    if state.get("Dead") or status == "dead":
+        return JobStatus.FINISHED_WITH_ERROR, status or "dead"
+    return JobStatus.UNDEFINED, status
+
+
+class DockerBackend(Backend):
+    """Runs jobs as containers of the engine ``docker.from_env()`` connects to.
+
+    Refuses ``number_of_workers != 1`` and images the engine does not have
+    (422). Status changes are found by inspecting the container at the base
+    class's poll interval while a long-poll waits.
+    """
+
+    name: ClassVar[BackendName] = BackendName.DOCKER
+
+    def __init__(
+        self,
+        settings: PmanSettings,
+        *,
+        client_factory: Callable[[], docker.DockerClient] = docker.from_env,
+    ) -> None:
+        super().__init__(settings)
+        self._client_factory = client_factory
+        self._docker: docker.DockerClient | None = None
+        self._timers: dict[JobId, asyncio.Task[None]] = {}
+
+    @property
+    def _client(self) -> docker.DockerClient:
+        if self._docker is None:
+            raise BackendError("docker backend used before start()")
+        return self._docker
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a docker library call in a worker thread, translating its errors."""
+        with _translate(what):
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the engine and re-arm max run timers of running jobs.
+
+        Raises:
+            BackendError: the engine cannot be reached.
+        """
+        self._docker = await self._call("connecting to docker", self._client_factory)
+        await self._call("connecting to docker", self._client.ping)
+        if self.settings.max_run_seconds > 0:
+            for container in await self._managed():
+                if container.attrs.get("State", {}).get("Running"):
+                    self._arm_timer(container)
+
+    async def close(self) -> None:
+        """Cancel max run timers and close the engine connection; containers keep running."""
+        timers = list(self._timers.values())
+        self._timers.clear()
+        for task in timers:
+            task.cancel()
+        await asyncio.gather(*timers, return_exceptions=True)
+        if self._docker is not None:
+            client, self._docker = self._docker, None
+            await asyncio.to_thread(client.close)
+
+    # -- Backend API ----------------------------------------------------------------
+
+    async def schedule(self, spec: JobSpec) -> JobInfo:
+        """Create and start the job's container.
+
+        Raises:
+            InvalidJob: refused spec, missing image, or the engine cannot start it.
+            JobConflict: a container named ``jid`` exists.
+            BackendError: the engine failed.
+        """
+        self.check_spec(spec)
+        await self.ensure_image(spec.image)
+        try:
+            await asyncio.to_thread(self._make_dirs, spec.input_dir, spec.output_dir)
+        except OSError as exc:
+            raise BackendError(f"cannot create the dirs of job {spec.jid!r}: {exc}") from exc
+        what = f"job {spec.jid!r}"
+        try:
+            existing = await self._call(what, self._client.containers.get, spec.jid)
+        except JobNotFound:
+            existing = None
+        if existing is not None:
+            raise JobConflict(f"job {spec.jid!r} exists already (a container has that name)")
+        container: Container = await self._call(
+            f"creating the container of {what}",
+            self._client.containers.create,
+            **self._run_args(spec),
+        )
+        try:
+            await self._call(f"starting {what}", container.start)
+        except PmanError as exc:
+            # a container that never started would report notStarted forever
+            await self._call(f"removing {what}", container.remove, force=True)
+            if isinstance(exc, BackendError) and _is_client_error(exc):
+                raise InvalidJob(f"cannot start {what}: {exc.message}") from exc
+            raise
+        await self._call(what, container.reload)
+        self._arm_timer(container)
+        log.info("job %s started in container %s", spec.jid, container.short_id)
+        return self._info_from(container, logs="")
+
+    async def ensure_image(self, image: str) -> None:
+        """Make sure the engine has ``image``.
+
+        This is the hook where a later version pulls from a registry; for
+        now only local images can run.
+
+        Raises:
+            InvalidJob: the engine does not have the image ("image not found").
+            BackendError: the engine failed.
+        """
+        await self._call(f"image {image!r}", self._client.images.get, image)
+
+    async def info(self, jid: JobId, *, logs: bool = True) -> JobInfo:
+        """The job's info from its container. Raises JobNotFound, BackendError."""
+        container = await self._get(jid)
+        text = ""
+        if logs:
+            raw: bytes = await self._call(
+                f"logs of job {jid!r}",
+                container.logs,
+                stdout=True,
+                stderr=True,
+                tail=self.settings.job_logs_tail,
+            )
+            text = raw.decode("utf-8", errors="replace")
+        return self._info_from(container, logs=text)
+
+    async def list_jobs(self) -> list[JobInfo]:
+        """Every container pman manages, without logs. Raises BackendError."""
+        return [self._info_from(c, logs="") for c in await self._managed()]
+
+    async def remove(self, jid: JobId) -> None:
+        """Stop (SIGTERM, SIGKILL after the grace period) and remove the job's container.
+
+        Raises JobNotFound, BackendError.
+        """
+        container = await self._get(jid)
+        timer = self._timers.pop(jid, None)
+        if timer is not None:
+            timer.cancel()
+        try:
+            if container.attrs.get("State", {}).get("Running"):
+                await self._call(
+                    f"stopping job {jid!r}",
+                    container.stop,
+                    timeout=round(self.settings.kill_grace_seconds),
+                )
+            await self._call(f"removing job {jid!r}", container.remove, force=True)
+        except JobNotFound:
+            pass  # removed meanwhile (concurrent DELETE): the goal is reached
+        finally:
+            self.notify(jid)
+        log.info("job %s removed", jid)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _make_dirs(self, input_dir: str, output_dir: str) -> None:
+        # the engine would create missing bind sources owned by root; create them as pman
+        for rel in (input_dir, output_dir):
+            (self.settings.storebase / rel).mkdir(parents=True, exist_ok=True)
+
+    def _run_args(self, spec: JobSpec) -> dict[str, Any]:
+        """The ``containers.create`` arguments of ``spec``."""
+        s = self.settings
+        argv = build_command(spec, INCOMING, OUTGOING)
+        labels = {
+            **s.job_labels,
+            LABEL_JID: spec.jid,
+            LABEL_MANAGED_BY: MANAGED_BY,
+        }
+        if s.max_run_seconds > 0:
+            labels[LABEL_MAX_RUN] = f"{s.max_run_seconds:g}"
+        args: dict[str, Any] = {
+            "image": spec.image,
+            "name": spec.jid,
+            # entrypoint and command as lists: the argv reaches the plugin verbatim, no shell
+            "entrypoint": argv[:1],
+            "command": argv[1:],
+            "environment": list(spec.env),
+            "labels": labels,
+            "volumes": {
+                str(s.engine_storebase / spec.input_dir): {"bind": INCOMING, "mode": "ro"},
+                str(s.engine_storebase / spec.output_dir): {"bind": OUTGOING, "mode": "rw"},
+            },
+            "restart_policy": {"Name": "no"},
+            "detach": True,
+        }
+        if s.container_user:
+            args["user"] = s.container_user
+        if s.shm_size_mib:
+            args["shm_size"] = f"{s.shm_size_mib}m"
+        if not s.ignore_limits:
+            args["mem_limit"] = f"{spec.memory_limit}m"
+            args["memswap_limit"] = f"{spec.memory_limit}m"  # equal: no swap
+            args["nano_cpus"] = spec.cpu_limit * 1_000_000
+            if spec.gpu_limit > 0:
+                args["device_requests"] = [
+                    docker.types.DeviceRequest(count=spec.gpu_limit, capabilities=[["gpu"]])
+                ]
+        return args
+
+    async def _get(self, jid: JobId) -> Container:
+        """The container of ``jid``; JobNotFound if none or not pman's."""
+        container: Container = await self._call(f"job {jid!r}", self._client.containers.get, jid)
+        if container.labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+            raise JobNotFound(f"no job {jid!r} (container {jid!r} is not managed by pman)")
+        return container
+
+    async def _managed(self) -> list[Container]:
+        containers: list[Container] = await self._call(
+            "listing jobs",
+            self._client.containers.list,
+            all=True,
+            filters={"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}"]},
+        )
+        return containers
+
+    def _info_from(self, container: Container, *, logs: str) -> JobInfo:
+        attrs = container.attrs
+        state: dict[str, Any] = attrs.get("State") or {}
+        status, message = status_from_state(state, container.labels)
+        finished = state.get("FinishedAt") or _ZERO_TIME
+        timestamp = state.get("StartedAt") if finished.startswith("0001-") else finished
+        if timestamp and timestamp.startswith("0001-"):
+            timestamp = ""
+        argv = [attrs.get("Path", ""), *(attrs.get("Args") or [])]
+        return JobInfo(
+            jid=JobId(container.labels.get(LABEL_JID, container.name or "")),
+            image=(attrs.get("Config") or {}).get("Image", ""),
+            cmd=shlex.join(a for a in argv if a is not None),
+            status=status,
+            message=message,
+            timestamp=timestamp or "",
+            logs=logs,
+            exit_code=(
+                int(state["ExitCode"]) if status.is_terminal and "ExitCode" in state else None
+            ),
+        )
+
+    def _arm_timer(self, container: Container) -> None:
+        """Kill the container when it exceeds ``max_run_seconds`` (counted from its start)."""
+        limit = self.settings.max_run_seconds
+        if limit <= 0:
+            return
+        jid = JobId(container.labels.get(LABEL_JID, container.name or ""))
+        started = _parse_time((container.attrs.get("State") or {}).get("StartedAt"))
+        elapsed = (datetime.now(started.tzinfo) - started).total_seconds() if started else 0.0
+        delay = max(limit - elapsed, 0.0)
+        old = self._timers.pop(jid, None)
+        if old is not None:
+            old.cancel()
+        self._timers[jid] = asyncio.create_task(self._expire(jid, container, delay))
+
+    async def _expire(self, jid: JobId, container: Container, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._timers.pop(jid, None)
+        try:
+            await self._call(
+                f"stopping job {jid!r}",
+                container.stop,
+                timeout=round(self.settings.kill_grace_seconds),
+            )
+            log.info("job %s killed: %s", jid, MAX_RUN_MESSAGE)
+        except JobNotFound:
+            pass
+        except PmanError:
+            log.exception("job %s: cannot stop it after its max run time", jid)
+        self.notify(jid)
+
+
+def _is_client_error(exc: BackendError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, docker.errors.APIError) and cause.is_client_error()

@@ -1,0 +1,570 @@
+"""The local backend: plugin jobs as host processes (the embedded default).
+
+Each job has a state directory ``<data_dir>/jobs/<jid>/`` that is the only
+record of it, so a restarted pman finds every job again:
+
+==============  =================================================================
+``spec.json``   the :class:`~pman.schema.JobSpec`, written before anything runs
+``job.json``    the resolved argv and environment (:class:`~pman.backends.local_runner.RunnerJob`)
+``pid``         the pid of the job's runner, also its process group id
+``logs``        stdout and stderr of the job (and of the runner)
+``message``     why the job ended, when the runner knows more than the exit code
+``exit_code``   written last, atomically: the job is over
+==============  =================================================================
+
+Jobs run under :mod:`pman.backends.local_runner` in their own session, with
+``incoming``/``outgoing`` as absolute paths under the storebase, the job's
+state directory as working directory and ``HOME``, and an environment of only
+the spec's ``env`` pairs plus ``PATH`` and ``HOME``.
+
+Status changes are pushed, not polled: pman watches each runner through a
+pidfd (Linux ≥ 5.3) and wakes long-polls when it exits; without pidfd support
+it falls back to checking every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+from pman.backends.base import Backend
+from pman.backends.local_runner import (
+    EXIT_CODE_FILE,
+    JOB_FILE,
+    LOG_FILE,
+    MESSAGE_FILE,
+    PID_FILE,
+    RunnerJob,
+    write_atomic,
+)
+from pman.errors import BackendError, InvalidJob, JobConflict, JobNotFound, PmanError
+from pman.schema import JobId, JobInfo, JobSpec, JobStatus, build_command
+from pman.settings import BackendName, PmanSettings
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.json"
+#: Recorded when the runner vanished without recording an exit code.
+LOST_MESSAGE = "process lost"
+#: Interval of the fallback exit check when pidfds are not available, in seconds.
+FALLBACK_POLL_SECONDS = 0.2
+#: Upper bound on the bytes read for a logs tail (long lines), in bytes.
+MAX_TAIL_BYTES = 4 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+# -- executable resolution ----------------------------------------------------
+
+
+def search_path(local_path: list[Path], env_path: str | None) -> list[str]:
+    """The directories executables are looked up in: ``local_path``, then ``env_path``."""
+    dirs = [str(p) for p in local_path]
+    dirs += [d for d in (env_path or "").split(os.pathsep) if d]
+    # keep the first occurrence of each directory, in order
+    return list(dict.fromkeys(dirs))
+
+
+def _is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _which(name: str, dirs: list[str]) -> str | None:
+    return shutil.which(name, path=os.pathsep.join(dirs)) if dirs else None
+
+
+def resolve_entrypoint(entrypoint: list[str], dirs: list[str]) -> list[str]:
+    """Map a plugin's (container) entrypoint onto executables of this host.
+
+    Rules, in order:
+
+    * ``[interpreter, script, ...]`` whose ``script`` is a path that does not
+      exist here (``["python3", "/usr/local/bin/dircopy"]``): the script's
+      basename (or its name without ``.py``) found on ``dirs`` runs directly,
+      since installed console scripts carry their own interpreter;
+    * ``entrypoint[0]`` that exists here is used as is;
+    * a path that does not exist here is looked up by basename on ``dirs``;
+    * a bare name is looked up on ``dirs``.
+
+    Returns the argv prefix to run (a new list).
+
+    Raises:
+        InvalidJob: nothing on this host matches.
+    """
+    first, rest = entrypoint[0], entrypoint[1:]
+    if rest and "/" in rest[0] and not rest[0].startswith("-") and not os.path.exists(rest[0]):
+        script = os.path.basename(rest[0])
+        candidates = [script]
+        if script.endswith(".py"):
+            candidates.append(script[: -len(".py")])
+        for name in candidates:
+            found = _which(name, dirs)
+            if found:
+                return [found, *rest[1:]]
+        raise InvalidJob(
+            f"cannot run {shlex.join(entrypoint[:2])!r} locally: the script {rest[0]!r} "
+            f"does not exist on this host and {script!r} is not on the search path"
+        )
+    if "/" in first:
+        if _is_executable(first):
+            return [first, *rest]
+        found = _which(os.path.basename(first), dirs)
+    else:
+        found = _which(first, dirs)
+    if not found:
+        raise InvalidJob(
+            f"executable {first!r} not found on this host (searched {os.pathsep.join(dirs)!r})"
+        )
+    return [found, *rest]
+
+
+# -- reading state ------------------------------------------------------------
+
+
+def tail_lines(path: Path, lines: int, *, max_bytes: int = MAX_TAIL_BYTES) -> str:
+    """The last ``lines`` lines of ``path`` (at most ``max_bytes`` bytes), decoded.
+
+    Reads backwards in chunks, so a large log is never read whole. A missing
+    file gives ``""``; undecodable bytes are replaced.
+    """
+    if lines <= 0:
+        return ""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return ""
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        pos = end
+        chunks: list[bytes] = []
+        newlines = 0
+        # a final newline ends the last line; it does not start another one
+        target = lines + 1
+        while pos > 0 and newlines < target and end - pos < max_bytes:
+            size = min(_CHUNK, pos, max_bytes - (end - pos))
+            pos -= size
+            fh.seek(pos)
+            chunk = fh.read(size)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+    data = b"".join(reversed(chunks))
+    text = data.decode("utf-8", errors="replace")
+    kept = text.splitlines(keepends=True)
+    return "".join(kept[-lines:])
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").strip())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+
+
+def runner_alive(pid: int, statedir: Path) -> bool:
+    """Whether ``pid`` is the live (not zombie) runner of ``statedir``.
+
+    Checks the command line in ``/proc`` so that a reused pid is not mistaken
+    for the runner; without ``/proc`` it can only check that the pid exists.
+    """
+    proc = Path("/proc") / str(pid)
+    if Path("/proc/self").exists():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        # the state letter follows the parenthesised command name
+        if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):
+            return False
+        return os.fsencode(statedir) in cmdline
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap(pid: int) -> None:
+    # our own runners must be reaped, or they stay zombies; others are not our children
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+@dataclass(frozen=True)
+class _State:
+    """A snapshot of a job's state directory."""
+
+    spec: JobSpec
+    argv: list[str]
+    pid: int | None
+    exit_code: int | None
+    message: str
+    timestamp: str
+    alive: bool
+
+
+class LocalBackend(Backend):
+    """Runs jobs as host processes supervised by :mod:`pman.backends.local_runner`.
+
+    Refuses ``gpu_limit > 0`` and ``number_of_workers != 1`` (422). Needs Linux
+    (``posix_spawn`` with ``setsid``; pidfds when available).
+    """
+
+    name: ClassVar[BackendName] = BackendName.LOCAL
+    #: The runner's exit is pushed through pidfds (or the fallback watcher).
+    poll_interval: ClassVar[float | None] = None
+
+    def __init__(self, settings: PmanSettings) -> None:
+        super().__init__(settings)
+        self.jobs_dir = settings.data_dir / "jobs"
+        self._starting: set[JobId] = set()
+        self._pidfds: dict[JobId, int] = {}
+        self._pollers: dict[JobId, asyncio.Task[None]] = {}
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the state directory and watch the runners of jobs still running.
+
+        Raises:
+            BackendError: the data directory cannot be created or read.
+        """
+        try:
+            await asyncio.to_thread(self.jobs_dir.mkdir, parents=True, exist_ok=True)
+            names = await asyncio.to_thread(self._job_names)
+        except OSError as exc:
+            raise BackendError(f"cannot use data dir {self.jobs_dir}: {exc}") from exc
+        for jid in names:
+            pid = _read_int(self._dir(jid) / PID_FILE)
+            if pid is not None and not (self._dir(jid) / EXIT_CODE_FILE).exists():
+                self._watch(jid, pid)
+        log.info("local backend: %d job(s) found in %s", len(names), self.jobs_dir)
+
+    async def close(self) -> None:
+        """Stop watching runners; the jobs keep running and are found by the next pman."""
+        loop = asyncio.get_running_loop()
+        for fd in self._pidfds.values():
+            loop.remove_reader(fd)
+            os.close(fd)
+        self._pidfds.clear()
+        pollers = list(self._pollers.values())
+        self._pollers.clear()
+        for task in pollers:
+            task.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
+
+    # -- Backend API ----------------------------------------------------------------
+
+    def check_spec(self, spec: JobSpec) -> None:
+        """The base checks, plus: no GPUs on this backend (InvalidJob)."""
+        super().check_spec(spec)
+        if spec.gpu_limit > 0:
+            raise InvalidJob(
+                f"gpu_limit must be 0 on the local backend (got {spec.gpu_limit}); "
+                "it has no GPUs to give"
+            )
+
+    async def schedule(self, spec: JobSpec) -> JobInfo:
+        """Start ``spec`` as a host process.
+
+        Raises:
+            InvalidJob: refused spec or no such executable here.
+            JobConflict: a job with this id exists.
+            BackendError: the state dir or process could not be created.
+        """
+        self.check_spec(spec)
+        dirs = search_path(self.settings.local_path, os.environ.get("PATH"))
+        prefix = resolve_entrypoint(spec.entrypoint, dirs)
+        incoming = self.settings.storebase / spec.input_dir
+        outgoing = self.settings.storebase / spec.output_dir
+        argv = build_command(
+            spec.model_copy(update={"entrypoint": prefix}), str(incoming), str(outgoing)
+        )
+        statedir = self._dir(spec.jid)
+        env = dict(item.split("=", 1) for item in spec.env)
+        # PATH must be the one the executable was resolved on; HOME is private to the job
+        env["PATH"] = os.pathsep.join(dirs)
+        env["HOME"] = str(statedir)
+        job = RunnerJob(
+            argv=argv,
+            env=env,
+            max_run_seconds=self.settings.max_run_seconds,
+            kill_grace_seconds=self.settings.kill_grace_seconds,
+            memory_limit_bytes=(
+                spec.memory_limit * 1024 * 1024 if self.settings.local_enforce_memory else None
+            ),
+        )
+        # mkdir is the atomic claim on the jid; done on the loop, together with
+        # marking the job as starting, so no reader sees one without the other
+        try:
+            statedir.mkdir(parents=False, exist_ok=False)
+        except FileExistsError as exc:
+            raise JobConflict(f"job {spec.jid!r} exists already") from exc
+        except OSError as exc:
+            raise BackendError(f"cannot create the state dir of {spec.jid!r}: {exc}") from exc
+        self._starting.add(spec.jid)
+        try:
+            pid = await asyncio.to_thread(self._launch, spec, job, statedir, incoming, outgoing)
+        except OSError as exc:
+            await asyncio.to_thread(shutil.rmtree, statedir, True)
+            raise BackendError(f"cannot start job {spec.jid!r}: {exc}") from exc
+        finally:
+            self._starting.discard(spec.jid)
+        self._watch(spec.jid, pid)
+        self.notify(spec.jid)
+        log.info("job %s started as pid %d: %s", spec.jid, pid, shlex.join(argv))
+        return await self.info(spec.jid, logs=False)
+
+    async def info(self, jid: JobId, *, logs: bool = True) -> JobInfo:
+        """The job's info from its state dir. Raises JobNotFound, BackendError."""
+        try:
+            return await asyncio.to_thread(self._info, jid, logs)
+        except PmanError:
+            raise
+        except FileNotFoundError as exc:
+            if not self._dir(jid).is_dir():  # removed while being read
+                raise JobNotFound(f"no job {jid!r}") from exc
+            raise BackendError(f"cannot read the state of job {jid!r}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot read the state of job {jid!r}: {exc}") from exc
+
+    async def list_jobs(self) -> list[JobInfo]:
+        """Every job with a state dir, without logs. Raises BackendError."""
+        try:
+            names = await asyncio.to_thread(self._job_names)
+        except OSError as exc:
+            raise BackendError(f"cannot list {self.jobs_dir}: {exc}") from exc
+        infos = []
+        for jid in names:
+            try:
+                infos.append(await self.info(jid, logs=False))
+            except JobNotFound:  # removed meanwhile
+                continue
+        return infos
+
+    async def remove(self, jid: JobId) -> None:
+        """Kill the job's process group if it runs, then delete its state dir.
+
+        SIGTERM first; SIGKILL after ``kill_grace_seconds``.
+
+        Raises:
+            JobNotFound: no such job.
+            BackendError: the state dir cannot be removed.
+        """
+        statedir = self._dir(jid)
+        if not statedir.is_dir():
+            raise JobNotFound(f"no job {jid!r}")
+        pid = _read_int(statedir / PID_FILE)
+        if pid is not None and runner_alive(pid, statedir):
+            await self._terminate(jid, pid)
+        self._unwatch(jid)
+        try:
+            await asyncio.to_thread(shutil.rmtree, statedir)
+        except FileNotFoundError:
+            pass  # a concurrent DELETE got there first
+        except OSError as exc:
+            raise BackendError(f"cannot remove the state of job {jid!r}: {exc}") from exc
+        finally:
+            self.notify(jid)
+        log.info("job %s removed", jid)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _dir(self, jid: str) -> Path:
+        return self.jobs_dir / jid
+
+    def _job_names(self) -> list[JobId]:
+        if not self.jobs_dir.is_dir():
+            return []
+        return sorted(JobId(p.name) for p in self.jobs_dir.iterdir() if p.is_dir())
+
+    def _launch(
+        self, spec: JobSpec, job: RunnerJob, statedir: Path, incoming: Path, outgoing: Path
+    ) -> int:
+        """Write the job's files and spawn its runner; returns the runner's pid."""
+        incoming.mkdir(parents=True, exist_ok=True)
+        outgoing.mkdir(parents=True, exist_ok=True)
+        write_atomic(statedir / SPEC_FILE, spec.model_dump_json())
+        write_atomic(statedir / JOB_FILE, job.to_json())
+        logs = statedir / LOG_FILE
+        argv = [sys.executable, "-m", "pman.backends.local_runner", str(statedir)]
+        # posix_spawn leaves no Popen object behind, whose finaliser would warn
+        # about (and reap) a runner that is meant to outlive this pman
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            dict(os.environ),  # the runner needs pman's interpreter setup; the job does not get it
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(logs), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+        # the runner writes its pid too; writing it here as well closes the
+        # window in which the job runs but its state says "not started"
+        write_atomic(statedir / PID_FILE, f"{pid}\n")
+        return pid
+
+    def _read_state(self, jid: JobId) -> _State | None:
+        """The job's state; ``None`` while its spec is not written yet.
+
+        Raises:
+            JobNotFound: no state dir.
+            OSError, ValueError: unreadable state (pydantic errors are ValueErrors).
+        """
+        statedir = self._dir(jid)
+        try:
+            spec = JobSpec.model_validate_json((statedir / SPEC_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            if not statedir.is_dir():
+                raise JobNotFound(f"no job {jid!r}") from None
+            return None
+        try:
+            argv = RunnerJob.from_json((statedir / JOB_FILE).read_text(encoding="utf-8")).argv
+        except FileNotFoundError:
+            argv = [*spec.entrypoint, *spec.args]
+        exit_path = statedir / EXIT_CODE_FILE
+        exit_code = _read_int(exit_path)
+        pid = _read_int(statedir / PID_FILE)
+        alive = exit_code is None and pid is not None and runner_alive(pid, statedir)
+        if exit_code is None and pid is not None and not alive:
+            # the runner writes exit_code before it exits: re-read to close the race
+            exit_code = _read_int(exit_path)
+        message = ""
+        if exit_code is not None:
+            with contextlib.suppress(FileNotFoundError):
+                message = (statedir / MESSAGE_FILE).read_text(encoding="utf-8").strip()
+        stamp_file = exit_path if exit_code is not None else statedir / PID_FILE
+        try:
+            timestamp = _iso(stamp_file.stat().st_mtime)
+        except FileNotFoundError:
+            timestamp = _iso(statedir.stat().st_mtime)
+        return _State(spec, argv, pid, exit_code, message, timestamp, alive)
+
+    def _info(self, jid: JobId, logs: bool) -> JobInfo:
+        if not self._dir(jid).is_dir():
+            raise JobNotFound(f"no job {jid!r}")
+        state = self._read_state(jid)
+        if state is None:
+            if jid in self._starting:
+                return JobInfo(jid=jid, image="", cmd="", status=JobStatus.NOT_STARTED)
+            # pman stopped between creating the dir and writing the spec
+            return JobInfo(
+                jid=jid,
+                image="",
+                cmd="",
+                status=JobStatus.FINISHED_WITH_ERROR,
+                message="never started (pman stopped first)",
+            )
+        status: JobStatus
+        exit_code = state.exit_code
+        if exit_code is not None:
+            if exit_code == 0:
+                status, message = JobStatus.FINISHED_SUCCESSFULLY, state.message or "finished"
+            else:
+                status = JobStatus.FINISHED_WITH_ERROR
+                message = state.message or f"exited with code {exit_code}"
+        elif state.alive:
+            status, message = JobStatus.STARTED, "running"
+        elif state.pid is None and jid in self._starting:
+            status, message = JobStatus.NOT_STARTED, "starting"
+        elif state.pid is None:
+            status, message = JobStatus.FINISHED_WITH_ERROR, "never started (pman stopped first)"
+        else:
+            status, message = JobStatus.FINISHED_WITH_ERROR, LOST_MESSAGE
+        return JobInfo(
+            jid=jid,
+            image=state.spec.image,
+            cmd=shlex.join(state.argv),
+            status=status,
+            message=message,
+            timestamp=state.timestamp,
+            logs=(
+                tail_lines(self._dir(jid) / LOG_FILE, self.settings.job_logs_tail) if logs else ""
+            ),
+            exit_code=exit_code,
+        )
+
+    # -- watching runners -------------------------------------------------------------
+
+    def _watch(self, jid: JobId, pid: int) -> None:
+        """Call :meth:`notify` for ``jid`` when runner ``pid`` exits."""
+        self._unwatch(jid)
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            _reap(pid)
+            self.notify(jid)
+            return
+        except (AttributeError, OSError):
+            self._pollers[jid] = asyncio.create_task(self._poll_exit(jid, pid))
+            return
+        self._pidfds[jid] = fd
+        asyncio.get_running_loop().add_reader(fd, self._on_exit, jid, pid, fd)
+
+    def _on_exit(self, jid: JobId, pid: int, fd: int) -> None:
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        if self._pidfds.get(jid) == fd:
+            del self._pidfds[jid]
+        _reap(pid)
+        self.notify(jid)
+
+    async def _poll_exit(self, jid: JobId, pid: int) -> None:
+        statedir = self._dir(jid)
+        while runner_alive(pid, statedir):
+            _reap(pid)
+            await asyncio.sleep(FALLBACK_POLL_SECONDS)
+        _reap(pid)
+        self._pollers.pop(jid, None)
+        self.notify(jid)
+
+    def _unwatch(self, jid: JobId) -> None:
+        fd = self._pidfds.pop(jid, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+        task = self._pollers.pop(jid, None)
+        if task is not None:
+            task.cancel()
+
+    async def _terminate(self, jid: JobId, pgid: int) -> None:
+        """Stop the job's process group (its runner's pid is the group id).
+
+        SIGTERM, then up to ``kill_grace_seconds`` for the runner to record
+        the end and exit, then SIGKILL for whatever of the group is left.
+        """
+        loop = asyncio.get_running_loop()
+        statedir = self._dir(jid)
+        for sig, grace in (
+            (signal.SIGTERM, self.settings.kill_grace_seconds),
+            (signal.SIGKILL, 5.0),
+        ):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+            deadline = loop.time() + grace
+            while runner_alive(pgid, statedir) and loop.time() < deadline:
+                _reap(pgid)
+                # a bounded wait for the runner to exit, not a status poll
+                await asyncio.sleep(0.02)
+            _reap(pgid)
+        if runner_alive(pgid, statedir):
+            log.warning("job %s: runner %d survived SIGKILL", jid, pgid)

@@ -1,0 +1,191 @@
+"""The supervisor process of one local job: ``python -m pman.backends.local_runner <statedir>``.
+
+pman starts this runner (in a new session, with stdout and stderr appended
+to ``<statedir>/logs``) instead of the plugin itself, so that the job's
+outcome is recorded even when pman is not running: the runner
+
+1. reads ``<statedir>/job.json`` (:class:`RunnerJob`),
+2. writes its pid to ``<statedir>/pid``,
+3. runs the argv (a list; no shell) with the job's environment, its output
+   going to the logs it inherited,
+4. kills the job's process group when it exceeds ``max_run_seconds``,
+5. writes ``<statedir>/message`` (optional) and then ``<statedir>/exit_code``,
+   each atomically (temporary file + rename), and exits.
+
+pman reads those files; ``exit_code`` appearing means the job is over. An
+exit status from a signal is recorded as ``128 + signal``, as shells and
+Docker do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+# stdlib only: the runner starts once per job, and pydantic & co. would
+# add half a second to every job's start
+
+JOB_FILE = "job.json"
+PID_FILE = "pid"
+LOG_FILE = "logs"
+EXIT_CODE_FILE = "exit_code"
+MESSAGE_FILE = "message"
+
+#: Exit code recorded when the argv cannot be executed at all (as shells do).
+CANNOT_EXECUTE = 127
+#: Message recorded when a job is killed for running too long.
+MAX_RUN_MESSAGE = "exceeded max run time"
+
+
+@dataclass(frozen=True)
+class RunnerJob:
+    """What the runner runs (``job.json``), written by the local backend."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    #: 0 means unlimited, in seconds.
+    max_run_seconds: float = 0
+    #: Seconds between SIGTERM and SIGKILL when the job is killed for its run time.
+    kill_grace_seconds: float = 10
+    #: RLIMIT_AS for the job, in bytes; ``None`` for no limit.
+    memory_limit_bytes: int | None = None
+
+    def to_json(self) -> str:
+        """This job as ``job.json`` text."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunnerJob:
+        """Parse ``job.json`` text.
+
+        Raises:
+            ValueError: not a valid job (bad JSON, missing or mistyped fields).
+        """
+        data: Any = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("job.json must hold an object")
+        try:
+            job = cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"invalid job.json: {exc}") from exc
+        if not job.argv or not all(isinstance(a, str) for a in job.argv):
+            raise ValueError("job.json: argv must be a non-empty list of strings")
+        return job
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see all of it or nothing.
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def exit_status(returncode: int) -> int:
+    """A Popen return code as a shell reports it (``-9`` becomes ``137``)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _record(statedir: Path, code: int, message: str | None) -> None:
+    # the message goes first: pman treats exit_code as "the job is over"
+    if message:
+        write_atomic(statedir / MESSAGE_FILE, message)
+    write_atomic(statedir / EXIT_CODE_FILE, f"{code}\n")
+
+
+def _limit_memory(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> int | None:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def run(statedir: Path) -> int:
+    """Run the job of ``statedir`` to its end and record the outcome; returns the exit code.
+
+    Raises:
+        OSError, ValueError: the state dir is unusable (nothing can be
+            recorded then; pman reports the job as lost).
+    """
+    job = RunnerJob.from_json((statedir / JOB_FILE).read_text(encoding="utf-8"))
+    write_atomic(statedir / PID_FILE, f"{os.getpid()}\n")
+
+    terminating = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # pman stops a job by signalling our whole process group; the runner
+        # survives SIGTERM so that it can still record how the job ended
+        nonlocal terminating
+        if not terminating:
+            terminating = True
+            os.killpg(0, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    try:
+        proc = subprocess.Popen(
+            job.argv,
+            env=job.env,
+            cwd=statedir,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=(_limit_memory(job.memory_limit_bytes) if job.memory_limit_bytes else None),
+        )
+    except OSError as exc:
+        print(f"pman: cannot execute {job.argv[0]!r}: {exc}", file=sys.stderr, flush=True)
+        _record(statedir, CANNOT_EXECUTE, f"cannot execute {job.argv[0]!r}: {exc.strerror}")
+        return CANNOT_EXECUTE
+
+    if terminating:  # a stop request arrived while the job was being started
+        os.killpg(0, signal.SIGTERM)
+    returncode = _wait(proc, job.max_run_seconds or None)
+    message: str | None = None
+    if returncode is None:
+        message = MAX_RUN_MESSAGE
+        print(f"pman: {MAX_RUN_MESSAGE} ({job.max_run_seconds:g} s)", file=sys.stderr, flush=True)
+        terminating = True  # our own group signal must not be forwarded again
+        os.killpg(0, signal.SIGTERM)
+        returncode = _wait(proc, job.kill_grace_seconds)
+        if returncode is None:
+            # SIGKILL reaches the runner too, so the outcome is recorded first
+            _record(statedir, exit_status(-signal.SIGKILL), message)
+            os.killpg(0, signal.SIGKILL)
+            returncode = proc.wait()  # not reached: SIGKILL ends this process too
+    code = exit_status(returncode)
+    _record(statedir, code, message)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m pman.backends.local_runner <statedir>``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m pman.backends.local_runner <statedir>", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(run(Path(args[0])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""pman's configuration: one pydantic-settings object, environment prefix ``PMAN_``.
+
+Every field can be set by an environment variable (``PMAN_BACKEND=docker``,
+``PMAN_JOB_LABELS='{"site": "bch"}'``) or by ``pman serve`` options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class BackendName(StrEnum):
+    """The compute backends pman can run jobs on (``container_env`` on the wire)."""
+
+    LOCAL = "local"
+    DOCKER = "docker"
+
+
+def _default_local_path() -> list[Path]:
+    # console scripts of plugins installed beside pman live next to its interpreter
+    return [Path(sys.executable).parent]
+
+
+class PmanSettings(BaseSettings):
+    """Settings of one pman server.
+
+    Paths may be relative; they are made absolute (against the working
+    directory at start-up) so that jobs see stable paths.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PMAN_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5010, ge=0, le=65535)
+    backend: BackendName = BackendName.LOCAL
+
+    #: The directory pfioh stores job data in; JobSpec dirs are relative to it.
+    storebase: Path = Path("./.pfioh-store")
+    #: The storebase as the Docker engine sees it (when pman runs in a container).
+    storebase_host_path: Path | None = None
+    #: State of the local backend (one directory per job).
+    data_dir: Path = Path("./.pman")
+
+    #: Lines of log kept in a job's ``logs``.
+    job_logs_tail: int = Field(default=1000, ge=0)
+    #: Extra labels put on every container (JSON object, or ``k=v,k2=v2``).
+    job_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    #: ``uid:gid`` (or ``uid``) the plugin containers run as.
+    container_user: str | None = Field(default=None, pattern=r"^\d+(:\d+)?$")
+    #: Do not apply cpu/memory/gpu limits to containers.
+    ignore_limits: bool = False
+    #: Size of ``/dev/shm`` in containers, in MiB (engine default when unset).
+    shm_size_mib: int | None = Field(default=None, ge=1)
+
+    #: Directories searched for local executables, before ``$PATH``
+    #: (JSON list or ``os.pathsep``-separated).
+    local_path: Annotated[list[Path], NoDecode] = Field(default_factory=_default_local_path)
+    #: Apply ``memory_limit`` as RLIMIT_AS to local jobs. Off by default: RLIMIT_AS
+    #: caps *virtual* memory, and Python, the JVM or CUDA reserve far more address
+    #: space than they use, so a limit in resident MiB makes them fail spuriously.
+    local_enforce_memory: bool = False
+
+    #: Jobs running longer than this many seconds are killed (0: unlimited).
+    max_run_seconds: float = Field(default=0, ge=0)
+    #: Seconds between SIGTERM and SIGKILL when a job is stopped.
+    kill_grace_seconds: float = Field(default=10, ge=0)
+    #: Upper bound of a long-poll's ``wait``, in seconds.
+    max_wait_seconds: float = Field(default=60, ge=0)
+
+    #: When set, every request but ``/health/`` needs ``Authorization: Bearer <token>``.
+    api_token: str | None = None
+
+    @field_validator("storebase", "data_dir", "storebase_host_path")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else v.expanduser().absolute()
+
+    @field_validator("local_path", mode="before")
+    @classmethod
+    def _split_path(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [p for p in text.split(os.pathsep) if p]
+        return v
+
+    @field_validator("job_labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            labels: dict[str, str] = {}
+            for item in filter(None, (p.strip() for p in text.split(","))):
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise ValueError(f"labels must be key=value, got {item!r}")
+                labels[key] = value
+            return labels
+        return v
+
+    @property
+    def engine_storebase(self) -> Path:
+        """The storebase path as the container engine sees it."""
+        return self.storebase_host_path or self.storebase

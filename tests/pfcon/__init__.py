@@ -1,0 +1,1 @@
+"""Tests of pfcon, against real pfioh and pman servers."""

@@ -1,0 +1,317 @@
+"""pfioh.archive on its own: member checks, safe extraction, streamed zips."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pfioh.archive import (
+    CorruptArchive,
+    UnsafeArchive,
+    aiter_sync,
+    check_member,
+    iter_tree,
+    iter_zip_members,
+    safe_extract,
+    zip_directory,
+    zip_stream,
+)
+from tests.pfioh.zips import build_tree, entry, snapshot, write_zip
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.txt", "a.txt"),
+        ("a/b/c.txt", "a/b/c.txt"),
+        ("a/./b//c.txt", "a/b/c.txt"),
+        ("dir/", "dir"),
+        ("win\\style\\x.txt", "win/style/x.txt"),
+        ("./", ""),
+        ("..foo/bar..", "..foo/bar.."),
+    ],
+)
+def test_check_member_normalises(name: str, expected: str) -> None:
+    info, _ = entry(name)
+    assert check_member(info) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "a/../../x", "a/..", "/etc/passwd", "\\windows\\x", "C:/x", "c:x", "..\\x", ""],
+)
+def test_check_member_refuses_escaping_names(name: str) -> None:
+    info, _ = entry(name)
+    with pytest.raises(UnsafeArchive) as err:
+        check_member(info)
+    assert err.value.entry == name
+    assert err.value.status == 422 and err.value.code == "unsafe_archive"
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode"),
+    [
+        ("symbolic link", stat.S_IFLNK | 0o777),
+        ("device", stat.S_IFCHR | 0o600),
+        ("device", stat.S_IFBLK | 0o600),
+        ("fifo", stat.S_IFIFO | 0o600),
+        ("socket", stat.S_IFSOCK | 0o600),
+    ],
+)
+def test_check_member_refuses_special_types(kind: str, mode: int) -> None:
+    info, _ = entry("thing", b"/etc/passwd", mode=mode)
+    with pytest.raises(UnsafeArchive, match=kind) as err:
+        check_member(info)
+    assert err.value.entry == "thing"
+
+
+def test_check_member_refuses_overlong_component() -> None:
+    info, _ = entry("a/" + "x" * 256)
+    with pytest.raises(UnsafeArchive, match="too long"):
+        check_member(info)
+
+
+def test_safe_extract_writes_files_dirs_and_modes(tmp_path: Path) -> None:
+    zp = write_zip(
+        tmp_path / "in.zip",
+        [
+            entry("top.txt", b"top"),
+            entry("nested/deep/file.bin", bytes(range(256)) * 50),
+            entry("empty/"),
+            entry("run.sh", b"#!/bin/sh\n", mode=stat.S_IFREG | 0o755),
+            entry("suid", b"x", mode=stat.S_IFREG | 0o4755 | stat.S_ISGID | stat.S_ISVTX),
+            entry("zero", b""),
+            entry("nomode.txt", b"dos", mode=0),
+        ],
+    )
+    dest = tmp_path / "out"
+    report = safe_extract(zp, dest, chunk_size=1000)
+    assert sorted(report.files) == sorted(
+        ["top.txt", "nested/deep/file.bin", "run.sh", "suid", "zero", "nomode.txt"]
+    )
+    assert report.nfiles == 6
+    assert report.nbytes == 3 + 256 * 50 + 10 + 1 + 0 + 3
+    assert (dest / "nested/deep/file.bin").read_bytes() == bytes(range(256)) * 50
+    assert (dest / "empty").is_dir() and not any((dest / "empty").iterdir())
+    assert stat.S_IMODE((dest / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "suid").stat().st_mode) == 0o755  # no setuid/setgid/sticky
+    assert stat.S_IMODE((dest / "top.txt").stat().st_mode) == 0o644
+    assert (dest / "zero").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [entry("ok.txt", b"fine"), entry("../escape.txt", b"evil")],
+        [entry("ok.txt", b"fine"), entry("/etc/evil", b"evil")],
+        [entry("ok.txt", b"fine"), entry("link", b"/etc", mode=stat.S_IFLNK | 0o777)],
+        [entry("ok.txt", b"fine"), entry("dev", b"", mode=stat.S_IFCHR | 0o666)],
+        [entry("same.txt", b"1"), entry("same.txt", b"2")],
+        [entry("a", b"file"), entry("a/b", b"under a file")],
+        [entry("a/b", b"x"), entry("a", b"file over a dir")],
+    ],
+    ids=["zip-slip", "absolute", "symlink", "chardev", "duplicate", "file-parent", "dir-as-file"],
+)
+def test_safe_extract_refuses_before_writing(
+    tmp_path: Path, members: list[tuple[zipfile.ZipInfo, bytes]]
+) -> None:
+    zp = write_zip(tmp_path / "bad.zip", members)
+    dest = tmp_path / "out"
+    with pytest.raises(UnsafeArchive):
+        safe_extract(zp, dest)
+    assert not dest.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip"]
+
+
+def test_safe_extract_limits_unpacked_size(tmp_path: Path) -> None:
+    zp = write_zip(tmp_path / "bomb.zip", [entry("a", b"\0" * 5000), entry("b", b"\0" * 5000)])
+    with pytest.raises(UnsafeArchive, match="more than the allowed 6000 bytes"):
+        safe_extract(zp, tmp_path / "out", max_bytes=6000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_safe_extract_refuses_non_zip(tmp_path: Path) -> None:
+    bad = tmp_path / "x.zip"
+    bad.write_bytes(b"this is not a zip file" * 10)
+    with pytest.raises(CorruptArchive) as err:
+        safe_extract(bad, tmp_path / "out")
+    assert err.value.code == "corrupt_archive" and err.value.status == 400
+    assert not (tmp_path / "out").exists()
+
+
+def _zip_with_bad_crc(path: Path) -> Path:
+    """A stored zip whose second member's data was altered after writing."""
+    payload = b"A" * 4000
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("first.txt", b"intact")
+        zf.writestr("second.txt", payload)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(payload)
+    raw[at + 100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_safe_extract_crc_error_removes_everything(tmp_path: Path) -> None:
+    zp = _zip_with_bad_crc(tmp_path / "crc.zip")
+    dest = tmp_path / "out"
+    with pytest.raises(CorruptArchive) as err:
+        safe_extract(zp, dest)
+    assert err.value.entry == "second.txt"
+    assert not dest.exists()
+
+
+def test_safe_extract_requires_new_dest(tmp_path: Path) -> None:
+    zp = write_zip(tmp_path / "ok.zip", [entry("a", b"1")])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep").write_text("mine")
+    with pytest.raises(FileExistsError):
+        safe_extract(zp, tmp_path / "out")
+    assert (tmp_path / "out" / "keep").read_text() == "mine"
+
+
+def test_iter_zip_members_yields_validated_files(tmp_path: Path) -> None:
+    zp = write_zip(
+        tmp_path / "m.zip",
+        [entry("d/"), entry("d/x.txt", b"x" * 3000), entry("./y", b"yy")],
+    )
+    got = {name: (stream.read(), size) for name, stream, size in iter_zip_members(zp)}
+    assert got == {"d/x.txt": (b"x" * 3000, 3000), "y": (b"yy", 2)}
+
+
+def test_iter_zip_members_validates_all_before_yielding(tmp_path: Path) -> None:
+    zp = write_zip(tmp_path / "m.zip", [entry("fine", b"1"), entry("../evil", b"2")])
+    it = iter_zip_members(zp)
+    with pytest.raises(UnsafeArchive):
+        next(it)
+
+
+def test_iter_zip_members_damaged_member(tmp_path: Path) -> None:
+    zp = _zip_with_bad_crc(tmp_path / "crc.zip")
+    with pytest.raises(CorruptArchive):
+        for _, stream, _ in iter_zip_members(zp):
+            while stream.read(512):
+                pass
+
+
+def test_zip_directory_skips_links_and_special_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src, {"real.txt": b"real", "sub": {}})
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    (src / "link.txt").symlink_to(secret)
+    (src / "linkdir").symlink_to(tmp_path)
+    os.mkfifo(src / "fifo")
+    names = [name for _, name in iter_tree(src)]
+    assert names == ["sub/", "real.txt"]
+    data = b"".join(zip_directory(src))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == ["real.txt", "sub/"]
+        assert zf.read("real.txt") == b"real"
+
+
+def test_zip_stream_from_pairs(tmp_path: Path) -> None:
+    a = tmp_path / "a.bin"
+    a.write_bytes(os.urandom(70_000))
+    d = tmp_path / "somedir"
+    d.mkdir()
+    data = b"".join(zip_stream([(a, "renamed/a.bin"), (d, "emptydir/")]))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None
+        infos = {i.filename: i for i in zf.infolist()}
+        assert set(infos) == {"renamed/a.bin", "emptydir/"}
+        assert infos["renamed/a.bin"].compress_type == zipfile.ZIP_DEFLATED
+        assert zf.read("renamed/a.bin") == a.read_bytes()
+
+
+def test_zip_directory_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        zip_directory(tmp_path / "nope")
+
+
+async def test_aiter_sync_batches_and_closes_early() -> None:
+    state = {"closed": False, "produced": 0}
+
+    def pieces() -> Iterator[bytes]:
+        try:
+            for _ in range(1000):
+                state["produced"] += 1
+                yield b"x" * 100
+        finally:
+            state["closed"] = True
+
+    source = pieces()  # held here, so only an explicit close can run its finally
+    agen = aiter_sync(source, batch_bytes=1000)
+    first = await anext(agen)
+    assert first == b"x" * 1000
+    await agen.aclose()
+    assert state["closed"]
+    assert state["produced"] < 1000
+
+
+async def test_aiter_sync_propagates_errors() -> None:
+    def failing() -> Iterator[bytes]:
+        yield b"ok"
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        async for _ in aiter_sync(failing()):
+            pass
+
+
+async def test_aiter_sync_runs_off_the_loop() -> None:
+    loop_thread: list[bool] = []
+
+    def probe() -> Iterator[bytes]:
+        try:
+            asyncio.get_running_loop()
+            loop_thread.append(True)
+        except RuntimeError:
+            loop_thread.append(False)
+        yield b"data"
+
+    assert [c async for c in aiter_sync(probe())] == [b"data"]
+    assert loop_thread == [False]
+
+
+# -- property: zip_directory then safe_extract preserves every name and byte ---
+
+_names = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="/\\\x00:"),
+    min_size=1,
+    max_size=12,
+).filter(lambda s: s not in (".", ".."))
+_trees = st.dictionaries(
+    _names,
+    st.recursive(
+        st.binary(max_size=3000),
+        lambda children: st.dictionaries(_names, children, max_size=4),
+        max_leaves=10,
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=_trees)
+def test_zip_directory_then_safe_extract_round_trips(tree: dict[str, object]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        src, zp, dest = Path(tmp, "src"), Path(tmp, "t.zip"), Path(tmp, "dest")
+        build_tree(src, tree)
+        with open(zp, "wb") as f:
+            for chunk in zip_directory(src):
+                f.write(chunk)
+        report = safe_extract(zp, dest)
+        expected = snapshot(src)
+        assert snapshot(dest) == expected
+        assert sorted(report.files) == sorted(k for k, v in expected.items() if v is not None)

@@ -1,0 +1,1 @@
+"""Tests of the plugin SDK, the reference plugins and their images."""

@@ -1,0 +1,102 @@
+"""The plugin images: built locally, they run the plugins the way pman will."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chris_sdk import PluginDescriptor
+
+from tests.sdk.trees import SAMPLE_FILES, make_tree, prefixed, snapshot
+from tests.support.images import build_module, ensure_plugin_images
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+EXPECTED = {
+    "pl-dircopy": "chris-fabric/pl-dircopy:1.0.0",
+    "pl-simpledsapp": "chris-fabric/pl-simpledsapp:1.0.0",
+}
+
+
+@pytest.fixture(scope="module")
+def images(docker_engine: Any) -> dict[str, str]:
+    """The plugin images, built if needed."""
+    return ensure_plugin_images(docker_engine)
+
+
+def run_plugin(client: Any, image: str, command: list[str], incoming: Path, outgoing: Path) -> str:
+    """Run a plugin container with ChRIS's mounts, as the invoking user, no network."""
+    output = client.containers.run(
+        image,
+        command,
+        volumes={
+            str(incoming): {"bind": "/share/incoming", "mode": "ro"},
+            str(outgoing): {"bind": "/share/outgoing", "mode": "rw"},
+        },
+        # Files in tmp_path stay owned by whoever runs the tests.
+        user=f"{os.getuid()}:{os.getgid()}",
+        network_disabled=True,
+        remove=True,
+    )
+    return output.decode() if isinstance(output, bytes) else str(output)
+
+
+def test_images_are_built_and_tagged(docker_engine: Any, images: dict[str, str]) -> None:
+    assert images == EXPECTED
+    for tag in images.values():
+        image = docker_engine.images.get(tag)
+        assert tag in image.tags
+    # A second call finds them up to date and changes nothing.
+    ids = {tag: docker_engine.images.get(tag).id for tag in images.values()}
+    assert ensure_plugin_images(docker_engine) == EXPECTED
+    assert {tag: docker_engine.images.get(tag).id for tag in images.values()} == ids
+
+
+def test_simpledsapp_container(docker_engine: Any, images: dict[str, str], tmp_path: Path) -> None:
+    incoming = make_tree(tmp_path / "in")
+    outgoing = tmp_path / "out"
+    outgoing.mkdir()
+    command = ["simpledsapp", "--prefix", "p_", "/share/incoming", "/share/outgoing"]
+    run_plugin(docker_engine, images["pl-simpledsapp"], command, incoming, outgoing)
+    assert snapshot(outgoing)[0] == prefixed(SAMPLE_FILES, "p_")
+
+
+def test_dircopy_container_with_chris_entrypoint(
+    docker_engine: Any, images: dict[str, str], tmp_path: Path
+) -> None:
+    incoming = make_tree(tmp_path / "in")
+    outgoing = tmp_path / "out"
+    outgoing.mkdir()
+    descriptor = PluginDescriptor.parse(
+        docker_engine.images.get(images["pl-dircopy"]).labels[build_module().DESCRIPTOR_LABEL]
+    )
+    # How pfcon/pman build the command: entrypoint + localised path flags + outputdir.
+    command = [*descriptor.entrypoint, "--dir", "/share/incoming", "/share/outgoing"]
+    run_plugin(docker_engine, images["pl-dircopy"], command, incoming, outgoing)
+    assert snapshot(outgoing)[0] == SAMPLE_FILES
+
+
+@pytest.mark.parametrize(
+    ("name", "selfexec"), [("pl-dircopy", "dircopy"), ("pl-simpledsapp", "simpledsapp")]
+)
+def test_descriptor_label_matches_json_in_the_image(
+    docker_engine: Any, images: dict[str, str], name: str, selfexec: str
+) -> None:
+    tag = images[name]
+    label = docker_engine.images.get(tag).labels[build_module().DESCRIPTOR_LABEL]
+    from_label = PluginDescriptor.parse(label)
+    printed = docker_engine.containers.run(
+        tag, [selfexec, "--json"], remove=True, network_disabled=True
+    ).decode()
+    assert json.loads(label) == json.loads(printed)
+    assert from_label == PluginDescriptor.parse(printed)
+    assert (from_label.name, from_label.dock_image, from_label.selfexec) == (name, tag, selfexec)
+    # Paths valid inside the image, not on the host.
+    assert from_label.selfpath == "/opt/venv/bin"
+    assert from_label.execshell.startswith("/opt/venv/bin/python")
+    # The default command shows the help.
+    help_text = docker_engine.containers.run(tag, remove=True, network_disabled=True).decode()
+    assert help_text.startswith(f"usage: {selfexec}")
