@@ -282,7 +282,7 @@ class Scheduler:
     ) -> None:
         """Move an active instance to a terminal status and settle its children."""
         async with self.sessions() as s:
-            changed = await svc.transition(
+            scheduled = await svc.finish(
                 s,
                 inst_id,
                 [x for x in S if x.is_active],
@@ -291,13 +291,11 @@ class Scheduler:
                 error_code=code.value if code else "",
                 error_message=message,
             )
-            scheduled: list[int] = []
-            if changed:
-                inst = await s.get(PluginInstance, inst_id)
-                assert inst is not None
-                await s.refresh(inst)
-                scheduled = await svc.resolve_children(s, inst)
             await s.commit()
+        await self._changed(scheduled)
+
+    async def _changed(self, scheduled: list[int]) -> None:
+        """Wake long-polls, and dispatch children that just became ready."""
         await self.hub.changed()
         if scheduled:
             self.kick()
@@ -459,7 +457,7 @@ class Scheduler:
             )
             await s.flush()
             message = "" if succeeded else "the plugin exited with an error"
-            changed = await svc.transition(
+            scheduled = await svc.finish(
                 s,
                 inst.id,
                 [S.REGISTERING_FILES],
@@ -468,16 +466,8 @@ class Scheduler:
                 summary=summary,
                 error_message=message,
             )
-            scheduled: list[int] = []
-            if changed:
-                fresh = await s.get(PluginInstance, inst.id)
-                assert fresh is not None
-                await s.refresh(fresh)
-                scheduled = await svc.resolve_children(s, fresh)
             await s.commit()
-        await self.hub.changed()
-        if scheduled:
-            self.kick()
+        await self._changed(scheduled)
 
     def _store_members(self, zip_path: Path, output_path: str) -> list[tuple[str, int]]:
         files: list[tuple[str, int]] = []

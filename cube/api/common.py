@@ -7,12 +7,14 @@ import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.engine import SessionMaker
@@ -161,6 +163,34 @@ def page_response(
         "results": [r.model_dump(mode="json") for r in results],
     }
     return web.json_response(body)
+
+
+@dataclass(frozen=True)
+class PageSlice:
+    """One page of a query: the rows and the numbers its links need."""
+
+    total: int
+    rows: Sequence[Any]
+    limit: int
+    offset: int
+
+    def response(self, request: web.Request, results: Sequence[BaseModel]) -> web.Response:
+        """The JSON list body for these rows, serialised as ``results``."""
+        return page_response(request, self.total, self.limit, self.offset, results)
+
+
+async def fetch_page(
+    request: web.Request, session: AsyncSession, query: Any, *order: Any
+) -> PageSlice:
+    """Count a query and fetch the page that ``limit``/``offset`` ask for.
+
+    Raises:
+        BadRequest: bad ``limit`` or ``offset``.
+    """
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
+    rows = (await session.exec(query.order_by(*order).offset(offset).limit(limit))).all()
+    return PageSlice(total, rows, limit, offset)
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:

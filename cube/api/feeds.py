@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
-from sqlmodel import col, func, or_, select
+from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.api import serialize as ser
@@ -19,6 +19,7 @@ from cube.api.common import (
     SESSIONS,
     SETTINGS,
     STORAGE,
+    fetch_page,
     int_param,
     model_response,
     origin,
@@ -49,16 +50,12 @@ def _visible_feeds(user: User) -> Any:
 @routes.get("/api/v1/")
 async def list_feeds(request: web.Request) -> web.Response:
     """The feed list (the API root of ChRIS)."""
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         q = select(Feed).where(Feed.owner_id == user.id)
-        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
-        rows = (await s.exec(q.order_by(col(Feed.id).desc()).offset(offset).limit(limit))).all()
+        page = await fetch_page(request, s, q, col(Feed.id).desc())
         base = origin(request)
-        return page_response(
-            request, total, limit, offset, [await ser.feed(base, s, f) for f in rows]
-        )
+        return page.response(request, [await ser.feed(base, s, f) for f in page.rows])
 
 
 async def _feed(s: AsyncSession, user: User, feed_id: int) -> Feed:
@@ -96,17 +93,15 @@ async def rename_feed(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/{id:\\d+}/plugininstances/")
 async def feed_instances(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         feed = await _feed(s, user, int_param(request, "id"))
         q = select(PluginInstance).where(PluginInstance.feed_id == feed.id)
-        return await _instance_page(request, s, q, limit, offset)
+        return await _instance_page(request, s, q)
 
 
 @routes.get("/api/v1/{id:\\d+}/files/")
 async def feed_files(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         feed = await _feed(s, user, int_param(request, "id"))
@@ -115,26 +110,16 @@ async def feed_files(request: web.Request) -> web.Response:
             .join(PluginInstance, col(PluginInstance.id) == col(StoredFile.plugin_inst_id))
             .where(PluginInstance.feed_id == feed.id)
         )
-        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
-        rows = (await s.exec(q.order_by(col(StoredFile.id)).offset(offset).limit(limit))).all()
+        page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)
         assert feed.id is not None
-        return page_response(
-            request, total, limit, offset, [ser.instance_file(base, f, feed.id) for f in rows]
-        )
+        return page.response(request, [ser.instance_file(base, f, feed.id) for f in page.rows])
 
 
-async def _instance_page(
-    request: web.Request, s: AsyncSession, q: Any, limit: int, offset: int
-) -> web.Response:
-    total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
-    rows = (
-        await s.exec(q.order_by(col(PluginInstance.id).desc()).offset(offset).limit(limit))
-    ).all()
+async def _instance_page(request: web.Request, s: AsyncSession, q: Any) -> web.Response:
+    page = await fetch_page(request, s, q, col(PluginInstance.id).desc())
     base = origin(request)
-    return page_response(
-        request, total, limit, offset, [await ser.instance(base, s, i) for i in rows]
-    )
+    return page.response(request, [await ser.instance(base, s, i) for i in page.rows])
 
 
 @routes.post("/api/v1/plugins/{id:\\d+}/instances/")
@@ -152,13 +137,12 @@ async def create_instance(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/plugins/{id:\\d+}/instances/")
 async def plugin_instances(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         q = select(PluginInstance).where(
             PluginInstance.plugin_id == int_param(request, "id"), PluginInstance.owner_id == user.id
         )
-        return await _instance_page(request, s, q, limit, offset)
+        return await _instance_page(request, s, q)
 
 
 @routes.get("/api/v1/plugins/instances/")
@@ -166,7 +150,6 @@ async def plugin_instances(request: web.Request) -> web.Response:
 async def list_instances(request: web.Request) -> web.Response:
     """Instances of the user; ``search/`` filters by id, status, feed_id,
     previous_id, plugin_id, plugin_name, title."""
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         q = select(PluginInstance)
@@ -187,7 +170,7 @@ async def list_instances(request: web.Request) -> web.Response:
                 q = q.where(PluginInstance.status == v)
             if v := request.query.get("title"):
                 q = q.where(col(PluginInstance.title).contains(v))
-        return await _instance_page(request, s, q, limit, offset)
+        return await _instance_page(request, s, q)
 
 
 @routes.get("/api/v1/plugins/instances/{id:\\d+}/")
@@ -229,7 +212,6 @@ async def update_instance(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/plugins/instances/{id:\\d+}/descendants/")
 async def descendants(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         root = await isvc.visible_instance(s, user, int_param(request, "id"))
@@ -242,7 +224,7 @@ async def descendants(request: web.Request) -> web.Response:
             )
             frontier.extend(kids.all())
         q = select(PluginInstance).where(col(PluginInstance.id).in_(ids))
-        return await _instance_page(request, s, q, limit, offset)
+        return await _instance_page(request, s, q)
 
 
 @routes.get("/api/v1/plugins/instances/{id:\\d+}/parameters/")
@@ -278,17 +260,13 @@ async def get_parameter_value(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/plugins/instances/{id:\\d+}/files/")
 async def instance_files(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         inst = await isvc.visible_instance(s, user, int_param(request, "id"))
         q = select(StoredFile).where(StoredFile.plugin_inst_id == inst.id)
-        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
-        rows = (await s.exec(q.order_by(col(StoredFile.id)).offset(offset).limit(limit))).all()
+        page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)
-        return page_response(
-            request, total, limit, offset, [ser.instance_file(base, f, inst.feed_id) for f in rows]
-        )
+        return page.response(request, [ser.instance_file(base, f, inst.feed_id) for f in page.rows])
 
 
 # -- user files ------------------------------------------------------------------
@@ -296,18 +274,14 @@ async def instance_files(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/userfiles/")
 async def list_userfiles(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         q = select(StoredFile).where(
             StoredFile.owner_id == user.id, col(StoredFile.plugin_inst_id).is_(None)
         )
-        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
-        rows = (await s.exec(q.order_by(col(StoredFile.id)).offset(offset).limit(limit))).all()
+        page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)
-        return page_response(
-            request, total, limit, offset, [ser.user_file(base, f, user.username) for f in rows]
-        )
+        return page.response(request, [ser.user_file(base, f, user.username) for f in page.rows])
 
 
 @routes.post("/api/v1/userfiles/")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import BodyPartReader, web
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 
 from cube.api import serialize as ser
 from cube.api.common import (
     SESSIONS,
     SETTINGS,
+    fetch_page,
     int_param,
     model_response,
     origin,
@@ -82,25 +83,12 @@ async def get_user(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/computeresources/")
 async def list_compute(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
-        me = await require_user(request, s)
-        total = (await s.exec(select(func.count()).select_from(ComputeResource))).one()
-        rows = (
-            await s.exec(
-                select(ComputeResource)
-                .order_by(col(ComputeResource.id))
-                .offset(offset)
-                .limit(limit)
-            )
-        ).all()
+        await require_user(request, s)
+        page = await fetch_page(request, s, select(ComputeResource), col(ComputeResource.id))
         base = origin(request)
-        return page_response(
-            request,
-            total,
-            limit,
-            offset,
-            [ser.compute_resource(base, r, show_urls=me is not None) for r in rows],
+        return page.response(
+            request, [ser.compute_resource(base, r, show_urls=True) for r in page.rows]
         )
 
 
@@ -184,7 +172,6 @@ def _plugin_query() -> Any:
 @routes.get("/api/v1/plugins/search/")
 async def list_plugins(request: web.Request) -> web.Response:
     """Plugins; ``search/`` filters by ``name``, ``name_exact``, ``version``, ``type``."""
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     q = _plugin_query()
     if request.path.endswith("/search/"):
         if v := request.query.get("name_exact"):
@@ -199,12 +186,9 @@ async def list_plugins(request: web.Request) -> web.Response:
             q = q.where(Plugin.id == int(v) if v.isdigit() else False)
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
-        total = (await s.exec(select(func.count()).select_from(q.subquery()))).one()
-        rows = (await s.exec(q.order_by(col(Plugin.id)).offset(offset).limit(limit))).all()
+        page = await fetch_page(request, s, q, col(Plugin.id))
         base = origin(request)
-        return page_response(
-            request, total, limit, offset, [ser.plugin(base, p, m) for p, m in rows]
-        )
+        return page.response(request, [ser.plugin(base, p, m) for p, m in page.rows])
 
 
 @routes.get("/api/v1/plugins/{id:\\d+}/")

@@ -191,7 +191,12 @@ class Stack:
                 )
             ids: dict[str, int] = {}
             for script in REFERENCE_PLUGINS:
-                desc = await asyncio.to_thread(reference_descriptor, script, c.images.get(script))
+                image = c.images.get(script)
+                if image is None and c.backend != "local":
+                    # container backends run the image: take the descriptor valid inside it
+                    host = await asyncio.to_thread(reference_descriptor, script)
+                    image = str(host["dock_image"])
+                desc = await asyncio.to_thread(reference_descriptor, script, image)
                 plugin = await client.register_plugin(desc, [c.compute_name])
                 ids[plugin.name] = plugin.id
             return ids
@@ -225,7 +230,9 @@ def reference_descriptor(script: str, image: str | None = None) -> dict[str, Any
             client = docker.from_env()
             labels = client.images.get(image).labels or {}
         except Exception as exc:  # docker errors of any kind: the image is unusable
-            raise StackError(f"cannot read image {image}: {exc}") from exc
+            raise StackError(
+                f"cannot read image {image} ({exc}); build the plugin images with `make images`"
+            ) from exc
         if DESCRIPTOR_LABEL not in labels:
             raise StackError(f"image {image} has no {DESCRIPTOR_LABEL} label")
         return json.loads(labels[DESCRIPTOR_LABEL])  # type: ignore[no-any-return]

@@ -324,6 +324,28 @@ async def run_if_ready(
     return target
 
 
+async def finish(
+    session: AsyncSession,
+    inst_id: int,
+    from_statuses: Iterable[InstanceStatus],
+    to: InstanceStatus,
+    *,
+    note: str = "",
+    **fields: Any,
+) -> list[int]:
+    """End an instance (a terminal ``to``) and settle its waiting children.
+
+    Returns the ids of children that became ``scheduled`` (none when the
+    instance was not in ``from_statuses``).
+    """
+    if not await transition(session, inst_id, from_statuses, to, note=note, **fields):
+        return []
+    inst = await session.get(PluginInstance, inst_id)
+    assert inst is not None
+    await session.refresh(inst)
+    return await resolve_children(session, inst)
+
+
 async def resolve_children(session: AsyncSession, parent: PluginInstance) -> list[int]:
     """Schedule (parent succeeded) or cancel (parent failed) its waiting children.
 

@@ -68,12 +68,10 @@ async def docker_stack(
 ) -> AsyncIterator[tuple[Stack, CubeClient]]:
     from tests.support.images import ensure_plugin_images
 
-    images = ensure_plugin_images(docker_engine)
-    cfg = _config(
-        tmp_path,
-        "docker",
-        images={"dircopy": images["pl-dircopy"], "simpledsapp": images["pl-simpledsapp"]},
-    )
+    ensure_plugin_images(docker_engine)
+    # no explicit images: the stack reads each plugin's descriptor from the image
+    # its host descriptor names, as `chris up --backend docker` does
+    cfg = _config(tmp_path, "docker")
     try:
         async for pair in _started(cfg):
             yield pair
