@@ -217,7 +217,6 @@ async def _demo_feed(c: CubeClient, cfg: StackConfig) -> bool:
     first = await c.create_instance(simple.id, {"prefix": "a_"}, previous_id=root.id)
     second = await c.create_instance(simple.id, {"prefix": "b_"}, previous_id=first.id)
     await _live_wait(c, second.id, root.feed_id)
-    console.print()
     tree = await _feed_tree(c, root.feed_id, with_files=True)
     console.print(tree)
     instances = await c.feed_instances(root.feed_id)
@@ -356,7 +355,10 @@ def wait_cmd(instance: int = typer.Argument(..., help="Instance id.")) -> None:
 
 
 def _status_table(instances: list[PluginInstance]) -> Table:
-    table = Table("id", "plugin", "previous", "status", "started", "ended", "error")
+    table = Table()
+    for name in ("id", "plugin", "previous", "status", "started", "ended", "error"):
+        # the status must stay readable in narrow terminals: never wrapped or cut
+        table.add_column(name, no_wrap=name == "status", min_width=20 if name == "status" else None)
     for i in sorted(instances, key=lambda x: x.id):
         style = STATUS_STYLE.get(i.status.value, "")
         table.add_row(
@@ -377,6 +379,7 @@ async def _live_wait(c: CubeClient, inst_id: int, feed_id: int) -> PluginInstanc
         async for inst in c.watch(inst_id):
             last = inst
             live.update(_status_table(await c.feed_instances(feed_id)))
+    console.print()
     assert last is not None
     return last
 

@@ -9,16 +9,14 @@ middle of a feed carries on after a restart.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cube.cli.stack import Stack, StackConfig
+from cube.cli.stack import Stack
 from cube.client import CubeClient
 from cube.schema import InstanceStatus
-from tests.support.components import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,57 +28,6 @@ TREE: dict[str, bytes] = {
     "study/series 1/ïmage-002.dcm": hashlib.sha256(b"x").digest() * 1000,
     "study/empty.bin": b"",
 }
-
-
-def _config(home: Path, backend: str = "local", **extra: Any) -> StackConfig:
-    return StackConfig(
-        home=home,
-        backend=backend,
-        cube_port=free_port(),
-        pfcon_port=free_port(),
-        pfioh_port=free_port(),
-        pman_port=free_port(),
-        **extra,
-    )
-
-
-async def _started(cfg: StackConfig) -> AsyncIterator[tuple[Stack, CubeClient]]:
-    stack = Stack(cfg)
-    await stack.start()
-    try:
-        await stack.bootstrap()
-        client = await CubeClient.from_login(cfg.cube_url, cfg.admin_user, cfg.admin_password)
-        async with client:
-            yield stack, client
-    finally:
-        await stack.stop()
-
-
-@pytest.fixture
-async def local_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, CubeClient]]:
-    async for pair in _started(_config(tmp_path, extra_env={"CUBE_LEASE_SECONDS": "3"})):
-        yield pair
-
-
-@pytest.fixture
-async def docker_stack(
-    tmp_path: Path, docker_engine: Any
-) -> AsyncIterator[tuple[Stack, CubeClient]]:
-    from tests.support.images import ensure_plugin_images
-
-    ensure_plugin_images(docker_engine)
-    # no explicit images: the stack reads each plugin's descriptor from the image
-    # its host descriptor names, as `chris up --backend docker` does
-    cfg = _config(tmp_path, "docker")
-    try:
-        async for pair in _started(cfg):
-            yield pair
-    finally:
-        for c in docker_engine.containers.list(
-            all=True, filters={"label": "org.chrisproject.managed-by=pman"}
-        ):
-            if c.name.startswith("chris-jid-"):
-                c.remove(force=True)
 
 
 async def _upload_tree(client: CubeClient, tmp: Path, folder: str) -> None:
