@@ -25,6 +25,13 @@ def chris(login_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def plugin_json(script: str) -> dict[str, object]:
+    """The descriptor a reference plugin prints with ``--json``."""
+    exe = str(Path(sys.executable).parent / script)
+    out = subprocess.run([exe, "--json"], capture_output=True, check=True).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
 async def test_cli_user_flow(local_stack: tuple[Stack, CubeClient], tmp_path: Path) -> None:
     stack, _client = local_stack
     login = tmp_path / "login.json"
@@ -75,13 +82,7 @@ async def test_cli_user_flow(local_stack: tuple[Stack, CubeClient], tmp_path: Pa
     assert missing.returncode == 1 and "no plugin" in missing.stderr
 
     # registering a plugin from a descriptor file
-    desc = json.loads(
-        subprocess.run(
-            [str(Path(sys.executable).parent / "simpledsapp"), "--json"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    )
+    desc = plugin_json("simpledsapp")
     desc.update(name="pl-copyofsimple", version="9.0")
     desc_file = tmp_path / "d.json"
     desc_file.write_text(json.dumps(desc))
