@@ -50,6 +50,9 @@ class StackConfig:
     #: plugin console script → image tag, for container backends
     images: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 60.0
+    #: scheduler workers as separate processes (``cube worker``); 0 runs the
+    #: scheduler inside CUBE's API process (the embedded default)
+    workers: int = 0
     #: extra environment for every service (e.g. CUBE_LEASE_SECONDS in tests)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -102,6 +105,8 @@ class Stack:
             key_file.write_text(os.urandom(32).hex())
             key_file.chmod(0o600)
         base["PFCON_SECRET_KEY"] = key_file.read_text().strip()
+        if c.workers:
+            base["CUBE_RUN_SCHEDULER"] = "false"
         base.update(c.extra_env)
         return base
 
@@ -124,6 +129,8 @@ class Stack:
         try:
             for name, _port, _extra in self._services():
                 await self.start_service(name)
+            for n in range(self.config.workers):
+                await self.start_worker(f"cube-worker-{n}")
         except BaseException:
             await self.stop()
             raise
@@ -141,6 +148,20 @@ class Stack:
                 start_new_session=True,
             )
         await self._wait_healthy(name, f"http://127.0.0.1:{port}/api/v1/health/")
+
+    async def start_worker(self, name: str) -> None:
+        """Start a scheduler worker process (``cube worker``) sharing CUBE's database."""
+        env = self._env()
+        env["CUBE_WORKER_ID"] = name
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "cube", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     async def kill(self, name: str) -> None:
         """Kill one service abruptly (SIGKILL), as a crash would."""
@@ -203,7 +224,8 @@ class Stack:
 
     async def stop(self) -> None:
         """Stop the services (SIGTERM, then SIGKILL after 10 s), CUBE first."""
-        for name in ("cube", "pfcon", "pman", "pfioh"):
+        workers = [n for n in self.procs if n.startswith("cube-worker-")]
+        for name in (*workers, "cube", "pfcon", "pman", "pfioh"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue

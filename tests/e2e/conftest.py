@@ -13,7 +13,7 @@ from cube.client import CubeClient
 from tests.support.components import free_port
 
 
-def _config(home: Path, backend: str = "local", **extra: Any) -> StackConfig:
+def stack_config(home: Path, backend: str = "local", **extra: Any) -> StackConfig:
     return StackConfig(
         home=home,
         backend=backend,
@@ -25,7 +25,7 @@ def _config(home: Path, backend: str = "local", **extra: Any) -> StackConfig:
     )
 
 
-async def _started(cfg: StackConfig) -> AsyncIterator[tuple[Stack, CubeClient]]:
+async def running_stack(cfg: StackConfig) -> AsyncIterator[tuple[Stack, CubeClient]]:
     stack = Stack(cfg)
     await stack.start()
     try:
@@ -39,7 +39,7 @@ async def _started(cfg: StackConfig) -> AsyncIterator[tuple[Stack, CubeClient]]:
 
 @pytest.fixture
 async def local_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, CubeClient]]:
-    async for pair in _started(_config(tmp_path, extra_env={"CUBE_LEASE_SECONDS": "3"})):
+    async for pair in running_stack(stack_config(tmp_path, extra_env={"CUBE_LEASE_SECONDS": "3"})):
         yield pair
 
 
@@ -52,9 +52,9 @@ async def docker_stack(
     ensure_plugin_images(docker_engine)
     # no explicit images: the stack reads each plugin's descriptor from the image
     # its host descriptor names, as `chris up --backend docker` does
-    cfg = _config(tmp_path, "docker")
+    cfg = stack_config(tmp_path, "docker")
     try:
-        async for pair in _started(cfg):
+        async for pair in running_stack(cfg):
             yield pair
     finally:
         for c in docker_engine.containers.list(

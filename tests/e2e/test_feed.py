@@ -166,3 +166,27 @@ async def test_cube_restart_carries_on(
     assert "c_s_notes.txt" in names
     slow_final = await client.instance(slow.id)
     assert [h.status for h in slow_final.status_history].count(S.STARTED) == 1
+
+
+async def test_separate_competing_workers(tmp_path: Path) -> None:
+    """The API process runs no scheduler; two worker processes share the work
+    through database leases, and no instance is driven twice."""
+    from tests.e2e.conftest import running_stack, stack_config
+
+    cfg = stack_config(tmp_path, workers=2, extra_env={"CUBE_LEASE_SECONDS": "5"})
+    async for _stack, client in running_stack(cfg):
+        folder = "home/chris/uploads/w"
+        await _upload_tree(client, tmp_path, folder)
+        dircopy = await client.plugin_by_name("pl-dircopy")
+        simple = await client.plugin_by_name("pl-simpledsapp")
+        roots = [await client.create_instance(dircopy.id, {"dir": folder}) for _ in range(3)]
+        leaves = [
+            await client.create_instance(simple.id, {"prefix": "w_"}, previous_id=r.id)
+            for r in roots
+        ]
+        for leaf in leaves:
+            final = await client.wait(leaf.id, timeout=180)
+            assert final.status is S.FINISHED_SUCCESSFULLY, (final.error_code, final.error_message)
+        for inst in [*roots, *leaves]:
+            history = [h.status for h in (await client.instance(inst.id)).status_history]
+            assert history.count(S.STARTED) == 1 and history.count(S.REGISTERING_FILES) == 1
