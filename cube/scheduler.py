@@ -253,6 +253,7 @@ class Scheduler:
                     delay = self.settings.retry_min_seconds
                 except _Retry as exc:
                     log.warning("instance %s: %s; retrying in %.1fs", inst_id, exc, delay)
+                    await self._note(inst_id, f"{exc}; retrying in {delay:.1f}s")
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.retry_max_seconds)
         except asyncio.CancelledError:
@@ -268,6 +269,18 @@ class Scheduler:
             self._tasks.pop(inst_id, None)
             if not self._stopping:
                 await self._release([inst_id])
+
+    async def _note(self, inst_id: int, message: str) -> None:
+        """Show why an active instance is not progressing (its status is unchanged)."""
+        async with self.sessions() as s:
+            await s.exec(
+                update(PluginInstance)  # type: ignore[call-overload]
+                .where(col(PluginInstance.id) == inst_id)
+                .where(col(PluginInstance.status).in_(DRIVEN))
+                .values(error_message=message[:1000])
+            )
+            await s.commit()
+        await self.hub.changed()
 
     async def _cleanup_after_cancel(self, inst_id: int) -> None:
         with contextlib.suppress(Exception):
@@ -338,6 +351,7 @@ class Scheduler:
                 S.STARTED,
                 job_status=info.status.value,
                 summary=summary,
+                error_message="",
             )
             await s.commit()
         await self.hub.changed()
@@ -383,13 +397,14 @@ class Scheduler:
                     S.REGISTERING_FILES,
                     job_status=info.status.value,
                     summary=summary,
+                    error_message="",
                 )
             else:
                 await s.exec(
                     update(PluginInstance)  # type: ignore[call-overload]
                     .where(col(PluginInstance.id) == inst.id)
                     .where(col(PluginInstance.status) == S.STARTED.value)
-                    .values(job_status=info.status.value, summary=summary)
+                    .values(job_status=info.status.value, summary=summary, error_message="")
                 )
             await s.commit()
         if info.status is JobStatus.UNDEFINED:
