@@ -326,13 +326,26 @@ class DockerBackend(Backend):
         return container
 
     async def _managed(self) -> list[Container]:
-        containers: list[Container] = await self._call(
-            "listing jobs",
-            self._client.containers.list,
-            all=True,
-            filters={"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}"]},
-        )
+        containers: list[Container] = await self._call("listing jobs", self._list_managed)
         return containers
+
+    def _list_managed(self) -> list[Container]:
+        """pman's containers, inspected one by one (blocking).
+
+        A plain ``containers.list()`` inspects every container it listed and
+        fails when one is removed in between (a job deleted concurrently); a
+        sparse listing plus a tolerant ``get`` skips those instead.
+        """
+        found: list[Container] = []
+        sparse = self._client.containers.list(
+            all=True, sparse=True, filters={"label": [f"{LABEL_MANAGED_BY}={MANAGED_BY}"]}
+        )
+        for item in sparse:
+            try:
+                found.append(self._client.containers.get(item.id))
+            except docker.errors.NotFound:
+                continue
+        return found
 
     def _info_from(self, container: Container, *, logs: str) -> JobInfo:
         attrs = container.attrs

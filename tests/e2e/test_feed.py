@@ -8,6 +8,7 @@ middle of a feed carries on after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,20 @@ async def test_feed_on_docker_backend(
 ) -> None:
     _stack, client = docker_stack
     await _run_feed(client, tmp_path)
-    # remote data and containers are cleaned up after each instance
-    leftovers = docker_engine.containers.list(
-        all=True, filters={"label": "org.chrisproject.managed-by=pman"}
-    )
-    assert [c.name for c in leftovers if c.name.startswith("chris-jid-")] == []
+
+    # remote data and containers are cleaned up after each instance ends (just
+    # after its terminal status is recorded, so wait for it, boundedly)
+    def leftovers() -> list[str]:
+        found = docker_engine.containers.list(
+            all=True, sparse=True, filters={"label": "org.chrisproject.managed-by=pman"}
+        )
+        names = [n.lstrip("/") for c in found for n in c.attrs.get("Names", [])]
+        return [n for n in names if n.startswith("chris-jid-")]
+
+    async with asyncio.timeout(30):
+        while leftovers():
+            await asyncio.sleep(0.2)
+    assert not list((_stack.config.home / "site" / "store").glob("key-*"))
 
 
 async def test_failing_plugin_cancels_its_children(
