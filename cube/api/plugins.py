@@ -87,9 +87,7 @@ async def list_compute(request: web.Request) -> web.Response:
         await require_user(request, s)
         page = await fetch_page(request, s, select(ComputeResource), col(ComputeResource.id))
         base = origin(request)
-        return page.response(
-            request, [ser.compute_resource(base, r, show_urls=True) for r in page.rows]
-        )
+        return page.response(request, [ser.compute_resource(base, r) for r in page.rows])
 
 
 @routes.get("/api/v1/computeresources/{id:\\d+}/")
@@ -99,7 +97,7 @@ async def get_compute(request: web.Request) -> web.Response:
         r = await s.get(ComputeResource, int_param(request, "id"))
         if r is None:
             raise NotFound("Not found.")
-        return model_response(ser.compute_resource(origin(request), r, show_urls=True))
+        return model_response(ser.compute_resource(origin(request), r))
 
 
 @routes.post("/chris-admin/api/v1/computeresources/")
@@ -122,7 +120,7 @@ async def admin_create_compute(request: web.Request) -> web.Response:
             max_job_exec_seconds=max_exec,
         )
         await s.commit()
-        return model_response(ser.compute_resource(origin(request), r, show_urls=True), status=201)
+        return model_response(ser.compute_resource(origin(request), r), status=201)
 
 
 @routes.post("/chris-admin/api/v1/")
@@ -237,5 +235,5 @@ async def plugin_compute(request: web.Request) -> web.Response:
             len(rows),
             limit,
             offset,
-            [ser.compute_resource(base, r, show_urls=True) for r in chunk],
+            [ser.compute_resource(base, r) for r in chunk],
         )

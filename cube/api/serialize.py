@@ -24,15 +24,16 @@ def user(base: str, u: m.User) -> schema.User:
     )
 
 
-def compute_resource(base: str, r: m.ComputeResource, *, show_urls: bool) -> schema.ComputeResource:
+def compute_resource(base: str, r: m.ComputeResource) -> schema.ComputeResource:
+    """A compute resource; only authenticated users reach this (ChRIS hides URLs from anonymous)."""
     return schema.ComputeResource(
         url=f"{base}/api/v1/computeresources/{r.id}/",
         id=schema.ComputeResourceId(r.id or 0),
         creation_date=as_utc(r.creation_date),  # type: ignore[arg-type]
         modification_date=as_utc(r.modification_date),  # type: ignore[arg-type]
         name=r.name,
-        compute_url=r.compute_url if show_urls else None,
-        compute_auth_url=r.compute_auth_url if show_urls else None,
+        compute_url=r.compute_url,
+        compute_auth_url=r.compute_auth_url,
         compute_innetwork=r.compute_innetwork,
         description=r.description,
         max_job_exec_seconds=r.max_job_exec_seconds,
