@@ -19,7 +19,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.engine import SessionMaker
 from cube.db.models import User
-from cube.errors import BadRequest, Conflict, CubeError, NotAuthenticated, PermissionDenied
+from cube.errors import (
+    BadRequest,
+    Conflict,
+    CubeError,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+)
 from cube.scheduler import Scheduler, StatusHub
 from cube.services import users
 from cube.settings import CubeSettings
@@ -35,6 +42,7 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 @web.middleware
@@ -191,6 +199,28 @@ async def fetch_page(
     total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
     rows = (await session.exec(query.order_by(*order).offset(offset).limit(limit))).all()
     return PageSlice(total, rows, limit, offset)
+
+
+def list_page(request: web.Request, items: Sequence[Any]) -> PageSlice:
+    """The page of an already-loaded list that ``limit``/``offset`` ask for.
+
+    Raises:
+        BadRequest: bad ``limit`` or ``offset``.
+    """
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    return PageSlice(len(items), items[offset : offset + limit], limit, offset)
+
+
+async def get_or_404(session: AsyncSession, model: type[T], ident: int) -> T:
+    """The row of ``model`` with primary key ``ident``.
+
+    Raises:
+        NotFound: no such row.
+    """
+    row = await session.get(model, ident)
+    if row is None:
+        raise NotFound("Not found.")
+    return row
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:

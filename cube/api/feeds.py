@@ -20,11 +20,11 @@ from cube.api.common import (
     SETTINGS,
     STORAGE,
     fetch_page,
+    get_or_404,
     int_param,
+    list_page,
     model_response,
     origin,
-    page_bounds,
-    page_response,
     read_body,
     require_user,
 )
@@ -229,17 +229,14 @@ async def descendants(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/plugins/instances/{id:\\d+}/parameters/")
 async def instance_parameters(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         inst = await isvc.visible_instance(s, user, int_param(request, "id"))
         assert inst.id is not None
         pairs = await isvc.parameter_values(s, inst.id)
+        page = list_page(request, pairs)
         base = origin(request)
-        chunk = pairs[offset : offset + limit]
-        return page_response(
-            request, len(pairs), limit, offset, [ser.parameter_value(base, v, p) for v, p in chunk]
-        )
+        return page.response(request, [ser.parameter_value(base, v, p) for v, p in page.rows])
 
 
 @routes.get(
@@ -248,9 +245,7 @@ async def instance_parameters(request: web.Request) -> web.Response:
 async def get_parameter_value(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        value = await s.get(ParameterValue, int_param(request, "id"))
-        if value is None:
-            raise NotFound("Not found.")
+        value = await get_or_404(s, ParameterValue, int_param(request, "id"))
         await isvc.visible_instance(s, user, value.plugin_inst_id)
         for v, p in await isvc.parameter_values(s, value.plugin_inst_id):
             if v.id == value.id:

@@ -10,13 +10,12 @@ from sqlmodel import col, select
 from cube.api import serialize as ser
 from cube.api.common import (
     SESSIONS,
-    SETTINGS,
     fetch_page,
+    get_or_404,
     int_param,
+    list_page,
     model_response,
     origin,
-    page_bounds,
-    page_response,
     read_body,
     require_staff,
     require_user,
@@ -94,9 +93,7 @@ async def list_compute(request: web.Request) -> web.Response:
 async def get_compute(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
-        r = await s.get(ComputeResource, int_param(request, "id"))
-        if r is None:
-            raise NotFound("Not found.")
+        r = await get_or_404(s, ComputeResource, int_param(request, "id"))
         return model_response(ser.compute_resource(origin(request), r))
 
 
@@ -199,41 +196,29 @@ async def get_plugin(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/plugins/{id:\\d+}/parameters/")
 async def plugin_parameters(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
         await psvc.get_plugin(s, int_param(request, "id"))
         params = await psvc.plugin_parameters(s, int_param(request, "id"))
+        page = list_page(request, params)
         base = origin(request)
-        chunk = params[offset : offset + limit]
-        return page_response(
-            request, len(params), limit, offset, [ser.parameter(base, p) for p in chunk]
-        )
+        return page.response(request, [ser.parameter(base, p) for p in page.rows])
 
 
 @routes.get("/api/v1/plugins/parameters/{id:\\d+}/")
 async def get_parameter(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
-        p = await s.get(PluginParameter, int_param(request, "id"))
-        if p is None:
-            raise NotFound("Not found.")
+        p = await get_or_404(s, PluginParameter, int_param(request, "id"))
         return model_response(ser.parameter(origin(request), p))
 
 
 @routes.get("/api/v1/plugins/{id:\\d+}/computeresources/")
 async def plugin_compute(request: web.Request) -> web.Response:
-    limit, offset = page_bounds(request, request.app[SETTINGS])
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
         await psvc.get_plugin(s, int_param(request, "id"))
         rows = await psvc.plugin_resources(s, int_param(request, "id"))
+        page = list_page(request, rows)
         base = origin(request)
-        chunk = rows[offset : offset + limit]
-        return page_response(
-            request,
-            len(rows),
-            limit,
-            offset,
-            [ser.compute_resource(base, r) for r in chunk],
-        )
+        return page.response(request, [ser.compute_resource(base, r) for r in page.rows])

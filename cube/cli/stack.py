@@ -138,24 +138,20 @@ class Stack:
     async def start_service(self, name: str) -> None:
         """Start one service (again) and wait for its health check."""
         port, extra = next((p, e) for n, p, e in self._services() if n == name)
-        with (self.logs / f"{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", name, "serve", *extra],
-                env=self._env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._spawn(name, [name, "serve", *extra], self._env())
         await self._wait_healthy(name, f"http://127.0.0.1:{port}/api/v1/health/")
 
     async def start_worker(self, name: str) -> None:
         """Start a scheduler worker process (``cube worker``) sharing CUBE's database."""
         env = self._env()
         env["CUBE_WORKER_ID"] = name
+        self._spawn(name, ["cube", "worker"], env)
+
+    def _spawn(self, name: str, module_args: list[str], env: dict[str, str]) -> None:
+        """Start ``python -m <module_args>`` in its own session, logging to ``<name>.log``."""
         with (self.logs / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "cube", "worker"],
+                [sys.executable, "-m", *module_args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -57,6 +57,15 @@ async def test_register_plugins_and_read_them(
         ("count", "integer", "store"),
         ("verbose", "boolean", "store_true"),
     ]
+    paged = await (
+        await api.get(
+            f"/api/v1/plugins/{registered['ds']}/parameters/?limit=1&offset=1", headers=admin
+        )
+    ).json()
+    assert paged["count"] == 3 and [p["name"] for p in paged["results"]] == ["count"]
+    assert "offset=2" in paged["next"] and "offset=0" in paged["previous"]
+    missing = await api.get("/api/v1/plugins/parameters/99999/", headers=admin)
+    assert missing.status == 404
     search = await api.get("/api/v1/plugins/search/?name_exact=pl-fscopy", headers=admin)
     assert [p["id"] for p in (await search.json())["results"]] == [registered["fs"]]
     # registering the same descriptor again is idempotent
