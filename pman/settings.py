@@ -11,9 +11,9 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -22,6 +22,8 @@ class BackendName(StrEnum):
 
     LOCAL = "local"
     DOCKER = "docker"
+    SWARM = "swarm"
+    KUBERNETES = "kubernetes"
 
 
 def _default_local_path() -> list[Path]:
@@ -78,6 +80,42 @@ class PmanSettings(BaseSettings):
     #: When set, every request but ``/health/`` needs ``Authorization: Bearer <token>``.
     api_token: str | None = None
 
+    # -- images and registries (docker, swarm) ---------------------------------
+    #: Pull an image the engine does not have (docker, swarm); off: such jobs are refused.
+    pull_images: bool = True
+    #: Credentials for pulling from a private registry (docker, swarm).
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+
+    # -- swarm ----------------------------------------------------------------
+    #: Placement constraints of every job service, e.g. ``node.labels.gpu==true``
+    #: (JSON list or comma-separated).
+    swarm_constraints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: The generic resource kind GPUs are advertised as by the swarm nodes' dockerd.
+    swarm_gpu_resource: str = "NVIDIA-GPU"
+
+    # -- kubernetes -----------------------------------------------------------
+    #: Namespace the Jobs are created in.
+    kubernetes_namespace: str = "default"
+    #: kubeconfig file; unset: ``$KUBECONFIG``/``~/.kube/config``, else in-cluster config.
+    kubeconfig: Path | None = None
+    #: Node selector of every job pod (JSON object or ``k=v,k2=v2``).
+    kubernetes_node_selector: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    #: Tolerations of every job pod (JSON list of Toleration objects), e.g. for tainted GPU nodes.
+    kubernetes_tolerations: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
+    #: The extended resource name GPUs are requested as.
+    kubernetes_gpu_resource: str = "nvidia.com/gpu"
+    #: How job pods reach the storebase: a hostPath (``storebase_host_path`` or
+    #: ``storebase`` on every node) or a PersistentVolumeClaim with subPaths.
+    kubernetes_storage: Literal["hostPath", "pvc"] = "hostPath"
+    #: The claim holding the storebase when ``kubernetes_storage`` is ``pvc``.
+    kubernetes_pvc_name: str | None = None
+    #: ``ttlSecondsAfterFinished`` of every Job: the cluster deletes finished Jobs
+    #: this long after they end, if pfcon has not deleted them before.
+    kubernetes_ttl_seconds: int = Field(default=86400, ge=0)
+    #: An image pull secret for private registries.
+    kubernetes_image_pull_secret: str | None = None
+
     @field_validator("storebase", "data_dir", "storebase_host_path")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
@@ -93,7 +131,22 @@ class PmanSettings(BaseSettings):
             return [p for p in text.split(os.pathsep) if p]
         return v
 
-    @field_validator("job_labels", mode="before")
+    @field_validator("swarm_constraints", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [p.strip() for p in text.split(",") if p.strip()]
+        return v
+
+    @field_validator("kubernetes_tolerations", mode="before")
+    @classmethod
+    def _json_list(cls, v: Any) -> Any:
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("job_labels", "kubernetes_node_selector", mode="before")
     @classmethod
     def _parse_labels(cls, v: Any) -> Any:
         if isinstance(v, str):

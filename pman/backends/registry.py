@@ -1,7 +1,7 @@
 """The factory that picks a compute backend by name.
 
 Each backend module is imported only when chosen, so the local backend never
-needs the docker library. A new backend (swarm, kubernetes) adds a member to
+needs the docker library. A new backend adds a member to
 :class:`~pman.settings.BackendName` and one entry to ``_FACTORIES``.
 """
 
@@ -27,10 +27,24 @@ def _docker(settings: PmanSettings) -> Backend:
     return DockerBackend(settings)
 
 
+def _swarm(settings: PmanSettings) -> Backend:
+    from pman.backends.swarm import SwarmBackend
+
+    return SwarmBackend(settings)
+
+
+def _kubernetes(settings: PmanSettings) -> Backend:
+    from pman.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend(settings)
+
+
 _FACTORIES: Final[Mapping[BackendName, Callable[[PmanSettings], Backend]]] = MappingProxyType(
     {
         BackendName.LOCAL: _local,
         BackendName.DOCKER: _docker,
+        BackendName.SWARM: _swarm,
+        BackendName.KUBERNETES: _kubernetes,
     }
 )
 
