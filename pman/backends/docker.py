@@ -10,76 +10,41 @@ Unlike ChRIS pman (a soft ``mem_reservation``), ``memory_limit`` is a hard
 limit without swap: a plugin that exceeds it is OOM-killed and reported as
 such.
 
-The docker library is synchronous: every call runs in a worker thread, and
-its exceptions are translated here into pman's (:func:`_translate`).
+The engine connection, image pulls and max run timers are shared with the
+swarm backend (:mod:`pman.backends.engine`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shlex
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import docker
 import docker.errors
 import docker.types
-import requests
 from docker.models.containers import Container
 
-from pman.backends.base import Backend
+from pman.backends.engine import (
+    INCOMING,
+    LABEL_JID,
+    LABEL_MANAGED_BY,
+    LABEL_MAX_RUN,
+    MANAGED_BY,
+    MAX_RUN_MESSAGE,
+    OOM_MESSAGE,
+    OUTGOING,
+    EngineBackend,
+)
+from pman.backends.engine import parse_time as _parse_time
 from pman.errors import BackendError, InvalidJob, JobConflict, JobNotFound, PmanError
 from pman.schema import JobId, JobInfo, JobSpec, JobStatus, build_command
-from pman.settings import BackendName, PmanSettings
+from pman.settings import BackendName
 
 log = logging.getLogger(__name__)
 
-LABEL_JID = "org.chrisproject.jid"
-LABEL_MANAGED_BY = "org.chrisproject.managed-by"
-MANAGED_BY = "pman"
-#: The max run time a container was started with, in seconds.
-LABEL_MAX_RUN = "org.chrisproject.max-run-seconds"
-
-INCOMING = "/share/incoming"
-OUTGOING = "/share/outgoing"
-
-OOM_MESSAGE = "out of memory (OOMKilled)"
-MAX_RUN_MESSAGE = "exceeded max run time"
 #: Docker's zero time, reported for events that did not happen yet.
 _ZERO_TIME = "0001-01-01T00:00:00Z"
-
-T = TypeVar("T")
-
-
-@contextmanager
-def _translate(what: str) -> Iterator[None]:
-    """Turn docker and transport errors inside the block into pman errors."""
-    try:
-        yield
-    except PmanError:
-        raise
-    except docker.errors.ImageNotFound as exc:
-        raise InvalidJob(f"{what}: image not found ({exc.explanation})") from exc
-    except docker.errors.NotFound as exc:
-        raise JobNotFound(f"{what}: {exc.explanation}") from exc
-    except docker.errors.APIError as exc:
-        if exc.status_code == 409:
-            raise JobConflict(f"{what}: {exc.explanation}") from exc
-        raise BackendError(f"{what}: docker engine error: {exc.explanation}") from exc
-    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-        raise BackendError(f"{what}: docker engine unreachable: {exc}") from exc
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value or value.startswith("0001-01-01"):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def status_from_state(state: dict[str, Any], labels: dict[str, str]) -> tuple[JobStatus, str]:
@@ -118,63 +83,23 @@ def status_from_state(state: dict[str, Any], labels: dict[str, str]) -> tuple[Jo
     return JobStatus.UNDEFINED, status
 
 
-class DockerBackend(Backend):
+class DockerBackend(EngineBackend):
     """Runs jobs as containers of the engine ``docker.from_env()`` connects to.
 
     Refuses ``number_of_workers != 1`` and images the engine does not have
-    (422). Status changes are found by inspecting the container at the base
+    and cannot pull (422). Status changes are found by inspecting the container at the base
     class's poll interval while a long-poll waits.
     """
 
     name: ClassVar[BackendName] = BackendName.DOCKER
 
-    def __init__(
-        self,
-        settings: PmanSettings,
-        *,
-        client_factory: Callable[[], docker.DockerClient] = docker.from_env,
-    ) -> None:
-        super().__init__(settings)
-        self._client_factory = client_factory
-        self._docker: docker.DockerClient | None = None
-        self._timers: dict[JobId, asyncio.Task[None]] = {}
-
-    @property
-    def _client(self) -> docker.DockerClient:
-        if self._docker is None:
-            raise BackendError("docker backend used before start()")
-        return self._docker
-
-    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a docker library call in a worker thread, translating its errors."""
-        with _translate(what):
-            return await asyncio.to_thread(fn, *args, **kwargs)
-
-    # -- lifecycle --------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Connect to the engine and re-arm max run timers of running jobs.
-
-        Raises:
-            BackendError: the engine cannot be reached.
-        """
-        self._docker = await self._call("connecting to docker", self._client_factory)
-        await self._call("connecting to docker", self._client.ping)
+    async def _resume(self) -> None:
+        """Re-arm the max run timers of running containers."""
         if self.settings.max_run_seconds > 0:
             for container in await self._managed():
-                if container.attrs.get("State", {}).get("Running"):
-                    self._arm_timer(container)
-
-    async def close(self) -> None:
-        """Cancel max run timers and close the engine connection; containers keep running."""
-        timers = list(self._timers.values())
-        self._timers.clear()
-        for task in timers:
-            task.cancel()
-        await asyncio.gather(*timers, return_exceptions=True)
-        if self._docker is not None:
-            client, self._docker = self._docker, None
-            await asyncio.to_thread(client.close)
+                state = container.attrs.get("State") or {}
+                if state.get("Running"):
+                    self._arm_timer(self._jid_of(container), _parse_time(state.get("StartedAt")))
 
     # -- Backend API ----------------------------------------------------------------
 
@@ -188,10 +113,7 @@ class DockerBackend(Backend):
         """
         self.check_spec(spec)
         await self.ensure_image(spec.image)
-        try:
-            await asyncio.to_thread(self._make_dirs, spec.input_dir, spec.output_dir)
-        except OSError as exc:
-            raise BackendError(f"cannot create the dirs of job {spec.jid!r}: {exc}") from exc
+        await self._make_dirs(spec.jid, spec.input_dir, spec.output_dir)
         what = f"job {spec.jid!r}"
         try:
             existing = await self._call(what, self._client.containers.get, spec.jid)
@@ -213,21 +135,11 @@ class DockerBackend(Backend):
                 raise InvalidJob(f"cannot start {what}: {exc.message}") from exc
             raise
         await self._call(what, container.reload)
-        self._arm_timer(container)
+        self._arm_timer(
+            spec.jid, _parse_time((container.attrs.get("State") or {}).get("StartedAt"))
+        )
         log.info("job %s started in container %s", spec.jid, container.short_id)
         return self._info_from(container, logs="")
-
-    async def ensure_image(self, image: str) -> None:
-        """Make sure the engine has ``image``.
-
-        This is the hook where a later version pulls from a registry; for
-        now only local images can run.
-
-        Raises:
-            InvalidJob: the engine does not have the image ("image not found").
-            BackendError: the engine failed.
-        """
-        await self._call(f"image {image!r}", self._client.images.get, image)
 
     async def info(self, jid: JobId, *, logs: bool = True) -> JobInfo:
         """The job's info from its container. Raises JobNotFound, BackendError."""
@@ -254,9 +166,7 @@ class DockerBackend(Backend):
         Raises JobNotFound, BackendError.
         """
         container = await self._get(jid)
-        timer = self._timers.pop(jid, None)
-        if timer is not None:
-            timer.cancel()
+        self._cancel_timer(jid)
         try:
             if container.attrs.get("State", {}).get("Running"):
                 await self._call(
@@ -273,11 +183,6 @@ class DockerBackend(Backend):
 
     # -- helpers --------------------------------------------------------------------
 
-    def _make_dirs(self, input_dir: str, output_dir: str) -> None:
-        # the engine would create missing bind sources owned by root; create them as pman
-        for rel in (input_dir, output_dir):
-            (self.settings.storebase / rel).mkdir(parents=True, exist_ok=True)
-
     def _run_args(self, spec: JobSpec) -> dict[str, Any]:
         """The ``containers.create`` arguments of ``spec``."""
         s = self.settings
@@ -287,8 +192,7 @@ class DockerBackend(Backend):
             LABEL_JID: spec.jid,
             LABEL_MANAGED_BY: MANAGED_BY,
         }
-        if s.max_run_seconds > 0:
-            labels[LABEL_MAX_RUN] = f"{s.max_run_seconds:g}"
+        labels.update(self._max_run_labels())
         args: dict[str, Any] = {
             "image": spec.image,
             "name": spec.jid,
@@ -357,7 +261,7 @@ class DockerBackend(Backend):
             timestamp = ""
         argv = [attrs.get("Path", ""), *(attrs.get("Args") or [])]
         return JobInfo(
-            jid=JobId(container.labels.get(LABEL_JID, container.name or "")),
+            jid=self._jid_of(container),
             image=(attrs.get("Config") or {}).get("Image", ""),
             cmd=shlex.join(a for a in argv if a is not None),
             status=status,
@@ -369,35 +273,16 @@ class DockerBackend(Backend):
             ),
         )
 
-    def _arm_timer(self, container: Container) -> None:
-        """Kill the container when it exceeds ``max_run_seconds`` (counted from its start)."""
-        limit = self.settings.max_run_seconds
-        if limit <= 0:
-            return
-        jid = JobId(container.labels.get(LABEL_JID, container.name or ""))
-        started = _parse_time((container.attrs.get("State") or {}).get("StartedAt"))
-        elapsed = (datetime.now(started.tzinfo) - started).total_seconds() if started else 0.0
-        delay = max(limit - elapsed, 0.0)
-        old = self._timers.pop(jid, None)
-        if old is not None:
-            old.cancel()
-        self._timers[jid] = asyncio.create_task(self._expire(jid, container, delay))
+    @staticmethod
+    def _jid_of(container: Container) -> JobId:
+        return JobId(container.labels.get(LABEL_JID, container.name or ""))
 
-    async def _expire(self, jid: JobId, container: Container, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._timers.pop(jid, None)
-        try:
-            await self._call(
-                f"stopping job {jid!r}",
-                container.stop,
-                timeout=round(self.settings.kill_grace_seconds),
-            )
-            log.info("job %s killed: %s", jid, MAX_RUN_MESSAGE)
-        except JobNotFound:
-            pass
-        except PmanError:
-            log.exception("job %s: cannot stop it after its max run time", jid)
-        self.notify(jid)
+    async def _stop_for_max_run(self, jid: JobId) -> None:
+        """Stop the container; its run time then shows it hit the limit (the label)."""
+        container = await self._get(jid)
+        await self._call(
+            f"stopping job {jid!r}", container.stop, timeout=round(self.settings.kill_grace_seconds)
+        )
 
 
 def _is_client_error(exc: BackendError) -> bool:

@@ -174,6 +174,33 @@ async def test_ignore_limits(
         await c.delete(spec.jid)
 
 
+async def test_no_pull_when_disabled(
+    make_settings: Callable[..., PmanSettings], image: str
+) -> None:
+    async with running_pman(make_settings(pull_images=False)) as url, PmanClient(url) as c:
+        with pytest.raises(InvalidJob) as err:
+            await c.schedule(sh_spec("nopull", "chris-test/no-such-image:0", "true"))
+        assert "image not found" in err.value.message
+
+
+async def test_user_and_shm_size(
+    make_settings: Callable[..., PmanSettings], image: str, engine: docker.DockerClient
+) -> None:
+    settings = make_settings(container_user="1234:4321", shm_size_mib=32)
+    async with running_pman(settings) as url, PmanClient(url) as c:
+        spec = sh_spec("user", image, 'id -u > "$0/uid"; df -k /dev/shm | tail -1 > "$0/shm"')
+        await c.schedule(spec)
+        attrs = engine.containers.get(spec.jid).attrs
+        assert attrs["Config"]["User"] == "1234:4321"
+        assert attrs["HostConfig"]["ShmSize"] == 32 * 1024 * 1024
+        info = await wait_terminal(c, spec.jid)
+        assert info.status is JobStatus.FINISHED_SUCCESSFULLY, info
+        outgoing = settings.storebase / spec.output_dir
+        assert (outgoing / "uid").read_text().strip() == "1234"
+        assert (outgoing / "shm").read_text().split()[1] == str(32 * 1024)
+        await c.delete(spec.jid)
+
+
 async def test_reconciliation_after_restart(
     make_settings: Callable[..., PmanSettings], image: str
 ) -> None:
@@ -215,7 +242,8 @@ async def test_refusals(client: PmanClient, image: str) -> None:
     assert "number_of_workers" in err.value.message
     with pytest.raises(InvalidJob) as err:
         await client.schedule(sh_spec("noimage", "chris-test/no-such-image:0", "true"))
-    assert "image not found" in err.value.message
+    # the engine tried to pull it (no registry reachable here) and says so
+    assert "not found on the engine and cannot be pulled" in err.value.message
     with pytest.raises(InvalidJob) as err:
         await client.schedule(sh_spec("noexec", image, "", entrypoint=["/no/such/program"]))
     assert err.value.status == 422
