@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Install and start the components the test suite needs (as root):
 # a Docker engine (docker.io + dockerd), mmdebstrap to build the Python base
-# image without pulling, and busybox-static for the small test image.
+# image without pulling, busybox-static for the small test image, and
+# docker-registry + apache2-utils (htpasswd -B) for the registry tests, which
+# start their own registry on loopback (none is started here).
 set -euo pipefail
 
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 [[ -x /bin/busybox ]] || need+=(busybox-static)
+[[ -x /usr/bin/docker-registry ]] || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+  # the package's service would hold :5000 for nothing; tests run their own registry
+  if [[ " ${need[*]} " == *" docker-registry "* ]]; then
+    service docker-registry stop >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! docker info >/dev/null 2>&1; then
@@ -25,3 +33,9 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "dockerd did not start"; tail -50 /var/log/dockerd-ci.log; exit 1; }
 fi
 echo "docker engine: $(docker version --format '{{.Server.Version}}')"
+
+# a one-node swarm on loopback for the swarm backend's tests
+if [[ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != "active" ]]; then
+  docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+fi
+echo "swarm: $(docker info --format '{{.Swarm.LocalNodeState}} (manager: {{.Swarm.ControlAvailable}})')"
