@@ -168,14 +168,29 @@ class CubeClient:
         return [r async for r in self._list(schema.ComputeResource, "api/v1/computeresources/")]
 
     async def add_compute_resource(
-        self, name: str, compute_url: str, compute_user: str, compute_password: str, **extra: Any
+        self,
+        name: str,
+        compute_url: str,
+        compute_user: str,
+        compute_password: str,
+        *,
+        gpus: int = 0,
+        max_concurrent_jobs: int = 0,
+        **extra: Any,
     ) -> schema.ComputeResource:
-        """Admin: register a compute site (a pfcon URL and its credentials)."""
+        """Admin: register a compute site (a pfcon URL and its credentials).
+
+        ``gpus``: GPUs one job may have there (0: none); ``max_concurrent_jobs``:
+        jobs CUBE submits there at once (0: unlimited). ``extra``: other fields
+        (``description``, ``max_job_exec_seconds``, ``compute_auth_url``).
+        """
         body = {
             "name": name,
             "compute_url": compute_url,
             "compute_user": compute_user,
             "compute_password": compute_password,
+            "gpus": gpus,
+            "max_concurrent_jobs": max_concurrent_jobs,
             **extra,
         }
         data = await self._json("POST", "chris-admin/api/v1/computeresources/", json=body)

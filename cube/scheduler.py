@@ -13,6 +13,12 @@ starves another instance (ChRIS #558). Status changes arrive by long-polling
 the site (``?wait=&status=``): no fixed multi-second poll. Dispatch of new
 work is immediate through :meth:`Scheduler.kick`; a slow sweep only catches
 leases that lapsed in other processes.
+
+A ``scheduled`` instance is submitted only once it holds one of its compute
+resource's ``max_concurrent_jobs`` slots (:mod:`cube.services.placement`);
+until then it stays ``scheduled``, says so in ``error_message``, may move to
+another eligible resource with room, and sleeps until an instance of this
+process ends (or a sweep interval, for ends in other processes).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
 from cube.schema import ErrorCode, InstanceStatus
 from cube.services import instances as svc
+from cube.services import placement
 from cube.settings import CubeSettings
 from cube.storage import Storage
 from pfcon.client import PfconClient
@@ -92,6 +99,9 @@ class Scheduler:
         self._clients: dict[tuple[int, str, str], PfconClient] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._kick = asyncio.Event()
+        #: Bumped whenever an instance of this process ends and frees a job slot.
+        self._room = asyncio.Condition()
+        self._room_generation = 0
         self._stopping = False
         self.tmp_dir = settings.home / "tmp"
 
@@ -242,7 +252,12 @@ class Scheduler:
                 status = S(inst.status)
                 try:
                     if status is S.SCHEDULED:
-                        await self._submit(inst, resource)
+                        generation = self._room_generation
+                        admitted = await self._admit(inst, resource)
+                        if admitted is None:
+                            await self._wait_for_room(generation)
+                            continue
+                        await self._submit(inst, admitted)
                     elif status is S.STARTED:
                         await self._watch(inst, resource)
                     elif status is S.REGISTERING_FILES:
@@ -269,6 +284,7 @@ class Scheduler:
             self._tasks.pop(inst_id, None)
             if not self._stopping:
                 await self._release([inst_id])
+                await self._room_freed()  # e.g. cancelled by the user: its slot is free
 
     async def _note(self, inst_id: int, message: str) -> None:
         """Show why an active instance is not progressing (its status is unchanged)."""
@@ -308,10 +324,69 @@ class Scheduler:
         await self._changed(scheduled)
 
     async def _changed(self, scheduled: list[int]) -> None:
-        """Wake long-polls, and dispatch children that just became ready."""
+        """After an instance ended: wake long-polls, instances waiting for a
+        job slot, and dispatch children that just became ready."""
         await self.hub.changed()
+        await self._room_freed()
         if scheduled:
             self.kick()
+
+    # -- job slots (placement) -----------------------------------------------
+
+    async def _admit(
+        self, inst: PluginInstance, resource: ComputeResource
+    ) -> ComputeResource | None:
+        """The resource to submit ``inst`` to, with a job slot held for it there.
+
+        Tries the instance's resource, then (unless the user named it) the
+        other eligible resources with room, moving the instance to the first
+        that grants a slot. None when all are full: the instance waits,
+        noted in ``error_message``.
+        """
+        assert inst.id is not None
+        if inst.slot_reserved_at is not None:
+            return resource  # held before a restart; the job may be at the site already
+        async with self.sessions() as s:
+            taken = await placement.reserve_slot(s, inst.id, resource)
+            await s.commit()
+        if taken:
+            return resource
+        async with self.sessions() as s:
+            others = await placement.movable_resources(s, inst)
+        for other in others:
+            # one transaction per try: never hold two resources' locks at once
+            async with self.sessions() as s:
+                taken = await placement.reserve_slot(s, inst.id, other)
+                await s.commit()
+            if taken:
+                log.info("instance %s moved from %s to %s", inst.id, resource.name, other.name)
+                return other
+        message = (
+            f"waiting for room on {resource.name} "
+            f"(at most {resource.max_concurrent_jobs} jobs at once)"
+        )
+        if inst.error_message != message:  # each note wakes every long-poll
+            await self._note(inst.id, message)
+        return None
+
+    async def _room_freed(self) -> None:
+        """Wake the instances of this process that wait for a job slot."""
+        async with self._room:
+            self._room_generation += 1
+            self._room.notify_all()
+
+    async def _wait_for_room(self, generation: int) -> None:
+        """Sleep until a slot may have been freed since ``generation`` was read.
+
+        Ends in other processes are not signalled here; the sweep interval
+        bounds how long they go unnoticed.
+        """
+        async with self._room:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._room.wait_for(lambda: self._room_generation != generation),
+                    self.settings.sweep_seconds,
+                )
 
     async def _submit(self, inst: PluginInstance, resource: ComputeResource) -> None:
         assert inst.id is not None

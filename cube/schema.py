@@ -100,6 +100,10 @@ class ComputeResource(_Wire):
     compute_innetwork: bool = False
     description: str
     max_job_exec_seconds: int
+    #: GPUs one job may have there (0: none). Not in ChRIS; optional for its clients.
+    gpus: int = 0
+    #: Jobs submitted there at once (0: unlimited). Not in ChRIS.
+    max_concurrent_jobs: int = 0
 
 
 class Plugin(_Wire):

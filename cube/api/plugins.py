@@ -115,6 +115,8 @@ async def admin_create_compute(request: web.Request) -> web.Response:
             compute_auth_url=str(data.get("compute_auth_url", "")),
             description=str(data.get("description", "")),
             max_job_exec_seconds=max_exec,
+            gpus=data.get("gpus"),
+            max_concurrent_jobs=data.get("max_concurrent_jobs"),
         )
         await s.commit()
         return model_response(ser.compute_resource(origin(request), r), status=201)

@@ -37,6 +37,8 @@ def compute_resource(base: str, r: m.ComputeResource) -> schema.ComputeResource:
         compute_innetwork=r.compute_innetwork,
         description=r.description,
         max_job_exec_seconds=r.max_job_exec_seconds,
+        gpus=r.gpus,
+        max_concurrent_jobs=r.max_concurrent_jobs,
     )
 
 

@@ -53,6 +53,12 @@ class ComputeResource(SQLModel, table=True):
     description: str = ""
     #: Instances running longer are cancelled (CODE13); -1 means no limit.
     max_job_exec_seconds: int = -1
+    #: GPUs the site can give one job (0: none); placement sends an instance
+    #: only where ``gpus >= gpu_limit``.
+    gpus: int = 0
+    #: Jobs the scheduler keeps submitted here at once (0: unlimited); see
+    #: :mod:`cube.services.placement`.
+    max_concurrent_jobs: int = 0
     creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     modification_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
@@ -139,7 +145,9 @@ class PluginInstance(SQLModel, table=True):
     plugin_id: int = Field(foreign_key="plugin.id", index=True)
     feed_id: int = Field(foreign_key="feed.id", index=True)
     owner_id: int = Field(foreign_key="user.id", index=True)
-    compute_resource_id: int = Field(foreign_key="compute_resource.id")
+    compute_resource_id: int = Field(foreign_key="compute_resource.id", index=True)
+    #: The user named the compute resource: the scheduler never moves the instance.
+    compute_resource_pinned: bool = False
     output_path: str = ""
     cpu_limit: int
     memory_limit: int
@@ -159,6 +167,9 @@ class PluginInstance(SQLModel, table=True):
     lease_expires: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     #: Remote job status last seen (pman/pfcon vocabulary).
     job_status: str = ""
+    #: When the scheduler took one of the compute resource's job slots for this
+    #: instance (just before submitting); ``None`` while it queues for one.
+    slot_reserved_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
 class StatusChange(SQLModel, table=True):

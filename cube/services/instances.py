@@ -36,7 +36,8 @@ from cube.db.models import (
 )
 from cube.errors import BadRequest, NotFound, PermissionDenied
 from cube.schema import TERMINAL_STATUSES, InstanceStatus
-from cube.services.plugins import get_plugin, plugin_parameters, plugin_resources
+from cube.services import placement
+from cube.services.plugins import get_plugin, plugin_parameters
 from cube.storage import check_storage_path
 
 S = InstanceStatus
@@ -143,7 +144,9 @@ async def create_instance(
     """Create an instance of a plugin from a POST body and make it runnable.
 
     ``data`` holds the standard fields (title, previous_id, limits,
-    compute_resource_name) and one key per plugin parameter name.
+    compute_resource_name) and one key per plugin parameter name. The
+    compute resource is chosen by :func:`cube.services.placement.place`; a
+    named one pins the instance there.
 
     Raises:
         NotFound: unknown plugin or previous instance.
@@ -233,17 +236,19 @@ async def create_instance(
         except BadRequest as exc:
             errors.update(exc.fields)
 
-    resources = await plugin_resources(session, plugin_id)
     resource: ComputeResource | None = None
-    wanted = data.get("compute_resource_name")
-    if wanted:
-        resource = next((r for r in resources if r.name == wanted), None)
-        if resource is None:
-            errors["compute_resource_name"] = [f"{meta.name} is not registered on {wanted!r}"]
-    elif resources:
-        resource = resources[0]
-    else:
-        errors["compute_resource_name"] = [f"{meta.name} is registered on no compute resource"]
+    wanted = str(data.get("compute_resource_name") or "")
+    if "gpu_limit" in limits:  # an invalid gpu_limit is reported already
+        try:
+            resource = await placement.place(
+                session,
+                plugin_id,
+                gpu_limit=limits["gpu_limit"],
+                wanted=wanted,
+                plugin_name=meta.name,
+            )
+        except BadRequest as exc:
+            errors.update(exc.fields)
 
     title = str(data.get("title") or "")
     if len(title) > 100:
@@ -270,6 +275,7 @@ async def create_instance(
         feed_id=feed.id,
         owner_id=user.id,
         compute_resource_id=resource.id,
+        compute_resource_pinned=bool(wanted),
         summary=default_summary(),
         cpu_limit=limits["cpu_limit"],
         memory_limit=limits["memory_limit"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from chris_sdk.descriptor import DescriptorError, PluginDescriptor
 from sqlmodel import col, select
@@ -17,6 +18,9 @@ from cube.db.models import (
 )
 from cube.errors import BadRequest, Conflict, NotFound
 
+#: Largest ``gpus`` or ``max_concurrent_jobs`` (a 32-bit column in PostgreSQL).
+MAX_COUNT = 2**31 - 1
+
 
 async def create_compute_resource(
     session: AsyncSession,
@@ -28,8 +32,15 @@ async def create_compute_resource(
     compute_auth_url: str = "",
     description: str = "",
     max_job_exec_seconds: int = -1,
+    gpus: Any = 0,
+    max_concurrent_jobs: Any = 0,
 ) -> ComputeResource:
     """Register a compute site (a pfcon endpoint).
+
+    ``gpus`` (GPUs one job may have there; 0: none) and
+    ``max_concurrent_jobs`` (jobs submitted there at once; 0 or ``None``:
+    unlimited) are non-negative integers, also given as decimal strings (form
+    bodies); they drive :mod:`cube.services.placement`.
 
     Raises:
         BadRequest: missing or malformed fields.
@@ -40,6 +51,12 @@ async def create_compute_resource(
         errors["name"] = ["1 to 100 characters, no commas"]
     if not compute_url.startswith(("http://", "https://")):
         errors["compute_url"] = ["must be an http(s) URL"]
+    capacity: dict[str, int] = {}
+    for field, raw in (("gpus", gpus), ("max_concurrent_jobs", max_concurrent_jobs)):
+        try:
+            capacity[field] = _count_field(raw)
+        except ValueError as exc:
+            errors[field] = [str(exc)]
     if errors:
         raise BadRequest("invalid compute resource", fields=errors)
     taken = (
@@ -56,10 +73,32 @@ async def create_compute_resource(
         compute_password=compute_password,
         description=description,
         max_job_exec_seconds=max_job_exec_seconds,
+        gpus=capacity["gpus"],
+        max_concurrent_jobs=capacity["max_concurrent_jobs"],
     )
     session.add(resource)
     await session.flush()
     return resource
+
+
+def _count_field(raw: Any) -> int:
+    """A non-negative integer from JSON or form input; ``None`` or ``""`` is 0.
+
+    Raises:
+        ValueError: anything else, with the message shown to the client.
+    """
+    if raw is None or raw == "":
+        return 0
+    # bool is an int in Python, but ``true`` is no count
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
+        value = int(raw.strip())
+    else:
+        raise ValueError(f"must be a non-negative integer, got {raw!r}")
+    if not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"must be between 0 and {MAX_COUNT}, got {value}")
+    return value
 
 
 async def resources_by_names(session: AsyncSession, names: Sequence[str]) -> list[ComputeResource]:
