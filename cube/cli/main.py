@@ -22,14 +22,15 @@ from rich.live import Live
 from rich.table import Table
 from rich.tree import Tree
 
-from cube.cli.stack import Stack, StackConfig, StackError
+from cube.cli.publish import publish_image
+from cube.cli.stack import SiteBackend, Stack, StackConfig, StackError
 from cube.client import CubeClient
 from cube.errors import CubeError
 from cube.schema import InstanceStatus, PluginInstance
 from cube.settings import default_home
 
 app = typer.Typer(help="Use and run the ChRIS-compatible compute fabric.", no_args_is_help=True)
-plugin_app = typer.Typer(help="Plugins: list and register.", no_args_is_help=True)
+plugin_app = typer.Typer(help="Plugins: list, register and publish.", no_args_is_help=True)
 feed_app = typer.Typer(help="Feeds: list and show.", no_args_is_help=True)
 app.add_typer(plugin_app, name="plugin")
 app.add_typer(feed_app, name="feed")
@@ -117,14 +118,17 @@ def login(
 # -- running the stack ----------------------------------------------------------
 
 
-def _config(home: Path | None, backend: str, port: int) -> StackConfig:
+def _config(home: Path | None, backend: SiteBackend, port: int) -> StackConfig:
     return StackConfig(home=(home or default_home()).resolve(), backend=backend, cube_port=port)
 
 
 @app.command()
 def up(
     home: Path | None = typer.Option(None, help="Data directory ($CHRIS_HOME, default ./.chris)."),
-    backend: str = typer.Option("local", help="pman backend: local or docker."),
+    backend: SiteBackend = typer.Option(
+        SiteBackend.LOCAL,
+        help="pman backend of the local compute site (its settings: PMAN_* variables).",
+    ),
     port: int = typer.Option(8000, help="CUBE's port."),
 ) -> None:
     """Run CUBE, pfcon, pfioh and pman here until interrupted (Ctrl-C)."""
@@ -138,7 +142,7 @@ def up(
             save_login(cfg.cube_url, cfg.admin_user, await _token(cfg))
             console.print(
                 f"[green]fabric up[/green] at {cfg.cube_url} "
-                f"(data in {cfg.home}, {backend} backend)"
+                f"(data in {cfg.home}, {backend.value} backend)"
             )
             console.print(f"plugins: {', '.join(plugins)}; logged in as {cfg.admin_user}")
             stop = asyncio.Event()
@@ -172,7 +176,10 @@ async def _token(cfg: StackConfig) -> str:
 @app.command()
 def demo(
     home: Path | None = typer.Option(None, help="Data directory ($CHRIS_HOME, default ./.chris)."),
-    backend: str = typer.Option("local", help="pman backend: local or docker."),
+    backend: SiteBackend = typer.Option(
+        SiteBackend.LOCAL,
+        help="pman backend of the local compute site (its settings: PMAN_* variables).",
+    ),
     port: int = typer.Option(8000, help="CUBE's port."),
 ) -> None:
     """Start the fabric, run dircopy → simpledsapp → simpledsapp on sample data,
@@ -181,7 +188,7 @@ def demo(
 
     async def go() -> bool:
         stack = Stack(cfg)
-        console.print(f"starting the fabric in {cfg.home} ({backend} backend)...")
+        console.print(f"starting the fabric in {cfg.home} ({backend.value} backend)...")
         await stack.start()
         try:
             await stack.bootstrap()
@@ -253,22 +260,86 @@ def plugin_list() -> None:
 
 @plugin_app.command("add")
 def plugin_add(
-    descriptor: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="Descriptor JSON file."
+    descriptor: Path | None = typer.Argument(
+        None, exists=True, dir_okay=False, help="Descriptor JSON file."
+    ),
+    image: str | None = typer.Option(
+        None, "--image", help="Instead of a file: an image reference whose label CUBE reads."
     ),
     compute: list[str] = typer.Option(["host"], "--compute", "-c", help="Compute resource names."),
 ) -> None:
-    """Register a plugin from its descriptor JSON (admin)."""
+    """Register a plugin from its descriptor JSON, or from an image in a registry (admin)."""
+    if (descriptor is None) == (image is None):
+        err.print("[red]error:[/red] give a descriptor file or --image REFERENCE (one of them)")
+        raise typer.Exit(2)
 
     async def go() -> None:
-        try:
-            desc = json.loads(descriptor.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            err.print(f"[red]error:[/red] {descriptor} is not JSON: {exc}")
-            raise typer.Exit(1) from exc
         async with client() as c:
-            p = await c.register_plugin(desc, compute)
-            console.print(f"registered {p.name} {p.version} as plugin {p.id}")
+            if image is not None:
+                p = await c.register_plugin_image(image, compute)
+            else:
+                assert descriptor is not None
+                try:
+                    desc = json.loads(descriptor.read_text())
+                except (ValueError, UnicodeDecodeError) as exc:
+                    err.print(f"[red]error:[/red] {descriptor} is not JSON: {exc}")
+                    raise typer.Exit(1) from exc
+                p = await c.register_plugin(desc, compute)
+            console.print(f"registered {p.name} {p.version} as plugin {p.id} ({p.dock_image})")
+
+    _run(go())
+
+
+@plugin_app.command("publish")
+def plugin_publish(
+    image: str = typer.Argument(
+        ..., help="Local plugin image, e.g. chris-fabric/pl-dircopy:1.0.0."
+    ),
+    registry: str = typer.Option(..., "--registry", "-r", help="Registry host[:port]."),
+    repository: str | None = typer.Option(
+        None, help="Repository in the registry (default: the local image's)."
+    ),
+    tag: str | None = typer.Option(None, help="Tag in the registry (default: the local tag)."),
+    compute: list[str] = typer.Option(["host"], "--compute", "-c", help="Compute resource names."),
+    username: str | None = typer.Option(
+        None, "--username", "-u", envvar="CHRIS_REGISTRY_USERNAME", help="Registry user."
+    ),
+    password: str | None = typer.Option(
+        None, "--password", "-p", envvar="CHRIS_REGISTRY_PASSWORD", help="Registry password."
+    ),
+    register: bool = typer.Option(
+        True, "--register/--no-register", help="Register the pushed image in CUBE (admin)."
+    ),
+) -> None:
+    """Push a local plugin image to a registry and register it in CUBE by reference.
+
+    Without --username, the Docker engine's own login (`docker login`) is used.
+    CUBE reads the image from the registry with its own credentials
+    (CUBE_REGISTRY_CREDENTIALS).
+    """
+    if register and not login_file().exists():
+        # fail before pushing when the registration cannot happen
+        err.print("not logged in: run [bold]chris login[/bold] (or give --no-register)")
+        raise typer.Exit(2)
+
+    async def go() -> None:
+        published = await asyncio.to_thread(
+            publish_image,
+            image,
+            registry,
+            repository=repository,
+            tag=tag,
+            username=username,
+            password=password,
+            progress=lambda line: console.print(f"[dim]{line}[/dim]"),
+        )
+        digest = f" ({published.digest})" if published.digest else ""
+        console.print(f"pushed {published.image}{digest}")
+        if not register:
+            return
+        async with client() as c:
+            p = await c.register_plugin_image(published.image, compute)
+            console.print(f"registered {p.name} {p.version} as plugin {p.id} ({p.dock_image})")
 
     _run(go())
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ REFERENCE_PLUGINS = ("dircopy", "simpledsapp")
 DESCRIPTOR_LABEL = "org.chrisproject.descriptor"
 
 
+class SiteBackend(StrEnum):
+    """The pman backends the local compute site can run on (``pman serve --backend``)."""
+
+    LOCAL = "local"
+    DOCKER = "docker"
+    SWARM = "swarm"
+    KUBERNETES = "kubernetes"
+
+
 class StackError(RuntimeError):
     """A service failed to start or to answer."""
 
@@ -37,7 +47,7 @@ class StackConfig:
     """Ports, credentials and locations of a local fabric."""
 
     home: Path
-    backend: str = "local"
+    backend: SiteBackend = SiteBackend.LOCAL
     cube_port: int = 8000
     pfcon_port: int = 5005
     pfioh_port: int = 5055
@@ -76,10 +86,11 @@ class Stack:
     def _env(self) -> dict[str, str]:
         c = self.config
         store = c.home / "site" / "store"
+        # the caller's PMAN_* settings reach pman (a backend's own settings:
+        # PMAN_KUBECONFIG, PMAN_SWARM_CONSTRAINTS, registry credentials, ...);
+        # what the stack wires together below overrides them
         base = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("CUBE_", "PFCON_", "PFIOH_", "PMAN_"))
+            k: v for k, v in os.environ.items() if not k.startswith(("CUBE_", "PFCON_", "PFIOH_"))
         }
         base.update(
             CUBE_HOME=str(c.home / "cube"),
@@ -91,7 +102,7 @@ class Stack:
             PMAN_PORT=str(c.pman_port),
             PMAN_STOREBASE=str(store),
             PMAN_DATA_DIR=str(c.home / "site" / "pman"),
-            PMAN_BACKEND=c.backend,
+            PMAN_BACKEND=str(c.backend),
             PFCON_PORT=str(c.pfcon_port),
             PFCON_PFCON_USER=c.pfcon_user,
             PFCON_PFCON_PASSWORD=c.pfcon_password,
@@ -114,7 +125,7 @@ class Stack:
         c = self.config
         return [
             ("pfioh", c.pfioh_port, []),
-            ("pman", c.pman_port, ["--backend", c.backend]),
+            ("pman", c.pman_port, ["--backend", str(c.backend)]),
             ("pfcon", c.pfcon_port, []),
             ("cube", c.cube_port, []),
         ]
@@ -204,12 +215,12 @@ class Stack:
                     c.pfcon_url,
                     c.pfcon_user,
                     c.pfcon_password,
-                    description=f"this machine ({c.backend} backend)",
+                    description=f"this machine ({c.backend.value} backend)",
                 )
             ids: dict[str, int] = {}
             for script in REFERENCE_PLUGINS:
                 image = c.images.get(script)
-                if image is None and c.backend != "local":
+                if image is None and c.backend is not SiteBackend.LOCAL:
                     # container backends run the image: take the descriptor valid inside it
                     host = await asyncio.to_thread(reference_descriptor, script)
                     image = str(host["dock_image"])
@@ -263,4 +274,11 @@ def reference_descriptor(script: str, image: str | None = None) -> dict[str, Any
     return json.loads(out)  # type: ignore[no-any-return]
 
 
-__all__ = ["CubeClientError", "Stack", "StackConfig", "StackError", "reference_descriptor"]
+__all__ = [
+    "CubeClientError",
+    "SiteBackend",
+    "Stack",
+    "StackConfig",
+    "StackError",
+    "reference_descriptor",
+]

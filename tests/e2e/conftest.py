@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from cube.cli.stack import Stack, StackConfig
+from cube.cli.stack import SiteBackend, Stack, StackConfig
 from cube.client import CubeClient
 from tests.support.components import free_port
 
 
-def stack_config(home: Path, backend: str = "local", **extra: Any) -> StackConfig:
+def stack_config(home: Path, backend: SiteBackend = SiteBackend.LOCAL, **extra: Any) -> StackConfig:
     return StackConfig(
         home=home,
         backend=backend,
@@ -52,7 +52,7 @@ async def docker_stack(
     ensure_plugin_images(docker_engine)
     # no explicit images: the stack reads each plugin's descriptor from the image
     # its host descriptor names, as `chris up --backend docker` does
-    cfg = stack_config(tmp_path, "docker")
+    cfg = stack_config(tmp_path, SiteBackend.DOCKER)
     try:
         async for pair in running_stack(cfg):
             yield pair
@@ -62,3 +62,23 @@ async def docker_stack(
         ):
             if c.name.startswith("chris-jid-"):
                 c.remove(force=True)
+
+
+@pytest.fixture
+async def swarm_stack(
+    tmp_path: Path, swarm_manager: Any
+) -> AsyncIterator[tuple[Stack, CubeClient]]:
+    """The stack with pman on the one-node swarm (``chris up --backend swarm``)."""
+    from tests.support.images import ensure_plugin_images
+
+    ensure_plugin_images(swarm_manager)
+    cfg = stack_config(tmp_path, SiteBackend.SWARM)
+    try:
+        async for pair in running_stack(cfg):
+            yield pair
+    finally:
+        for service in swarm_manager.services.list(
+            filters={"label": "org.chrisproject.managed-by=pman"}
+        ):
+            if service.name.startswith("chris-jid-"):
+                service.remove()

@@ -1,9 +1,10 @@
 """End to end: CUBE, pfcon, pfioh and pman as real servers on loopback.
 
 A dircopy → simpledsapp → simpledsapp feed runs once on pman's ``local``
-backend and once on ``docker`` against a real engine with locally built
-plugin images. Also: errors propagate to children, and a CUBE killed in the
-middle of a feed carries on after a restart.
+backend, on ``docker`` against a real engine and on ``swarm`` against a
+real one-node swarm, with locally built plugin images. Also: errors
+propagate to children, and a CUBE killed in the middle of a feed carries on
+after a restart.
 """
 
 from __future__ import annotations
@@ -120,6 +121,23 @@ async def test_feed_on_docker_backend(
 
     async with asyncio.timeout(30):
         while leftovers() or leftover_data():
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.docker
+async def test_feed_on_swarm_backend(
+    swarm_stack: tuple[Stack, CubeClient], tmp_path: Path, swarm_manager: Any
+) -> None:
+    stack, client = swarm_stack
+    await _run_feed(client, tmp_path)
+
+    # the services and the site's data go once each instance ends
+    def leftovers() -> list[str]:
+        found = swarm_manager.services.list(filters={"label": "org.chrisproject.managed-by=pman"})
+        return [s.name for s in found if s.name.startswith("chris-jid-")]
+
+    async with asyncio.timeout(30):
+        while leftovers() or list((stack.config.home / "site" / "store").glob("key-*")):
             await asyncio.sleep(0.2)
 
 
