@@ -10,8 +10,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from cube.api import feeds, plugins
-from cube.api.common import HUB, SCHEDULER, SESSIONS, SETTINGS, STORAGE, error_middleware
+from cube.api.common import (
+    HUB,
+    REGISTRY,
+    SCHEDULER,
+    SESSIONS,
+    SETTINGS,
+    STORAGE,
+    error_middleware,
+)
 from cube.db.engine import create_schema, make_engine, make_sessionmaker
+from cube.registry import RegistryClient
 from cube.scheduler import Scheduler, StatusHub
 from cube.services.users import ensure_admin
 from cube.settings import CubeSettings
@@ -26,6 +35,7 @@ def create_app(settings: CubeSettings | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_registry)
     app.router.add_routes(plugins.routes)
     app.router.add_routes(feeds.routes)
     return app
@@ -61,3 +71,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await engine.dispose()
+
+
+async def _registry(app: web.Application) -> AsyncIterator[None]:
+    """The registry client (plugin registration by image reference) and its session."""
+    settings = app[SETTINGS]
+    async with RegistryClient(
+        credentials=settings.registry_credentials,
+        insecure=settings.registry_insecure,
+        timeout=settings.registry_timeout_seconds,
+    ) as registry:
+        app[REGISTRY] = registry
+        yield

@@ -164,6 +164,21 @@ class CubeClient:
             await self._json("POST", "chris-admin/api/v1/", data=form)
         )
 
+    async def register_plugin_image(self, image: str, compute_names: list[str]) -> schema.Plugin:
+        """Admin: register a plugin from an image reference alone.
+
+        CUBE reads the descriptor from the image's ``org.chrisproject.descriptor``
+        label in its registry and records ``image`` as the plugin's ``dock_image``.
+
+        Raises:
+            CubeClientError: 400 (bad reference, not a plugin image), 403 (the
+                registry refused CUBE), 404 (no such image), 502 (registry unreachable).
+        """
+        body = {"image": image, "compute_names": ",".join(compute_names)}
+        return schema.Plugin.model_validate(
+            await self._json("POST", "chris-admin/api/v1/", json=body)
+        )
+
     async def compute_resources(self) -> list[schema.ComputeResource]:
         return [r async for r in self._list(schema.ComputeResource, "api/v1/computeresources/")]
 

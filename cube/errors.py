@@ -4,12 +4,18 @@
 
     CubeError (500)
      ├── BadRequest (400)            {"detail": ...} or field errors {"field": ["msg"]}
+     │    ├── InvalidImageReference  not a container image reference
+     │    └── NotAPluginImage        the image carries no valid plugin descriptor label
      ├── NotAuthenticated (401)
      ├── PermissionDenied (403)
      ├── NotFound (404)
      ├── Conflict (409)
      ├── PayloadTooLarge (413)
-     └── ComputeError (502)          a compute site failed permanently
+     ├── ComputeError (502)          a compute site failed permanently
+     └── RegistryError (502)         a container registry failed or answered nonsense
+          ├── RegistryUnreachable (502)   connection refused, TLS failure, timeout
+          ├── RegistryUnauthorized (403)  the registry refused CUBE's credentials
+          └── ImageNotFound (404)         no such repository, tag or digest
 """
 
 from __future__ import annotations
@@ -71,3 +77,46 @@ class PayloadTooLarge(CubeError):
 class ComputeError(CubeError):
     status = 502
     code = "compute_error"
+
+
+class InvalidImageReference(BadRequest):
+    """A string that is not a container image reference (``host[:port]/repo[:tag][@digest]``)."""
+
+    code = "invalid_image"
+
+
+class NotAPluginImage(BadRequest):
+    """An image without a valid ChRIS descriptor in its ``org.chrisproject.descriptor`` label."""
+
+    code = "not_a_plugin_image"
+
+
+class RegistryError(CubeError):
+    """A container registry failed or answered something CUBE cannot use."""
+
+    status = 502
+    code = "registry_error"
+
+
+class RegistryUnreachable(RegistryError):
+    """The registry could not be reached (connection, TLS or timeout)."""
+
+    code = "registry_unreachable"
+
+
+class RegistryUnauthorized(RegistryError):
+    """The registry refused access: missing or wrong credentials, or no pull right.
+
+    403, not 401: CUBE's own authentication of the caller succeeded; it is
+    CUBE's credentials at the registry (``CUBE_REGISTRY_CREDENTIALS``) that failed.
+    """
+
+    status = 403
+    code = "registry_unauthorized"
+
+
+class ImageNotFound(RegistryError):
+    """The registry has no such repository, tag or digest."""
+
+    status = 404
+    code = "image_not_found"

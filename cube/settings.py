@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cube.registry.schema import RegistryCredentials
+
 
 def default_home() -> Path:
     """Where embedded data lives: ``$CHRIS_HOME`` or ``./.chris``."""
@@ -56,6 +58,15 @@ class CubeSettings(BaseSettings):
     max_upload_bytes: int = 64 * 1024**3
     #: Tail of job logs kept in an instance's summary (characters, as ChRIS).
     job_logs_tail: int = 1800
+    #: Credentials for the container registries plugin images are read from, as
+    #: JSON: ``{"host[:port]": {"username": ..., "password": ...}}`` (Docker Hub:
+    #: ``docker.io``). Registries not listed are read anonymously.
+    registry_credentials: dict[str, RegistryCredentials] = Field(default_factory=dict)
+    #: Registries (``host`` or ``host:port``, JSON list) spoken to over plain http;
+    #: loopback ones (127.0.0.0/8, localhost, ::1) always are, as Docker engines do.
+    registry_insecure: list[str] = Field(default_factory=list)
+    #: Bound of one request to a registry (s).
+    registry_timeout_seconds: float = Field(default=30.0, gt=0)
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite under ``home``."""

@@ -27,6 +27,7 @@ from cube.errors import (
     NotFound,
     PermissionDenied,
 )
+from cube.registry import RegistryClient
 from cube.scheduler import Scheduler, StatusHub
 from cube.services import users
 from cube.settings import CubeSettings
@@ -39,6 +40,7 @@ SESSIONS = web.AppKey("sessions", SessionMaker)
 STORAGE = web.AppKey("storage", Storage)
 HUB = web.AppKey("hub", StatusHub)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+REGISTRY = web.AppKey("registry", RegistryClient)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -9,6 +10,7 @@ from sqlmodel import col, select
 
 from cube.api import serialize as ser
 from cube.api.common import (
+    REGISTRY,
     SESSIONS,
     fetch_page,
     get_or_404,
@@ -25,11 +27,14 @@ from cube.errors import BadRequest, NotFound
 from cube.schema import AuthToken
 from cube.services import plugins as psvc
 from cube.services import users as usvc
+from cube.services.plugin_images import descriptor_from_image
 
 routes = web.RouteTableDef()
 
 #: A descriptor is small JSON; anything larger is refused while reading.
 MAX_DESCRIPTOR_BYTES = 1 << 20
+#: Longest image reference accepted (a 255-character name, a tag and a digest fit).
+MAX_IMAGE_REFERENCE = 512
 
 
 @routes.get("/api/v1/health/")
@@ -122,11 +127,24 @@ async def admin_create_compute(request: web.Request) -> web.Response:
         return model_response(ser.compute_resource(origin(request), r), status=201)
 
 
-@routes.post("/chris-admin/api/v1/")
-async def admin_register_plugin(request: web.Request) -> web.Response:
-    """Register a plugin: multipart ``fname`` (descriptor file) + ``compute_names``,
-    or JSON ``{"descriptor": {...}, "compute_names": "a,b"}``."""
+@dataclass(frozen=True, slots=True)
+class PluginForm:
+    """What an admin sent to register a plugin: a descriptor or an image reference."""
+
+    descriptor: bytes | str | dict[str, object] | None
+    image: str | None
+    compute_names: list[str]
+
+
+async def read_plugin_form(request: web.Request) -> PluginForm:
+    """Parse a plugin registration: multipart (``fname``, ``image``, ``compute_names``)
+    or JSON (``descriptor``, ``image``, ``compute_names`` as a string or a list).
+
+    Raises:
+        BadRequest: neither or both of a descriptor and an image, or oversized fields.
+    """
     descriptor: bytes | str | dict[str, object] | None = None
+    image: str | None = None
     compute_names = ""
     if request.content_type == "multipart/form-data":
         reader = await request.multipart()
@@ -140,6 +158,8 @@ async def admin_register_plugin(request: web.Request) -> web.Response:
                     if len(raw) > MAX_DESCRIPTOR_BYTES:
                         raise BadRequest.field("fname", "a descriptor is at most 1 MiB")
                 descriptor = bytes(raw)
+            elif part.name == "image":
+                image = await part.text()
             elif part.name == "compute_names":
                 compute_names = await part.text()
     else:
@@ -147,14 +167,45 @@ async def admin_register_plugin(request: web.Request) -> web.Response:
         raw_desc = data.get("descriptor")
         # a string is descriptor JSON text; the parser reports what is wrong with it
         descriptor = raw_desc if isinstance(raw_desc, dict | str) else None
+        raw_image = data.get("image")
+        if raw_image is not None and not isinstance(raw_image, str):
+            raise BadRequest.field("image", "an image reference is a string")
+        image = raw_image
         names = data.get("compute_names", "")
         compute_names = ",".join(names) if isinstance(names, list) else str(names)
-    if descriptor is None:
-        raise BadRequest.field("fname", "a plugin descriptor JSON file is required")
+    if image is not None:
+        image = image.strip()
+        if len(image) > MAX_IMAGE_REFERENCE:
+            raise BadRequest.field("image", f"at most {MAX_IMAGE_REFERENCE} characters")
+        if descriptor is not None:
+            raise BadRequest("give a descriptor (fname) or an image reference, not both")
+    elif descriptor is None:
+        raise BadRequest.field(
+            "fname", "a plugin descriptor JSON file (or an image reference) is required"
+        )
     names_list = [n.strip() for n in compute_names.split(",") if n.strip()]
+    return PluginForm(descriptor, image, names_list)
+
+
+@routes.post("/chris-admin/api/v1/")
+async def admin_register_plugin(request: web.Request) -> web.Response:
+    """Register a plugin: multipart ``fname`` (descriptor file) + ``compute_names``,
+    or JSON ``{"descriptor": {...}, "compute_names": "a,b"}``; instead of a
+    descriptor, an ``image`` reference (multipart field or JSON key) whose
+    ``org.chrisproject.descriptor`` label is read from its registry."""
+    form = await read_plugin_form(request)
+    descriptor = form.descriptor
+    if form.image is not None:
+        # staff first: this makes CUBE contact a registry of the caller's choosing
+        async with request.app[SESSIONS]() as s:
+            await require_staff(request, s)
+        if not form.compute_names:
+            raise BadRequest.field("compute_names", "at least one compute resource is required")
+        descriptor = await descriptor_from_image(request.app[REGISTRY], form.image)
+    assert descriptor is not None
     async with request.app[SESSIONS]() as s:
         await require_staff(request, s)
-        plugin = await psvc.register_plugin(s, descriptor, names_list)
+        plugin = await psvc.register_plugin(s, descriptor, form.compute_names)
         await s.commit()
         meta = await s.get(PluginMeta, plugin.meta_id)
         assert meta is not None
