@@ -1,4 +1,4 @@
-"""pman's command line: ``pman serve [--host ...] [--port ...] [--backend local|docker|swarm|kubernetes]``.
+"""pman's command line: ``pman serve [--host ...] [--port ...] [--backend NAME]``.
 
 Options override the ``PMAN_*`` environment. This is the only module of pman
 that prints or exits.

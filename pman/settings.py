@@ -69,6 +69,9 @@ class PmanSettings(BaseSettings):
     #: caps *virtual* memory, and Python, the JVM or CUDA reserve far more address
     #: space than they use, so a limit in resident MiB makes them fail spuriously.
     local_enforce_memory: bool = False
+    #: GPUs local jobs may be given (ids or UUIDs as CUDA_VISIBLE_DEVICES takes
+    #: them, JSON list or comma-separated); unset: those ``nvidia-smi`` lists.
+    local_gpus: Annotated[list[str] | None, NoDecode] = None
 
     #: Jobs running longer than this many seconds are killed (0: unlimited).
     max_run_seconds: float = Field(default=0, ge=0)
@@ -131,7 +134,7 @@ class PmanSettings(BaseSettings):
             return [p for p in text.split(os.pathsep) if p]
         return v
 
-    @field_validator("swarm_constraints", mode="before")
+    @field_validator("swarm_constraints", "local_gpus", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
         if isinstance(v, str):

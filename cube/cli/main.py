@@ -118,8 +118,16 @@ def login(
 # -- running the stack ----------------------------------------------------------
 
 
-def _config(home: Path | None, backend: SiteBackend, port: int) -> StackConfig:
-    return StackConfig(home=(home or default_home()).resolve(), backend=backend, cube_port=port)
+def _config(
+    home: Path | None, backend: SiteBackend, port: int, gpus: int = 0, max_jobs: int = 0
+) -> StackConfig:
+    return StackConfig(
+        home=(home or default_home()).resolve(),
+        backend=backend,
+        cube_port=port,
+        gpus=gpus,
+        max_jobs=max_jobs,
+    )
 
 
 @app.command()
@@ -130,9 +138,15 @@ def up(
         help="pman backend of the local compute site (its settings: PMAN_* variables).",
     ),
     port: int = typer.Option(8000, help="CUBE's port."),
+    gpus: int = typer.Option(
+        0, min=0, help="GPUs the local site declares per job (first start only)."
+    ),
+    max_jobs: int = typer.Option(
+        0, min=0, help="Jobs the local site runs at once, 0: unlimited (first start only)."
+    ),
 ) -> None:
     """Run CUBE, pfcon, pfioh and pman here until interrupted (Ctrl-C)."""
-    cfg = _config(home, backend, port)
+    cfg = _config(home, backend, port, gpus, max_jobs)
 
     async def go() -> None:
         stack = Stack(cfg)

@@ -57,6 +57,10 @@ class StackConfig:
     pfcon_user: str = "pfcon"
     pfcon_password: str = "pfcon1234"
     compute_name: str = "host"
+    #: GPUs the local site gives one job (CUBE's placement sends GPU plugins only
+    #: to resources that declare GPUs), and jobs it runs at once (0: unlimited)
+    gpus: int = 0
+    max_jobs: int = 0
     #: plugin console script → image tag, for container backends
     images: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 60.0
@@ -216,6 +220,8 @@ class Stack:
                     c.pfcon_user,
                     c.pfcon_password,
                     description=f"this machine ({c.backend.value} backend)",
+                    gpus=c.gpus,
+                    max_concurrent_jobs=c.max_jobs,
                 )
             ids: dict[str, int] = {}
             for script in REFERENCE_PLUGINS:

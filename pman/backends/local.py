@@ -17,6 +17,14 @@ Jobs run under :mod:`pman.backends.local_runner` in their own session, with
 state directory as working directory and ``HOME``, and an environment of only
 the spec's ``env`` pairs plus ``PATH`` and ``HOME``.
 
+GPUs: a job with ``gpu_limit > 0`` gets that many of the host's GPUs
+(``local_gpus``, by default those ``nvidia-smi`` lists) to itself, through
+``CUDA_VISIBLE_DEVICES`` and ``NVIDIA_VISIBLE_DEVICES``; the GPUs of running
+jobs are read back from their ``job.json``, so a restarted pman knows them.
+A job without GPUs sees none (``CUDA_VISIBLE_DEVICES`` empty) on a host that
+has some. When all GPUs are taken, the job is refused with 503 and CUBE
+submits it again later.
+
 Status changes are pushed, not polled: pman watches each runner through a
 pidfd (Linux ≥ 5.3) and wakes long-polls when it exits; without pidfd support
 it falls back to checking every 0.2 s.
@@ -31,6 +39,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,7 +56,14 @@ from pman.backends.local_runner import (
     RunnerJob,
     write_atomic,
 )
-from pman.errors import BackendError, InvalidJob, JobConflict, JobNotFound, PmanError
+from pman.errors import (
+    BackendError,
+    InvalidJob,
+    JobConflict,
+    JobNotFound,
+    PmanError,
+    PmanUnavailable,
+)
 from pman.schema import JobId, JobInfo, JobSpec, JobStatus, build_command
 from pman.settings import BackendName, PmanSettings
 
@@ -72,6 +88,25 @@ def search_path(local_path: list[Path], env_path: str | None) -> list[str]:
     dirs += [d for d in (env_path or "").split(os.pathsep) if d]
     # keep the first occurrence of each directory, in order
     return list(dict.fromkeys(dirs))
+
+
+def detect_gpus() -> list[str]:
+    """The UUIDs of the NVIDIA GPUs ``nvidia-smi`` lists; none without it."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=uuid", "--format=csv,noheader"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("nvidia-smi failed, no GPUs for local jobs: %s", exc)
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def _is_executable(path: str) -> bool:
@@ -223,7 +258,8 @@ class _State:
 class LocalBackend(Backend):
     """Runs jobs as host processes supervised by :mod:`pman.backends.local_runner`.
 
-    Refuses ``gpu_limit > 0`` and ``number_of_workers != 1`` (422). Needs Linux
+    Refuses ``number_of_workers != 1`` and more GPUs than the host has (422);
+    answers 503 while the GPUs asked for are taken. Needs Linux
     (``posix_spawn`` with ``setsid``; pidfds when available).
     """
 
@@ -237,6 +273,9 @@ class LocalBackend(Backend):
         self._starting: set[JobId] = set()
         self._pidfds: dict[JobId, int] = {}
         self._pollers: dict[JobId, asyncio.Task[None]] = {}
+        self.gpus: list[str] = list(settings.local_gpus or [])
+        #: held while GPUs are chosen and the job claiming them is written
+        self._gpu_lock = asyncio.Lock()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -251,11 +290,18 @@ class LocalBackend(Backend):
             names = await asyncio.to_thread(self._job_names)
         except OSError as exc:
             raise BackendError(f"cannot use data dir {self.jobs_dir}: {exc}") from exc
+        if self.settings.local_gpus is None:
+            self.gpus = await asyncio.to_thread(detect_gpus)
         for jid in names:
             pid = _read_int(self._dir(jid) / PID_FILE)
             if pid is not None and not (self._dir(jid) / EXIT_CODE_FILE).exists():
                 self._watch(jid, pid)
-        log.info("local backend: %d job(s) found in %s", len(names), self.jobs_dir)
+        log.info(
+            "local backend: %d job(s) found in %s; GPUs: %s",
+            len(names),
+            self.jobs_dir,
+            ", ".join(self.gpus) or "none",
+        )
 
     async def close(self) -> None:
         """Stop watching runners; the jobs keep running and are found by the next pman."""
@@ -273,12 +319,12 @@ class LocalBackend(Backend):
     # -- Backend API ----------------------------------------------------------------
 
     def check_spec(self, spec: JobSpec) -> None:
-        """The base checks, plus: no GPUs on this backend (InvalidJob)."""
+        """The base checks, plus: no more GPUs than this host has (InvalidJob)."""
         super().check_spec(spec)
-        if spec.gpu_limit > 0:
+        if spec.gpu_limit > len(self.gpus):
             raise InvalidJob(
-                f"gpu_limit must be 0 on the local backend (got {spec.gpu_limit}); "
-                "it has no GPUs to give"
+                f"gpu_limit {spec.gpu_limit} is more than the {len(self.gpus)} GPU(s) "
+                "of this host (local backend)"
             )
 
     async def schedule(self, spec: JobSpec) -> JobInfo:
@@ -302,6 +348,58 @@ class LocalBackend(Backend):
         # PATH must be the one the executable was resolved on; HOME is private to the job
         env["PATH"] = os.pathsep.join(dirs)
         env["HOME"] = str(statedir)
+        async with self._gpu_lock:
+            if self.gpus:
+                visible = ",".join(await self._take_gpus(spec))
+                env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = visible
+                if not visible:
+                    # "" hides every GPU from CUDA; the NVIDIA runtime's word for it is "void"
+                    env["NVIDIA_VISIBLE_DEVICES"] = "void"
+            return await self._start(spec, argv, env, statedir, incoming, outgoing)
+
+    async def _take_gpus(self, spec: JobSpec) -> list[str]:
+        """``spec.gpu_limit`` GPUs no running job holds (call under the GPU lock).
+
+        Raises:
+            PmanUnavailable: not enough free GPUs now.
+        """
+        if spec.gpu_limit == 0:
+            return []
+        busy = await asyncio.to_thread(self._gpus_in_use)
+        free = [g for g in self.gpus if g not in busy]
+        if len(free) < spec.gpu_limit:
+            raise PmanUnavailable(
+                f"job {spec.jid!r} needs {spec.gpu_limit} GPU(s); "
+                f"{len(free)} of {len(self.gpus)} are free now"
+            )
+        return free[: spec.gpu_limit]
+
+    def _gpus_in_use(self) -> set[str]:
+        """GPUs given to jobs that have not ended (from their ``job.json``)."""
+        used: set[str] = set()
+        for jid in self._job_names():
+            statedir = self._dir(jid)
+            if (statedir / EXIT_CODE_FILE).exists():
+                continue
+            try:
+                env = RunnerJob.from_json((statedir / JOB_FILE).read_text(encoding="utf-8")).env
+            except (OSError, ValueError):
+                continue  # being written or removed: its GPUs are not known yet
+            pid = _read_int(statedir / PID_FILE)
+            if pid is not None and not runner_alive(pid, statedir):
+                continue
+            used.update(g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g)
+        return used
+
+    async def _start(
+        self,
+        spec: JobSpec,
+        argv: list[str],
+        env: dict[str, str],
+        statedir: Path,
+        incoming: Path,
+        outgoing: Path,
+    ) -> JobInfo:
         job = RunnerJob(
             argv=argv,
             env=env,

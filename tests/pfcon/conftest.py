@@ -104,7 +104,12 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         pman_url = await serve(
             stack,
             create_pman(
-                PmanSettings(storebase=storebase, data_dir=tmp_path / "pman", kill_grace_seconds=1)
+                PmanSettings(
+                    storebase=storebase,
+                    data_dir=tmp_path / "pman",
+                    kill_grace_seconds=1,
+                    local_gpus=[],  # the same refusals on hosts with GPUs
+                )
             ),
         )
         pfcon_url = await serve(

@@ -104,6 +104,8 @@ def make_settings(tmp_path: Path) -> Iterator[Callable[..., PmanSettings]]:
             "data_dir": tmp_path / "pman",
             "kill_grace_seconds": 1,
             "max_wait_seconds": 30,
+            # no GPUs unless a test declares some, whatever the host has
+            "local_gpus": [],
         }
         values.update(overrides)
         return PmanSettings(**values)
