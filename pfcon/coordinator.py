@@ -94,7 +94,7 @@ def pman_errors_translated() -> Iterator[None]:
     try:
         yield
     except pman_errors.PmanUnavailable as exc:
-        raise PfconUnavailable(f"pman unreachable: {exc}") from exc
+        raise PfconUnavailable(f"pman unavailable: {exc}") from exc
     except pman_errors.JobNotFound as exc:
         raise JobNotFound(str(exc)) from exc
     except pman_errors.JobConflict as exc:

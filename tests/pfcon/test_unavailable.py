@@ -28,7 +28,7 @@ async def test_services_down_are_503_with_a_clear_message() -> None:
         with pytest.raises(PfconUnavailable) as caught:
             await client.server_info()
         assert caught.value.status == 503
-        assert "pman unreachable" in caught.value.message
+        assert "pman unavailable" in caught.value.message
 
         with pytest.raises(PfconUnavailable) as caught:
             data = zip_bytes_of(lambda zf: zf.writestr("a.txt", "alpha"))
@@ -38,7 +38,7 @@ async def test_services_down_are_503_with_a_clear_message() -> None:
 
         with pytest.raises(PfconUnavailable) as caught:
             await client.status("chris-jid-1", wait=1)
-        assert "pman unreachable" in caught.value.message
+        assert "pman unavailable" in caught.value.message
 
         with pytest.raises(PfconUnavailable) as caught:
             async for _ in client.iter_output("chris-jid-1"):
@@ -48,7 +48,7 @@ async def test_services_down_are_503_with_a_clear_message() -> None:
         with pytest.raises(UpstreamError) as caught:
             await client.delete("chris-jid-1")
         assert caught.value.status == 502
-        assert "pman unreachable" in caught.value.message
+        assert "pman unavailable" in caught.value.message
         assert "pfioh unreachable" in caught.value.message
 
 
