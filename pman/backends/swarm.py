@@ -14,10 +14,12 @@ GPUs are requested as generic resources (``swarm_gpu_resource``, by default
 no node can take stays ``notStarted`` with the scheduler's reason
 ("no suitable node ...") as its message.
 
-A task whose container exited with code 137 was SIGKILLed: by the kernel's
-OOM killer when the container's engine says so or cannot be asked (the task
-runs on another node), or by pman when the job exceeded its max run time
-(pman records that on the service before stopping it).
+A failed task is "out of memory" when its container's engine says the
+container saw an OOM kill (also when the kernel killed a child process and
+the plugin then exited with another code), or, when that engine cannot be
+asked (the task ran on another node), when it exited with code 137 (SIGKILL).
+pman's own stop at the max run time is recorded on the service first, so it
+is reported as such.
 """
 
 from __future__ import annotations
@@ -87,11 +89,12 @@ def status_from_task(
     """A job's status and message from its latest task.
 
     ``oom_killed`` is the container's own OOM flag when its engine could be
-    asked, None otherwise. Pending states → notStarted (with the scheduler's
-    reason); running → started; complete → finishedSuccessfully; failed,
-    rejected, shutdown → finishedWithError with the reason: exceeded max run
-    time (pman stopped it), out of memory (exit code 137 not explained
-    otherwise), the exit code or the swarm's error.
+    asked, None otherwise; True wins over the exit code. Pending states →
+    notStarted (with the scheduler's reason); running → started; complete →
+    finishedSuccessfully; failed, rejected, shutdown → finishedWithError with
+    the reason: exceeded max run time (pman stopped it), out of memory (the
+    flag, or exit code 137 when the flag is unknown), the exit code or the
+    swarm's error.
     """
     stopped = labels.get(LABEL_STOPPED) == STOPPED_MAX_RUN
     if task is None:
@@ -112,7 +115,9 @@ def status_from_task(
     if stopped:
         return JobStatus.FINISHED_WITH_ERROR, MAX_RUN_MESSAGE
     if state == "failed":
-        if exit_code == 137 and oom_killed is not False:
+        # the kernel may kill a child process (the plugin's worker) and the
+        # plugin exit otherwise: the container's flag is the authority
+        if oom_killed or (exit_code == 137 and oom_killed is None):
             return JobStatus.FINISHED_WITH_ERROR, OOM_MESSAGE
         if exit_code:
             return JobStatus.FINISHED_WITH_ERROR, f"exited with code {exit_code}"
@@ -349,7 +354,7 @@ class SwarmBackend(EngineBackend):
         task_status = (task or {}).get("Status") or {}
         exit_code = (task_status.get("ContainerStatus") or {}).get("ExitCode")
         oom: bool | None = None
-        if exit_code == 137:
+        if task_status.get("State") == "failed":
             oom = await self._oom_killed(task or {})
         status, message = status_from_task(task, labels, oom)
         container_spec = (

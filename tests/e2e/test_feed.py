@@ -141,6 +141,93 @@ async def test_feed_on_swarm_backend(
             await asyncio.sleep(0.2)
 
 
+#: A ds plugin holding ``--megabytes`` MiB in memory (``tail`` buffers a
+#: stream without newlines), then writing ``done.txt``.
+MEMHOG_SCRIPT = """#!/bin/sh
+mb=1
+if [ "$1" = "--megabytes" ]; then mb=$2; shift 2; fi
+head -c "${mb}m" /dev/zero | tail > /dev/null || exit 1
+echo done > "$2/done.txt"
+"""
+
+
+def _memhog_image(engine: Any) -> str:
+    """``chris-test/pl-memhog:1``: the busybox test image plus MEMHOG_SCRIPT (built, not pulled)."""
+    import base64
+    import io
+
+    from tests.support.busybox import ensure_busybox_image
+
+    base = ensure_busybox_image(engine)
+    script = base64.b64encode(MEMHOG_SCRIPT.encode()).decode()
+    dockerfile = (
+        f"FROM {base}\n"
+        f"RUN mkdir -p /opt && echo {script} | base64 -d > /opt/memhog && chmod 755 /opt/memhog\n"
+    )
+    engine.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()), tag="chris-test/pl-memhog:1", rm=True
+    )
+    return "chris-test/pl-memhog:1"
+
+
+async def _over_memory_feed(client: CubeClient, engine: Any, tmp_path: Path) -> None:
+    """A plugin over its memory limit ends finishedWithError saying "out of memory";
+    the same plugin within its limit succeeds."""
+    memhog = await client.register_plugin(
+        {
+            "name": "pl-memhog",
+            "dock_image": _memhog_image(engine),
+            "type": "ds",
+            "version": "1.0",
+            "execshell": "/bin/sh",
+            "selfpath": "/opt",
+            "selfexec": "memhog",
+            "min_memory_limit": "32Mi",
+            "parameters": [
+                {
+                    "name": "megabytes",
+                    "type": "int",
+                    "optional": True,
+                    "default": 1,
+                    "flag": "--megabytes",
+                }
+            ],
+        },
+        ["host"],
+    )
+    folder = "home/chris/uploads/mem"
+    await _upload_tree(client, tmp_path, folder)
+    dircopy = await client.plugin_by_name("pl-dircopy")
+    root = await client.create_instance(dircopy.id, {"dir": folder})
+    hog = await client.create_instance(
+        memhog.id, {"megabytes": "400", "memory_limit": "64Mi"}, previous_id=root.id
+    )
+    fits = await client.create_instance(
+        memhog.id, {"megabytes": "8", "memory_limit": "64Mi"}, previous_id=root.id
+    )
+    hog_final = await client.wait(hog.id, timeout=120)
+    assert hog_final.status is S.FINISHED_WITH_ERROR, (hog_final.status, hog_final.error_message)
+    assert "out of memory" in (hog_final.error_message or "") + str(hog_final.summary), hog_final
+    fits_final = await client.wait(fits.id, timeout=120)
+    assert fits_final.status is S.FINISHED_SUCCESSFULLY, fits_final.error_message
+    names = {f.fname.rsplit("/", 1)[-1] for f in await client.instance_files(fits.id)}
+    assert "done.txt" in names
+
+
+@pytest.mark.docker
+async def test_over_memory_plugin_on_docker(
+    docker_stack: tuple[Stack, CubeClient], tmp_path: Path, docker_engine: Any
+) -> None:
+    await _over_memory_feed(docker_stack[1], docker_engine, tmp_path)
+
+
+@pytest.mark.docker
+async def test_over_memory_plugin_on_swarm(
+    swarm_stack: tuple[Stack, CubeClient], tmp_path: Path, swarm_manager: Any
+) -> None:
+    await _over_memory_feed(swarm_stack[1], swarm_manager, tmp_path)
+
+
 async def test_failing_plugin_cancels_its_children(
     local_stack: tuple[Stack, CubeClient], tmp_path: Path
 ) -> None:

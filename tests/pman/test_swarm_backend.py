@@ -368,6 +368,8 @@ def _task(state: str, exit_code: int | None = None, err: str = "") -> dict[str, 
         (_task("failed", 137), {}, None, (JobStatus.FINISHED_WITH_ERROR, OOM_MESSAGE)),
         (_task("failed", 137), {}, True, (JobStatus.FINISHED_WITH_ERROR, OOM_MESSAGE)),
         (_task("failed", 137), {}, False, (JobStatus.FINISHED_WITH_ERROR, "exited with code 137")),
+        (_task("failed", 1), {}, True, (JobStatus.FINISHED_WITH_ERROR, OOM_MESSAGE)),
+        (_task("failed", 1), {}, None, (JobStatus.FINISHED_WITH_ERROR, "exited with code 1")),
         (
             _task("shutdown", 137),
             {"org.chrisproject.stopped": "max-run-time"},
