@@ -546,7 +546,16 @@ class Scheduler:
                 for f, size in files
             )
             await s.flush()
-            message = "" if succeeded else "the plugin exited with an error"
+            # the site's reason ("out of memory (OOMKilled)", "exited with code 3")
+            returned = (inst.summary.get("compute") or {}).get("return") or {}
+            reason = str(returned.get("message") or "")
+            message = (
+                ""
+                if succeeded
+                else f"the plugin failed: {reason}"
+                if reason
+                else "the plugin exited with an error"
+            )
             scheduled = await svc.finish(
                 s,
                 inst.id,
