@@ -229,6 +229,11 @@ def load_api_client(kubeconfig: Path | None) -> ApiClient:
         default = Path("~/.kube/config").expanduser()
         if default.is_file():
             return new_client_from_config(config_file=str(default), persist_config=False)
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise BackendError(
+                "no kubernetes configuration: set PMAN_KUBECONFIG or $KUBECONFIG, "
+                "create ~/.kube/config, or run pman in a pod of the cluster"
+            )
         configuration = Configuration()
         load_incluster_config(client_configuration=configuration)
         return ApiClient(configuration=configuration)

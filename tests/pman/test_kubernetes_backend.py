@@ -807,7 +807,7 @@ async def test_configuration_sources(
     monkeypatch.delenv("KUBECONFIG")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(BackendError, match="configuration"):
+    with pytest.raises(BackendError, match=r"set PMAN_KUBECONFIG or \$KUBECONFIG"):
         await KubernetesBackend(make_settings(kubeconfig=None)).start()
     (tmp_path / "home" / ".kube").mkdir(parents=True)
     kube.write_kubeconfig(tmp_path / "home" / ".kube" / "config")
