@@ -7,7 +7,6 @@ when a test fails.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,10 @@ from pman.errors import InvalidJob, JobConflict, JobNotFound
 from pman.schema import JobSpec, JobStatus
 from pman.settings import BackendName, PmanSettings
 from tests.pman.conftest import running_pman, wait_terminal
+from tests.pman.engine_jobs import SESSION, TEST_LABEL, busybox_job, engine_settings
 from tests.support.busybox import ensure_busybox_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-TEST_LABEL = "org.chrisproject.test-session"
-SESSION = uuid.uuid4().hex[:12]
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +45,7 @@ def image(engine: docker.DockerClient) -> str:
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., PmanSettings]:
     def make(**overrides: Any) -> PmanSettings:
-        values: dict[str, Any] = {
-            "backend": BackendName.DOCKER,
-            "storebase": tmp_path / "store",
-            "data_dir": tmp_path / "pman",
-            "job_labels": {TEST_LABEL: SESSION, "team": "neuro"},
-            "kill_grace_seconds": 1,
-        }
-        values.update(overrides)
-        return PmanSettings(**values)
+        return engine_settings(tmp_path, BackendName.DOCKER, **overrides)
 
     return make
 
@@ -74,20 +63,7 @@ def _jid(name: str) -> str:
 
 
 def sh_spec(name: str, image: str, script: str, **fields: Any) -> JobSpec:
-    """A busybox ``sh -c script`` job; ``$0``.. are the appended dirs."""
-    jid = _jid(name)
-    values: dict[str, Any] = {
-        "jid": jid,
-        "image": image,
-        "entrypoint": ["sh", "-c", script],
-        "type": PluginType.FS,
-        "input_dir": f"key-{jid}/incoming",
-        "output_dir": f"key-{jid}/outgoing",
-        "memory_limit": 64,
-        "cpu_limit": 500,
-    }
-    values.update(fields)
-    return JobSpec(**values)
+    return busybox_job(_jid(name), image, script, **fields)
 
 
 async def test_success_with_files_in_outgoing(
