@@ -26,17 +26,19 @@ import docker.types
 from docker.models.containers import Container
 
 from pman.backends.engine import (
+    LABEL_MAX_RUN,
+    EngineBackend,
+)
+from pman.backends.engine import parse_time as _parse_time
+from pman.backends.vocabulary import (
     INCOMING,
     LABEL_JID,
     LABEL_MANAGED_BY,
-    LABEL_MAX_RUN,
     MANAGED_BY,
     MAX_RUN_MESSAGE,
     OOM_MESSAGE,
     OUTGOING,
-    EngineBackend,
 )
-from pman.backends.engine import parse_time as _parse_time
 from pman.errors import BackendError, InvalidJob, JobConflict, JobNotFound, PmanError
 from pman.schema import JobId, JobInfo, JobSpec, JobStatus, build_command
 from pman.settings import BackendName

@@ -24,23 +24,15 @@ import docker.errors
 import requests
 
 from pman.backends.base import Backend
+from pman.backends.vocabulary import MAX_RUN_MESSAGE
 from pman.errors import BackendError, InvalidJob, JobConflict, JobNotFound, PmanError
 from pman.schema import JobId
 from pman.settings import PmanSettings
 
 log = logging.getLogger(__name__)
 
-LABEL_JID = "org.chrisproject.jid"
-LABEL_MANAGED_BY = "org.chrisproject.managed-by"
-MANAGED_BY = "pman"
 #: The max run time a job was started with, in seconds.
 LABEL_MAX_RUN = "org.chrisproject.max-run-seconds"
-
-INCOMING = "/share/incoming"
-OUTGOING = "/share/outgoing"
-
-OOM_MESSAGE = "out of memory (OOMKilled)"
-MAX_RUN_MESSAGE = "exceeded max run time"
 
 T = TypeVar("T")
 

@@ -84,26 +84,25 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import load_incluster_config
 
 from pman.backends.base import RESERVED_JIDS, Backend
+from pman.backends.vocabulary import (
+    INCOMING,
+    LABEL_JID,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    MAX_RUN_MESSAGE,
+    OOM_MESSAGE,
+    OUTGOING,
+)
 from pman.errors import BackendError, InvalidJob, JobConflict, JobNotFound, PmanError
 from pman.schema import JobId, JobInfo, JobSpec, JobStatus, build_command
 from pman.settings import BackendName, PmanSettings
 
 log = logging.getLogger(__name__)
 
-# The label and message vocabulary is the docker backend's; it is repeated
-# here rather than imported so that this module does not need the docker library.
-LABEL_JID: Final = "org.chrisproject.jid"
-ANNOTATION_JID: Final = "org.chrisproject.jid"
-LABEL_MANAGED_BY: Final = "org.chrisproject.managed-by"
-MANAGED_BY: Final = "pman"
+#: The exact jid (a label holds the Job name: not every jid is a label value).
+ANNOTATION_JID: Final = LABEL_JID
 MANAGED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-
-INCOMING: Final = "/share/incoming"
-OUTGOING: Final = "/share/outgoing"
 CONTAINER_NAME: Final = "plugin"
-
-OOM_MESSAGE: Final = "out of memory (OOMKilled)"
-MAX_RUN_MESSAGE: Final = "exceeded max run time"
 
 #: The uid (and gid) plugin pods run as when ``container_user`` is unset. The
 #: restricted profile needs a numeric non-root user, and images may declare

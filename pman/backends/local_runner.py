@@ -31,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pman.backends.vocabulary import MAX_RUN_MESSAGE
+
 # stdlib only: the runner starts once per job, and pydantic & co. would
 # add half a second to every job's start
 
@@ -42,8 +44,6 @@ MESSAGE_FILE = "message"
 
 #: Exit code recorded when the argv cannot be executed at all (as shells do).
 CANNOT_EXECUTE = 127
-#: Message recorded when a job is killed for running too long.
-MAX_RUN_MESSAGE = "exceeded max run time"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,10 @@ import docker.types
 from docker.models.services import Service
 
 from pman.backends.engine import (
+    EngineBackend,
+    parse_time,
+)
+from pman.backends.vocabulary import (
     INCOMING,
     LABEL_JID,
     LABEL_MANAGED_BY,
@@ -41,8 +45,6 @@ from pman.backends.engine import (
     MAX_RUN_MESSAGE,
     OOM_MESSAGE,
     OUTGOING,
-    EngineBackend,
-    parse_time,
 )
 from pman.errors import BackendError, JobConflict, JobNotFound
 from pman.schema import JobId, JobInfo, JobSpec, JobStatus, build_command

@@ -16,8 +16,8 @@ import docker
 import pytest
 from chris_sdk.descriptor import PluginType
 
-from pman.backends.engine import OOM_MESSAGE
 from pman.backends.swarm import SwarmBackend, service_name, status_from_task
+from pman.backends.vocabulary import OOM_MESSAGE
 from pman.client import PmanClient
 from pman.errors import BackendError, InvalidJob, JobConflict, JobNotFound
 from pman.schema import JobId, JobSpec, JobStatus
