@@ -43,42 +43,60 @@ async def local_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, CubeClient]]
         yield pair
 
 
+def site_jobs(engine: Any, backend: SiteBackend) -> list[Any]:
+    """The fabric's jobs (``chris-jid-*``) pman has on the engine: containers or services."""
+    selector = {"label": "org.chrisproject.managed-by=pman"}
+    if backend is SiteBackend.SWARM:
+        return [
+            s for s in engine.services.list(filters=selector) if s.name.startswith("chris-jid-")
+        ]
+    # sparse: a full listing inspects each container and fails on one removed meanwhile
+    found = engine.containers.list(all=True, sparse=True, filters=selector)
+    return [c for c in found if c.attrs["Names"][0].lstrip("/").startswith("chris-jid-")]
+
+
+def remove_site_jobs(engine: Any, backend: SiteBackend) -> None:
+    """Remove what :func:`site_jobs` finds (a failed test must not leave jobs behind)."""
+    import docker.errors
+
+    for job in site_jobs(engine, backend):
+        try:
+            job.remove() if backend is SiteBackend.SWARM else job.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+async def engine_stack(
+    home: Path, engine: Any, backend: SiteBackend, **extra: Any
+) -> AsyncIterator[tuple[Stack, CubeClient]]:
+    """The stack with pman on a Docker engine backend (``chris up --backend docker|swarm``).
+
+    No explicit images: the stack reads each plugin's descriptor from the
+    image its host descriptor names, as ``chris up`` does.
+    """
+    from tests.support.images import ensure_plugin_images
+
+    ensure_plugin_images(engine)
+    try:
+        async for pair in running_stack(stack_config(home, backend, **extra)):
+            yield pair
+    finally:
+        remove_site_jobs(engine, backend)
+
+
 @pytest.fixture
 async def docker_stack(
     tmp_path: Path, docker_engine: Any
 ) -> AsyncIterator[tuple[Stack, CubeClient]]:
-    from tests.support.images import ensure_plugin_images
-
-    ensure_plugin_images(docker_engine)
-    # no explicit images: the stack reads each plugin's descriptor from the image
-    # its host descriptor names, as `chris up --backend docker` does
-    cfg = stack_config(tmp_path, SiteBackend.DOCKER)
-    try:
-        async for pair in running_stack(cfg):
-            yield pair
-    finally:
-        for c in docker_engine.containers.list(
-            all=True, filters={"label": "org.chrisproject.managed-by=pman"}
-        ):
-            if c.name.startswith("chris-jid-"):
-                c.remove(force=True)
+    """The stack with pman on the Docker engine."""
+    async for pair in engine_stack(tmp_path, docker_engine, SiteBackend.DOCKER):
+        yield pair
 
 
 @pytest.fixture
 async def swarm_stack(
     tmp_path: Path, swarm_manager: Any
 ) -> AsyncIterator[tuple[Stack, CubeClient]]:
-    """The stack with pman on the one-node swarm (``chris up --backend swarm``)."""
-    from tests.support.images import ensure_plugin_images
-
-    ensure_plugin_images(swarm_manager)
-    cfg = stack_config(tmp_path, SiteBackend.SWARM)
-    try:
-        async for pair in running_stack(cfg):
-            yield pair
-    finally:
-        for service in swarm_manager.services.list(
-            filters={"label": "org.chrisproject.managed-by=pman"}
-        ):
-            if service.name.startswith("chris-jid-"):
-                service.remove()
+    """The stack with pman on the one-node swarm."""
+    async for pair in engine_stack(tmp_path, swarm_manager, SiteBackend.SWARM):
+        yield pair

@@ -19,6 +19,7 @@ import pytest
 from cube.cli.stack import Stack
 from cube.client import CubeClient
 from cube.schema import InstanceStatus
+from tests.e2e.conftest import site_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -104,24 +105,9 @@ async def test_feed_on_local_backend(local_stack: tuple[Stack, CubeClient], tmp_
 async def test_feed_on_docker_backend(
     docker_stack: tuple[Stack, CubeClient], tmp_path: Path, docker_engine: Any
 ) -> None:
-    _stack, client = docker_stack
+    stack, client = docker_stack
     await _run_feed(client, tmp_path)
-
-    # remote data and containers are cleaned up after each instance ends (just
-    # after its terminal status is recorded, so wait for it, boundedly)
-    def leftovers() -> list[str]:
-        found = docker_engine.containers.list(
-            all=True, sparse=True, filters={"label": "org.chrisproject.managed-by=pman"}
-        )
-        names = [n.lstrip("/") for c in found for n in c.attrs.get("Names", [])]
-        return [n for n in names if n.startswith("chris-jid-")]
-
-    def leftover_data() -> list[Path]:
-        return list((_stack.config.home / "site" / "store").glob("key-*"))
-
-    async with asyncio.timeout(30):
-        while leftovers() or leftover_data():
-            await asyncio.sleep(0.2)
+    await _wait_cleaned_up(stack, docker_engine)
 
 
 @pytest.mark.docker
@@ -130,14 +116,15 @@ async def test_feed_on_swarm_backend(
 ) -> None:
     stack, client = swarm_stack
     await _run_feed(client, tmp_path)
+    await _wait_cleaned_up(stack, swarm_manager)
 
-    # the services and the site's data go once each instance ends
-    def leftovers() -> list[str]:
-        found = swarm_manager.services.list(filters={"label": "org.chrisproject.managed-by=pman"})
-        return [s.name for s in found if s.name.startswith("chris-jid-")]
 
+async def _wait_cleaned_up(stack: Stack, engine: Any) -> None:
+    """Wait (boundedly) until the site removed every job and its data: that
+    happens just after each instance's terminal status is recorded."""
+    store = stack.config.home / "site" / "store"
     async with asyncio.timeout(30):
-        while leftovers() or list((stack.config.home / "site" / "store").glob("key-*")):
+        while site_jobs(engine, stack.config.backend) or list(store.glob("key-*")):
             await asyncio.sleep(0.2)
 
 

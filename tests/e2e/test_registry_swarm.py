@@ -11,6 +11,7 @@ image from the registry, with its own credentials, to run the feed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -24,7 +25,7 @@ import pytest
 
 from cube.cli.stack import SiteBackend
 from cube.schema import InstanceStatus
-from tests.e2e.conftest import running_stack, stack_config
+from tests.e2e.conftest import engine_stack
 from tests.support.images import ensure_plugin_images
 from tests.support.registry import Registry
 
@@ -76,66 +77,66 @@ async def test_published_plugin_runs_in_a_feed_on_swarm(
         "PMAN_REGISTRY_PASSWORD": registry.password,
         "PMAN_PULL_IMAGES": "true",
     }
-    cfg = stack_config(tmp_path / "fabric", SiteBackend.SWARM, extra_env=creds)
     try:
-        async for _stack, client in running_stack(cfg):
-            login = tmp_path / "login.json"
-            login.write_text(
-                json.dumps({"url": cfg.cube_url, "username": "chris", "token": client.token})
-            )
-            out = await _chris(
-                "plugin",
-                "publish",
-                local,
-                "--registry",
-                registry.host,
-                "--repository",
-                "chris-test/pl-published",
-                "--compute",
-                cfg.compute_name,
-                env={
-                    "CHRIS_LOGIN_FILE": str(login),
-                    "CHRIS_REGISTRY_USERNAME": registry.username,
-                    "CHRIS_REGISTRY_PASSWORD": registry.password,
-                },
-            )
-            assert f"pushed {reference}" in out
-            assert "registered pl-published 1.0.0" in out
+        # aclosing: a failure stops the stack (and removes its jobs) at once
+        stacks = engine_stack(tmp_path / "fabric", engine, SiteBackend.SWARM, extra_env=creds)
+        async with contextlib.aclosing(stacks):
+            async for stack, client in stacks:
+                cfg = stack.config
+                login = tmp_path / "login.json"
+                login.write_text(
+                    json.dumps({"url": cfg.cube_url, "username": "chris", "token": client.token})
+                )
+                out = await _chris(
+                    "plugin",
+                    "publish",
+                    local,
+                    "--registry",
+                    registry.host,
+                    "--repository",
+                    "chris-test/pl-published",
+                    "--compute",
+                    cfg.compute_name,
+                    env={
+                        "CHRIS_LOGIN_FILE": str(login),
+                        "CHRIS_REGISTRY_USERNAME": registry.username,
+                        "CHRIS_REGISTRY_PASSWORD": registry.password,
+                    },
+                )
+                assert f"pushed {reference}" in out
+                assert "registered pl-published 1.0.0" in out
 
-            # only the registry has the image now: the swarm site must pull it
-            for tag in (local, reference):
-                engine.images.remove(tag)
-            with pytest.raises(docker.errors.ImageNotFound):
-                engine.images.get(reference)
+                # only the registry has the image now: the swarm site must pull it
+                for tag in (local, reference):
+                    engine.images.remove(tag)
+                with pytest.raises(docker.errors.ImageNotFound):
+                    engine.images.get(reference)
 
-            plugin = await client.plugin_by_name("pl-published")
-            assert plugin.dock_image == reference
-            assert plugin.title == "A plugin from the registry"
-            sample = tmp_path / "sample.txt"
-            sample.write_text("from the registry\n")
-            await client.upload(sample, "home/chris/uploads/reg/sample.txt")
-            dircopy = await client.plugin_by_name("pl-dircopy")
-            root = await client.create_instance(dircopy.id, {"dir": "home/chris/uploads/reg"})
-            published = await client.create_instance(
-                plugin.id, {"prefix": "reg_"}, previous_id=root.id
-            )
-            final = await client.wait(published.id, timeout=240)
-            assert final.status is InstanceStatus.FINISHED_SUCCESSFULLY, (
-                final.error_code,
-                final.error_message,
-                final.summary,
-            )
-            names = {
-                f.fname.removeprefix(final.output_path + "/")
-                for f in await client.instance_files(published.id)
-            }
-            assert names == {"reg_sample.txt"}
-            # pman pulled the reference from the registry
-            assert engine.images.get(reference).labels[DESCRIPTOR_LABEL]
+                plugin = await client.plugin_by_name("pl-published")
+                assert plugin.dock_image == reference
+                assert plugin.title == "A plugin from the registry"
+                sample = tmp_path / "sample.txt"
+                sample.write_text("from the registry\n")
+                await client.upload(sample, "home/chris/uploads/reg/sample.txt")
+                dircopy = await client.plugin_by_name("pl-dircopy")
+                root = await client.create_instance(dircopy.id, {"dir": "home/chris/uploads/reg"})
+                published = await client.create_instance(
+                    plugin.id, {"prefix": "reg_"}, previous_id=root.id
+                )
+                final = await client.wait(published.id, timeout=240)
+                assert final.status is InstanceStatus.FINISHED_SUCCESSFULLY, (
+                    final.error_code,
+                    final.error_message,
+                    final.summary,
+                )
+                names = {
+                    f.fname.removeprefix(final.output_path + "/")
+                    for f in await client.instance_files(published.id)
+                }
+                assert names == {"reg_sample.txt"}
+                # pman pulled the reference from the registry
+                assert engine.images.get(reference).labels[DESCRIPTOR_LABEL]
     finally:
-        for service in engine.services.list(filters={"label": "org.chrisproject.managed-by=pman"}):
-            if service.name.startswith("chris-jid-"):
-                service.remove()
         for tag in (local, reference):
             try:
                 engine.images.remove(tag)
