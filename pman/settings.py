@@ -17,6 +17,18 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+def _json_or_split(v: Any, sep: str, *, strip: bool) -> Any:
+    """An environment value as a list: JSON (``[...]``) or ``sep``-separated
+    items, empty ones dropped (and each stripped when ``strip``); other values as given."""
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    items = (p.strip() if strip else p for p in text.split(sep))
+    return [p for p in items if p]
+
+
 class BackendName(StrEnum):
     """The compute backends pman can run jobs on (``container_env`` on the wire)."""
 
@@ -127,22 +139,13 @@ class PmanSettings(BaseSettings):
     @field_validator("local_path", mode="before")
     @classmethod
     def _split_path(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [p for p in text.split(os.pathsep) if p]
-        return v
+        # items kept verbatim: a directory name may have surrounding blanks
+        return _json_or_split(v, os.pathsep, strip=False)
 
     @field_validator("swarm_constraints", "local_gpus", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [p.strip() for p in text.split(",") if p.strip()]
-        return v
+        return _json_or_split(v, ",", strip=True)
 
     @field_validator("kubernetes_tolerations", mode="before")
     @classmethod
