@@ -348,13 +348,17 @@ class LocalBackend(Backend):
         # PATH must be the one the executable was resolved on; HOME is private to the job
         env["PATH"] = os.pathsep.join(dirs)
         env["HOME"] = str(statedir)
-        async with self._gpu_lock:
+        if spec.gpu_limit == 0:
             if self.gpus:
-                visible = ",".join(await self._take_gpus(spec))
-                env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = visible
-                if not visible:
-                    # "" hides every GPU from CUDA; the NVIDIA runtime's word for it is "void"
-                    env["NVIDIA_VISIBLE_DEVICES"] = "void"
+                # "" hides every GPU from CUDA; the NVIDIA runtime's word for it is "void"
+                env["CUDA_VISIBLE_DEVICES"] = ""
+                env["NVIDIA_VISIBLE_DEVICES"] = "void"
+            return await self._start(spec, argv, env, statedir, incoming, outgoing)
+        # check_spec refused more GPUs than the host has; the lock keeps two
+        # jobs from taking the same free GPUs, and only GPU jobs wait for it
+        async with self._gpu_lock:
+            visible = ",".join(await self._take_gpus(spec))
+            env["CUDA_VISIBLE_DEVICES"] = env["NVIDIA_VISIBLE_DEVICES"] = visible
             return await self._start(spec, argv, env, statedir, incoming, outgoing)
 
     async def _take_gpus(self, spec: JobSpec) -> list[str]:
@@ -363,8 +367,6 @@ class LocalBackend(Backend):
         Raises:
             PmanUnavailable: not enough free GPUs now.
         """
-        if spec.gpu_limit == 0:
-            return []
         busy = await asyncio.to_thread(self._gpus_in_use)
         free = [g for g in self.gpus if g not in busy]
         if len(free) < spec.gpu_limit:

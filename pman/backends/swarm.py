@@ -186,12 +186,7 @@ class SwarmBackend(EngineBackend):
         if await self._find(spec.jid) is not None:
             raise JobConflict(f"job {spec.jid!r} exists already")
         name = service_name(spec.jid)
-        try:
-            await self._call(f"job {spec.jid!r}", self._client.services.get, name)
-        except JobNotFound:
-            pass
-        else:
-            raise JobConflict(f"job {spec.jid!r}: a service named {name!r} exists")
+        # a service of that name that is not pman's: the create below answers 409
         await self._login(spec.image)
         service: Service = await self._call(
             f"creating the service of job {spec.jid!r}",

@@ -266,6 +266,18 @@ async def test_refusals_and_conflicts(client: PmanClient, image: str) -> None:
     await client.delete(spec.jid)
 
 
+async def test_foreign_service_is_not_a_job(
+    client: PmanClient, image: str, swarm: docker.DockerClient
+) -> None:
+    name = _jid("foreign")
+    swarm.services.create(image, ["sleep", "300"], name=name, labels={TEST_LABEL: SESSION})
+    with pytest.raises(JobNotFound):
+        await client.get(name)
+    # its name is taken: the swarm refuses the job's service, and pman says so
+    with pytest.raises(JobConflict):
+        await client.schedule(sh_spec("foreign", image, "true"))
+
+
 async def test_jid_that_is_no_service_name(client: PmanClient, image: str) -> None:
     spec = sh_spec("odd.name_with.dots", image, "echo ok")
     assert service_name(spec.jid) != spec.jid
