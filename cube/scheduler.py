@@ -80,6 +80,14 @@ def job_id(settings: CubeSettings, inst_id: int) -> str:
     return f"{settings.job_id_prefix}{inst_id}"
 
 
+def _failure_message(summary: dict[str, Any]) -> str:
+    """A failed instance's message, with the site's reason when it gave one
+    ("out of memory (OOMKilled)", "exited with code 3")."""
+    returned = (summary.get("compute") or {}).get("return") or {}
+    reason = str(returned.get("message") or "")
+    return f"the plugin failed: {reason}" if reason else "the plugin exited with an error"
+
+
 class Scheduler:
     """Claims instances from the database and drives each to a terminal status."""
 
@@ -546,16 +554,7 @@ class Scheduler:
                 for f, size in files
             )
             await s.flush()
-            # the site's reason ("out of memory (OOMKilled)", "exited with code 3")
-            returned = (inst.summary.get("compute") or {}).get("return") or {}
-            reason = str(returned.get("message") or "")
-            message = (
-                ""
-                if succeeded
-                else f"the plugin failed: {reason}"
-                if reason
-                else "the plugin exited with an error"
-            )
+            message = "" if succeeded else _failure_message(inst.summary)
             scheduled = await svc.finish(
                 s,
                 inst.id,
