@@ -139,6 +139,8 @@ async def test_published_plugin_runs_in_a_feed_on_swarm(
     finally:
         for tag in (local, reference):
             try:
-                engine.images.remove(tag)
+                # force: the swarm removes a finished task's container a moment
+                # after its service, and untagging must not wait for that
+                engine.images.remove(tag, force=True)
             except docker.errors.ImageNotFound:
                 pass
