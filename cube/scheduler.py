@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,9 @@ from cube.storage import Storage
 from pfcon.client import PfconClient
 from pfcon.errors import JobNotFound, PfconError, PfconUnavailable
 from pfcon.schema import JobDescriptor, JobInfo, JobStatus
-from pfioh.archive import ArchiveError, aiter_sync, iter_zip_members, zip_stream
+from pfioh.archive import CompressionPolicy, aiter_sync, zip_stream
+from pfioh.errors import ArchiveError, InsufficientStorage
+from pfioh.unzip import ExtractLimits, extract_async
 
 log = logging.getLogger(__name__)
 S = InstanceStatus
@@ -111,7 +112,12 @@ class Scheduler:
         self._room = asyncio.Condition()
         self._room_generation = 0
         self._stopping = False
-        self.tmp_dir = settings.home / "tmp"
+        self._policy = CompressionPolicy(level=settings.transfer_compression_level)
+        self._limits = ExtractLimits(
+            max_bytes=settings.transfer_max_output_bytes,
+            max_ratio=settings.transfer_max_ratio,
+            reserve_bytes=settings.storage_reserve_bytes,
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -128,7 +134,6 @@ class Scheduler:
 
     async def run(self) -> None:
         """Claim and drive instances until cancelled."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         renewer = asyncio.create_task(self._renew_leases())
         try:
             while not self._stopping:
@@ -412,7 +417,7 @@ class Scheduler:
         if info is None:
             try:
                 descriptor, entries = await self._job_of(inst)
-                body = aiter_sync(zip_stream(entries))
+                body = aiter_sync(zip_stream(entries, policy=self._policy))
                 submitted = await client.submit(descriptor, body)
                 info = submitted.compute
             except PfconUnavailable as exc:
@@ -511,33 +516,45 @@ class Scheduler:
         return out
 
     async def _register(self, inst: PluginInstance, resource: ComputeResource) -> None:
-        """Fetch the output zip and register its files in one bulk insert."""
+        """Unpack the output zip while it arrives, then register its files in one bulk insert.
+
+        The archive is checked member by member and against its SHA-256
+        manifest into a staging directory, which replaces the instance's
+        output folder only once complete. A cut transfer, or storage too full
+        to take it, is retried with backoff.
+        """
         assert inst.id is not None
         jid = job_id(self.settings, inst.id)
-        tmp = self.tmp_dir / f"{jid}-{uuid.uuid4().hex}.zip"
+        staged = self.storage.staging_dir()
         try:
-            try:
-                await _spool(self._client(resource).iter_output(jid), tmp)
-            except PfconUnavailable as exc:
-                raise _Retry(f"output of {jid} unavailable: {exc}") from exc
-            except PfconError as exc:
-                await self._end(
-                    inst.id,
-                    S.FINISHED_WITH_ERROR,
-                    ErrorCode.FETCH_OUTPUT,
-                    f"fetching output failed: {exc}",
-                )
-                return
-            try:
-                files = await asyncio.to_thread(self._store_members, tmp, inst.output_path)
-            except ArchiveError as exc:
-                await self.storage.delete_tree(inst.output_path)
-                await self._end(
-                    inst.id, S.FINISHED_WITH_ERROR, ErrorCode.BAD_ZIP, f"bad output archive: {exc}"
-                )
-                return
-        finally:
-            tmp.unlink(missing_ok=True)
+            report = await extract_async(
+                self._client(resource).iter_output(jid),
+                staged,
+                limits=self._limits,
+                rename=_sanitise_path,
+            )
+        except PfconUnavailable as exc:
+            raise _Retry(f"output of {jid} unavailable: {exc}") from exc
+        except InsufficientStorage as exc:
+            raise _Retry(f"no room for the output of {jid}: {exc}") from exc
+        except ArchiveError as exc:
+            await self._end(
+                inst.id, S.FINISHED_WITH_ERROR, ErrorCode.BAD_ZIP, f"bad output archive: {exc}"
+            )
+            return
+        except PfconError as exc:
+            await self._end(
+                inst.id,
+                S.FINISHED_WITH_ERROR,
+                ErrorCode.FETCH_OUTPUT,
+                f"fetching output failed: {exc}",
+            )
+            return
+        await self.storage.install_tree(staged, inst.output_path)
+        files = [
+            (f"{inst.output_path}/{name}", size)
+            for name, size in zip(report.files, report.sizes, strict=True)
+        ]
         succeeded = inst.job_status == JobStatus.FINISHED_SUCCESSFULLY.value
         final = S.FINISHED_SUCCESSFULLY if succeeded else S.FINISHED_WITH_ERROR
         summary = dict(inst.summary)
@@ -566,15 +583,6 @@ class Scheduler:
             )
             await s.commit()
         await self._changed(scheduled)
-
-    def _store_members(self, zip_path: Path, output_path: str) -> list[tuple[str, int]]:
-        files: list[tuple[str, int]] = []
-        for name, stream, _size in iter_zip_members(zip_path):
-            # commas separate paths in path parameters (ChRIS sanitises them too)
-            fname = f"{output_path}/{name.replace(',', '')}"
-            with stream:
-                files.append((fname, self.storage.write_fileobj(fname, stream)))
-        return files
 
     async def _cleanup_remote(self, inst: PluginInstance, resource: ComputeResource) -> None:
         """Delete the job's data and container at the site; never changes the outcome."""
@@ -662,12 +670,7 @@ class Scheduler:
             entries.setdefault(arc, self.storage.local_path(f.fname))
 
 
-async def _spool(chunks: AsyncIterator[bytes], target: Path) -> None:
-    """Write a byte stream to ``target`` (blocking writes off the event loop)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fh = await asyncio.to_thread(open, target, "wb")
-    try:
-        async for chunk in chunks:
-            await asyncio.to_thread(fh.write, chunk)
-    finally:
-        await asyncio.to_thread(fh.close)
+def _sanitise_path(path: str) -> str:
+    """An output path without commas, which separate paths in path parameters
+    (ChRIS removes them too); a name made only of commas becomes ``_``."""
+    return "/".join(part.replace(",", "") or "_" for part in path.split("/"))

@@ -58,6 +58,16 @@ class CubeSettings(BaseSettings):
     max_upload_bytes: int = 64 * 1024**3
     #: Tail of job logs kept in an instance's summary (characters, as ChRIS).
     job_logs_tail: int = 1800
+    #: Deflate level of input archives sent to compute sites: 0 stores
+    #: everything, 1 (fastest) to 9; already-compressed data is always stored.
+    transfer_compression_level: int = Field(default=1, ge=0, le=9)
+    #: Largest expansion (unpacked ÷ received) of an output archive past 1 GiB.
+    transfer_max_ratio: float = Field(default=1000.0, gt=1)
+    #: Largest total size of one instance's output archive, unpacked.
+    transfer_max_output_bytes: int = Field(default=256 * 1024**3, ge=0)
+    #: Free space CUBE's storage keeps: an output that would eat into it fails
+    #: the fetch (retried later) instead of filling the disk.
+    storage_reserve_bytes: int = Field(default=1024**3, ge=0)
     #: Credentials for the container registries plugin images are read from, as
     #: JSON: ``{"host[:port]": {"username": ..., "password": ...}}`` (Docker Hub:
     #: ``docker.io``). Registries not listed are read anonymously.

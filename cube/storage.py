@@ -8,8 +8,10 @@ place only when complete, so a reader never sees a partial file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable
@@ -19,6 +21,8 @@ from typing import IO
 from cube.errors import BadRequest, PayloadTooLarge
 
 CHUNK = 1 << 20
+# A staging dir untouched this long belongs to no live transfer.
+_STALE_STAGING_SECONDS = 24 * 3600
 
 
 def check_storage_path(path: str, *, what: str = "path") -> str:
@@ -61,6 +65,19 @@ class Storage(ABC):
     async def delete_tree(self, prefix: str) -> None:
         """Delete everything under ``prefix`` (a folder path); absent is fine."""
 
+    @abstractmethod
+    def staging_dir(self) -> Path:
+        """A new, not yet existing directory path, on the storage's own
+        filesystem, where a tree can be assembled before :meth:`install_tree`."""
+
+    @abstractmethod
+    async def install_tree(self, staged: Path, prefix: str) -> None:
+        """Make the tree at ``staged`` the content of folder ``prefix``.
+
+        Whatever ``prefix`` held is replaced by two renames, so no reader
+        ever sees part of the new tree. ``staged`` is consumed.
+        """
+
 
 class FilesystemStorage(Storage):
     """Storage in a local directory (the embedded default; NFS in production)."""
@@ -68,6 +85,16 @@ class FilesystemStorage(Storage):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._drop_stale_staging()
+
+    def _drop_stale_staging(self) -> None:
+        """Remove staging dirs a crashed process left; only old ones, since
+        other CUBE processes may share this storage and be staging now."""
+        cutoff = time.time() - _STALE_STAGING_SECONDS
+        for staged in (self.root / ".staging").glob("*"):
+            with contextlib.suppress(OSError):
+                if staged.stat().st_mtime < cutoff:
+                    shutil.rmtree(staged, ignore_errors=True)
 
     def local_path(self, fname: str) -> Path:
         return self.root / check_storage_path(fname, what="fname")
@@ -117,3 +144,19 @@ class FilesystemStorage(Storage):
     async def delete_tree(self, prefix: str) -> None:
         path = self.local_path(prefix)
         await asyncio.to_thread(shutil.rmtree, path, True)
+
+    def staging_dir(self) -> Path:
+        return self.root / ".staging" / uuid.uuid4().hex
+
+    async def install_tree(self, staged: Path, prefix: str) -> None:
+        await asyncio.to_thread(self._install_tree, staged, self.local_path(prefix))
+
+    @staticmethod
+    def _install_tree(staged: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
+        # Two renames: the old tree moves aside, the new one takes its name.
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(target, old)
+        os.rename(staged, target)
+        shutil.rmtree(old, ignore_errors=True)

@@ -32,9 +32,6 @@ def serve(
     storebase: Path | None = typer.Option(
         None, help="Directory holding the jobs' data [PFIOH_STOREBASE]."
     ),
-    spool_dir: Path | None = typer.Option(
-        None, help="Directory for uploads in transit [PFIOH_SPOOL_DIR]."
-    ),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Run the pfioh HTTP server until interrupted."""
@@ -44,7 +41,6 @@ def serve(
             "host": host,
             "port": port,
             "storebase": storebase,
-            "spool_dir": spool_dir,
         }.items()
         if v is not None
     }

@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 from pydantic import BaseModel
 
+from pfioh.archive import CompressionPolicy
 from pfioh.errors import (
     IncompleteUpload,
     PfiohError,
@@ -202,7 +203,7 @@ async def delete_job(request: web.Request) -> web.Response:
 def create_app(settings: PfiohSettings | None = None) -> web.Application:
     """Build the pfioh application.
 
-    The storebase and spool dir are created (and stale spool files removed)
+    The storebase is created (and uploads a crash left incomplete removed)
     when the app starts, through ``cleanup_ctx``.
     """
     settings = settings if settings is not None else PfiohSettings()
@@ -212,12 +213,11 @@ def create_app(settings: PfiohSettings | None = None) -> web.Application:
     app = web.Application(middlewares=middlewares)
     app[SETTINGS_KEY] = settings
     storebase = settings.storebase.expanduser().resolve()
-    spool = settings.spool_path.expanduser().resolve()
     app[STORE_KEY] = JobStore(
         storebase,
-        spool,
         max_upload_bytes=settings.max_upload_bytes,
-        max_unpacked_bytes=settings.max_unpacked_bytes,
+        limits=settings.extract_limits(),
+        policy=CompressionPolicy(level=settings.compression_level),
         chunk_size=settings.chunk_size,
     )
     app.cleanup_ctx.append(_open_store)

@@ -16,12 +16,14 @@ from :class:`PfiohError`, which carries the HTTP ``status`` and the short
     ├── StorageError (500, "storage_error")
     ├── UnexpectedResponse (502, "unexpected_response")
     ├── PfiohUnavailable (503, "unavailable")
-    └── pfioh.archive.ArchiveError (400, "archive_error")
-        ├── pfioh.archive.UnsafeArchive (422, "unsafe_archive")
-        └── pfioh.archive.CorruptArchive (400, "corrupt_archive")
+    ├── InsufficientStorage (507, "insufficient_storage")
+    └── ArchiveError (400, "archive_error")
+        ├── UnsafeArchive (422, "unsafe_archive")
+        └── CorruptArchive (400, "corrupt_archive")
+            └── IntegrityError (400, "integrity_error")
 
-The archive errors live in :mod:`pfioh.archive` because that module is the
-zip wire format other services import on its own.
+The archive errors are re-exported by :mod:`pfioh.archive` and
+:mod:`pfioh.unzip`, the zip wire format other services import on its own.
 """
 
 from __future__ import annotations
@@ -116,3 +118,42 @@ class PfiohUnavailable(PfiohError):
 
     status = 503
     code = "unavailable"
+
+
+class InsufficientStorage(PfiohError):
+    """The destination filesystem has too little free space for the data."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+class ArchiveError(PfiohError):
+    """An archive was refused; ``entry`` names the offending member, if one."""
+
+    status = 400
+    code = "archive_error"
+
+    def __init__(self, message: str, *, entry: str | None = None) -> None:
+        super().__init__(message)
+        self.entry = entry
+
+
+class UnsafeArchive(ArchiveError):
+    """A member would escape the destination, is not a plain file or directory,
+    or the archive exceeds a size, ratio or member-count limit."""
+
+    status = 422
+    code = "unsafe_archive"
+
+
+class CorruptArchive(ArchiveError):
+    """The data is not a zip archive, or a member is damaged (bad CRC, truncated)."""
+
+    status = 400
+    code = "corrupt_archive"
+
+
+class IntegrityError(CorruptArchive):
+    """What arrived differs from what the sender's SHA-256 manifest lists."""
+
+    code = "integrity_error"

@@ -27,6 +27,8 @@ class IncomingReport(BaseModel):
     nbytes: int
     path: str  # relative to the storebase, e.g. "key-chris-jid-3/incoming"
     outgoing: str  # relative path of the (created, empty) outgoing dir
+    #: Whether the upload carried a SHA-256 manifest, which matched.
+    verified: bool = False
 
 
 class ServerInfo(BaseModel):

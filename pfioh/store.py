@@ -5,11 +5,13 @@ Layout of one job::
     key-<jid>/
         incoming/    the unpacked input (appears atomically, complete or never)
         outgoing/    the plugin's output (created empty with the input)
-        .incoming-*  transient: an input being unpacked (removed on failure)
+        .incoming-*  transient: an input being received (removed on failure)
 
-Uploads are spooled to ``<spool dir>/upload-*.zip`` first (constant memory),
-then validated and unpacked in a worker thread, then renamed into place.
-All filesystem work runs in worker threads so the event loop never blocks.
+An upload is unpacked while it arrives (:func:`pfioh.unzip.extract_async`:
+constant memory, checked member by member and against its SHA-256
+manifest) into a hidden ``.incoming-*`` directory, which is renamed to
+``incoming/`` only once complete and verified. Filesystem work runs in
+worker threads so the event loop never blocks.
 """
 
 from __future__ import annotations
@@ -21,27 +23,35 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
-from pfioh.archive import DEFAULT_CHUNK_SIZE, aiter_sync, iter_tree, safe_extract, zip_directory
+from pfioh.archive import (
+    DEFAULT_CHUNK_SIZE,
+    CompressionPolicy,
+    aiter_sync,
+    iter_tree,
+    zip_directory,
+)
 from pfioh.errors import (
     Conflict,
+    InsufficientStorage,
     InvalidKey,
     JobNotFound,
     PayloadTooLarge,
     StorageError,
 )
 from pfioh.schema import KEY_PATTERN, IncomingReport, JobDataStatus, JobKey
+from pfioh.unzip import ExtractLimits, extract_async
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _KEY_RE = re.compile(KEY_PATTERN)
-_SPOOL_PREFIX = "upload-"
 _TMP_PREFIX = ".incoming-"
+# Left over by earlier versions, which spooled uploads before unpacking.
+_OLD_SPOOL = ".spool"
 
 
 def parse_key(raw: str) -> JobKey:
@@ -65,63 +75,52 @@ async def _run_to_completion(fn: Callable[..., _T], *args: object) -> _T:
         raise
 
 
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-async def _discard(path: Path) -> None:
-    """Remove a file from a worker thread (freeing a huge file can take a while).
-
-    Shielded: the file is removed even if the caller is cancelled meanwhile.
-    """
-    await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(_unlink_quietly, path)))
-
-
 class JobStore:
     """The jobs' data under one storebase.
 
-    ``max_upload_bytes`` bounds an upload as sent and ``max_unpacked_bytes``
-    its total uncompressed size; ``chunk_size`` is the unit of streaming
-    I/O. Operations on one job (installing input, deleting) are serialised
-    by a per-job lock; this assumes one pfioh process per storebase.
+    ``max_upload_bytes`` bounds an upload as sent; ``limits`` are what an
+    upload may unpack to (sizes, ratio, members, free-space reserve,
+    manifest); ``policy`` compresses outgoing archives; ``chunk_size`` is
+    the unit of streaming I/O. Operations on one job (receiving input,
+    deleting) are serialised by a per-job lock; this assumes one pfioh
+    process per storebase.
     """
 
     def __init__(
         self,
         storebase: Path,
-        spool_dir: Path,
         *,
         max_upload_bytes: int,
-        max_unpacked_bytes: int | None = None,
+        limits: ExtractLimits | None = None,
+        policy: CompressionPolicy | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self.storebase = storebase
-        self.spool_dir = spool_dir
         self.max_upload_bytes = max_upload_bytes
-        self.max_unpacked_bytes = max_unpacked_bytes
+        self.limits = limits or ExtractLimits()
+        self.policy = policy or CompressionPolicy()
         self.chunk_size = chunk_size
         self._locks: dict[JobKey, tuple[asyncio.Lock, int]] = {}
 
     # -- lifecycle -----------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the storebase and spool dir; remove what a crash left half done.
+        """Create the storebase; remove what a crash left half done.
 
-        That is spool files and hidden ``.incoming-*`` dirs of unpacks that
-        never completed (they are never visible as ``incoming/``).
+        That is hidden ``.incoming-*`` dirs of uploads that never completed
+        (they are never visible as ``incoming/``).
         """
         await asyncio.to_thread(self._open_sync)
 
     def _open_sync(self) -> None:
         self.storebase.mkdir(parents=True, exist_ok=True)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.spool_dir.glob(f"{_SPOOL_PREFIX}*"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        shutil.rmtree(self.storebase / _OLD_SPOOL, ignore_errors=True)
         for tmp in self.storebase.glob(f"key-*/{_TMP_PREFIX}*"):
-            log.warning("removing an unpack left incomplete: %s", tmp)
+            log.warning("removing an upload left incomplete: %s", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+        for key in self.storebase.glob("key-*"):
+            with contextlib.suppress(OSError):
+                key.rmdir()  # only if that left it empty
 
     # -- paths ---------------------------------------------------------------
 
@@ -157,13 +156,15 @@ class JobStore:
         *,
         declared_size: int | None = None,
     ) -> IncomingReport:
-        """Spool the zip ``body``, unpack it safely and publish it as ``incoming/``.
+        """Unpack the zip ``body`` while it arrives and publish it as ``incoming/``.
 
         ``declared_size`` (the Content-Length, bytes) lets an oversized
-        upload be refused before it is read. Raises :class:`Conflict` if the
-        job already has input (checked before reading and again before
-        publishing), :class:`PayloadTooLarge`, :class:`UnsafeArchive`,
-        :class:`CorruptArchive`, :class:`StorageError`, or whatever reading
+        upload, or one the disk cannot hold, be refused before it is read.
+        Raises :class:`Conflict` if the job already has input (checked
+        before reading and again before publishing),
+        :class:`PayloadTooLarge`, :class:`InsufficientStorage`,
+        :class:`UnsafeArchive`, :class:`CorruptArchive`,
+        :class:`IntegrityError`, :class:`StorageError`, or whatever reading
         ``body`` raises. On any failure nothing of the upload remains.
         """
         if declared_size is not None and declared_size > self.max_upload_bytes:
@@ -171,117 +172,98 @@ class JobStore:
                 f"upload of {declared_size} bytes exceeds the limit of "
                 f"{self.max_upload_bytes} bytes"
             )
-        incoming = self.key_dir(jid) / "incoming"
-        if await asyncio.to_thread(os.path.lexists, incoming):
-            # Refuse before reading a possibly large body.
-            raise Conflict(f"job {jid!r} already has its input")
-        spool = await self._spool(body)
-        try:
-            async with self._job_lock(jid):
-                return await _run_to_completion(self._install, jid, spool)
-        finally:
-            await _discard(spool)
-
-    async def _spool(self, body: AsyncIterable[bytes]) -> Path:
-        """Write ``body`` to a new spool file in chunks; return its path.
-
-        Raises :class:`PayloadTooLarge` past ``max_upload_bytes``; the spool
-        file is removed on any failure.
-        """
-        try:
-            fd, name = await asyncio.to_thread(
-                tempfile.mkstemp, prefix=_SPOOL_PREFIX, suffix=".zip", dir=self.spool_dir
-            )
-        except OSError as exc:
-            raise StorageError(f"cannot spool the upload: {exc.strerror or exc}") from exc
-        path = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                await self._copy_body(body, out)
-        except BaseException:
-            await _discard(path)
-            raise
-        return path
-
-    async def _copy_body(self, body: AsyncIterable[bytes], out: IO[bytes]) -> None:
-        """Copy ``body`` into ``out``, writing in ``chunk_size`` batches from a thread."""
-        total = 0
-        buf = bytearray()
-        async for piece in body:
-            total += len(piece)
-            if total > self.max_upload_bytes:
-                raise PayloadTooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
-            buf += piece
-            if len(buf) >= self.chunk_size:
-                await self._write(out, bytes(buf))
-                buf.clear()
-        if buf:
-            await self._write(out, bytes(buf))
-
-    @staticmethod
-    async def _write(out: IO[bytes], data: bytes) -> None:
-        try:
-            await asyncio.to_thread(out.write, data)
-        except OSError as exc:
-            raise StorageError(f"cannot spool the upload: {exc.strerror or exc}") from exc
-
-    def _install(self, jid: JobKey, spool: Path) -> IncomingReport:
-        """Unpack ``spool`` into a hidden dir of the job, then rename it to ``incoming/``.
-
-        Runs in a worker thread under the job's lock; on failure removes
-        everything it created (the caller removes ``spool``).
-        """
         key = self.key_dir(jid)
         incoming = key / "incoming"
-        outgoing = key / "outgoing"
-        created_key = False
-        try:
-            if os.path.lexists(incoming):
+        async with self._job_lock(jid):
+            # Refuse before reading a possibly large body.
+            if await asyncio.to_thread(os.path.lexists, incoming):
                 raise Conflict(f"job {jid!r} already has its input")
-            try:
-                key.mkdir()
-                created_key = True
-            except FileExistsError:
-                pass
+            await asyncio.to_thread(self._check_room, declared_size or 0)
+            created_key = await asyncio.to_thread(self._make_key, key)
             tmp = key / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
-            created_out = False
             try:
-                report = safe_extract(
-                    spool, tmp, max_bytes=self.max_unpacked_bytes, chunk_size=self.chunk_size
+                report = await extract_async(
+                    self._capped(body), tmp, limits=self.limits, chunk_size=self.chunk_size
                 )
-                if not outgoing.is_dir():
-                    outgoing.mkdir()
-                    created_out = True
-                # rename() of a directory is atomic on one filesystem: readers
-                # see no incoming/ or the complete one.
-                os.rename(tmp, incoming)
+                await _run_to_completion(self._publish, jid, tmp)
+            except OSError as exc:
+                await _run_to_completion(self._abandon, tmp, key, created_key)
+                raise StorageError(
+                    f"cannot store the input of job {jid!r}: {exc.strerror or exc}"
+                ) from exc
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if created_out:
-                    with contextlib.suppress(OSError):
-                        outgoing.rmdir()
+                await _run_to_completion(self._abandon, tmp, key, created_key)
                 raise
-        except OSError as exc:
-            self._forget_key(key, created_key)
-            raise StorageError(
-                f"cannot store the input of job {jid!r}: {exc.strerror or exc}"
-            ) from exc
-        except BaseException:
-            self._forget_key(key, created_key)
-            raise
-        log.info("job %s: unpacked %d files, %d bytes", jid, report.nfiles, report.nbytes)
+        log.info(
+            "job %s: received %d files, %d bytes%s",
+            jid,
+            report.nfiles,
+            report.nbytes,
+            " (SHA-256 manifest verified)" if report.verified else " (no manifest)",
+        )
         return IncomingReport(
             jid=jid,
             nfiles=report.nfiles,
             nbytes=report.nbytes,
             path=self.relative(incoming),
-            outgoing=self.relative(outgoing),
+            outgoing=self.relative(key / "outgoing"),
+            verified=report.verified,
         )
 
+    def _check_room(self, upcoming: int) -> None:
+        """Refuse an upload the storebase cannot hold while keeping its reserve free."""
+        if not self.limits.reserve_bytes:
+            return
+        st = os.statvfs(self.storebase)
+        free = st.f_bavail * st.f_frsize
+        if free - upcoming < self.limits.reserve_bytes:
+            raise InsufficientStorage(
+                f"not enough free space for this upload: {free} bytes free, "
+                f"{upcoming} announced, {self.limits.reserve_bytes} must stay free"
+            )
+
     @staticmethod
-    def _forget_key(key: Path, created: bool) -> None:
-        """Remove a job dir this upload created, if it is still empty."""
-        if created:
+    def _make_key(key: Path) -> bool:
+        """Create the job's directory; True if this call created it."""
+        try:
+            key.mkdir()
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot create {key.name}: {exc.strerror or exc}") from exc
+        return True
+
+    async def _capped(self, body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """``body``, refused with :class:`PayloadTooLarge` past ``max_upload_bytes``."""
+        total = 0
+        async for piece in body:
+            total += len(piece)
+            if total > self.max_upload_bytes:
+                raise PayloadTooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
+            yield piece
+
+    def _publish(self, jid: JobKey, tmp: Path) -> None:
+        """Rename the complete upload to ``incoming/`` and create ``outgoing/``.
+
+        rename() of a directory is atomic on one filesystem: readers see no
+        ``incoming/`` or the complete one.
+        """
+        key = self.key_dir(jid)
+        incoming = key / "incoming"
+        if os.path.lexists(incoming):
+            raise Conflict(f"job {jid!r} already has its input")
+        outgoing = key / "outgoing"
+        if not outgoing.is_dir():
+            outgoing.mkdir()
+        os.rename(tmp, incoming)
+
+    @staticmethod
+    def _abandon(tmp: Path, key: Path, created_key: bool) -> None:
+        """Remove what a failed upload left: its hidden dir and a job dir it created."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created_key:
+            with contextlib.suppress(OSError):
+                (key / "outgoing").rmdir()
             with contextlib.suppress(OSError):
                 key.rmdir()
 
@@ -310,7 +292,9 @@ class JobStore:
         """
         outgoing = self.key_dir(jid) / "outgoing"
         try:
-            chunks: Iterator[bytes] = await asyncio.to_thread(zip_directory, outgoing)
+            chunks: Iterator[bytes] = await asyncio.to_thread(
+                zip_directory, outgoing, policy=self.policy
+            )
         except FileNotFoundError as exc:
             raise JobNotFound(f"no output for job {jid!r}") from exc
         return aiter_sync(chunks, batch_bytes=self.chunk_size)

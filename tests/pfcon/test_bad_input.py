@@ -12,6 +12,7 @@ import pytest
 
 from pfcon.errors import InvalidJob
 from pfcon.schema import JobStatus
+from pfioh.manifest import MANIFEST_NAME
 from pman.client import PmanClient
 from pman.errors import JobNotFound as PmanJobNotFound
 from tests.pfcon.conftest import (
@@ -176,7 +177,11 @@ async def test_data_file_before_jid_is_spooled_and_works(
         async for chunk in client.iter_output(jid):
             out += chunk
     with zipfile.ZipFile(io.BytesIO(bytes(out))) as zf:
-        got = {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
+        got = {
+            i.filename: zf.read(i)
+            for i in zf.infolist()
+            if not i.is_dir() and i.filename != MANIFEST_NAME
+        }
     assert got == expected_outputs(input_tree, "out-")
 
 

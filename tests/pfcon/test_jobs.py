@@ -17,6 +17,7 @@ from pfcon.app import create_app
 from pfcon.client import PfconClient
 from pfcon.errors import JobConflict, JobNotFound
 from pfcon.schema import JobStatus
+from pfioh.manifest import MANIFEST_NAME
 from pman.client import PmanClient
 from tests.pfcon.conftest import (
     PASSWORD,
@@ -38,7 +39,11 @@ async def _download(client: PfconClient, jid: str) -> dict[str, bytes]:
     async for chunk in client.iter_output(jid):
         buf += chunk
     with zipfile.ZipFile(io.BytesIO(bytes(buf))) as zf:
-        return {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
+        return {
+            i.filename: zf.read(i)
+            for i in zf.infolist()
+            if not i.is_dir() and i.filename != MANIFEST_NAME
+        }
 
 
 async def _started(client: PfconClient, jid: str) -> None:

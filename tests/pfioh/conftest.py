@@ -19,15 +19,14 @@ class RunningPfioh:
 
     base_url: str
     storebase: Path
-    spool: Path
     settings: PfiohSettings
 
     def key_dir(self, jid: str) -> Path:
         return self.storebase / f"key-{jid}"
 
     def leftovers(self, jid: str) -> list[str]:
-        """Everything left under the job's key dir and in the spool dir."""
-        found = [p.name for p in self.spool.iterdir()] if self.spool.exists() else []
+        """Everything left under the job's key dir."""
+        found: list[str] = []
         key = self.key_dir(jid)
         if key.exists():
             found += [str(p.relative_to(self.storebase)) for p in key.rglob("*")] or [key.name]
@@ -47,7 +46,6 @@ async def start_pfioh(aiohttp_server: Any, tmp_path: Path) -> StartPfioh:
         return RunningPfioh(
             base_url=str(server.make_url("/api/v1/")),
             storebase=(tmp_path / "store").resolve(),
-            spool=settings.spool_path.resolve(),
             settings=settings,
         )
 

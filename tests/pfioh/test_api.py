@@ -20,7 +20,6 @@ from pfioh.archive import (
     CorruptArchive,
     UnsafeArchive,
     aiter_sync,
-    safe_extract,
     zip_directory,
 )
 from pfioh.client import PfiohClient
@@ -36,6 +35,7 @@ from pfioh.errors import (
 from pfioh.schema import JobKey
 from pfioh.settings import PfiohSettings
 from pfioh.store import JobStore
+from pfioh.unzip import safe_extract
 from tests.pfioh.conftest import RunningPfioh, StartPfioh
 from tests.pfioh.zips import build_tree, entry, snapshot, write_zip
 from tests.support.components import free_port
@@ -84,7 +84,6 @@ async def test_round_trip(pfioh: RunningPfioh, tmp_path: Path) -> None:
         assert not os.access(incoming / "zero.bin", os.X_OK)
         outgoing = pfioh.storebase / report.outgoing
         assert outgoing.is_dir() and not any(outgoing.iterdir())
-        assert pfioh.leftovers("x") == []  # spool is empty again
 
         # The plugin writes its output...
         build_tree(outgoing, {"res": {"out.txt": b"result\n", "nothing": {}}, "z.bin": b""})
@@ -114,7 +113,7 @@ async def test_outgoing_headers(pfioh: RunningPfioh, tmp_path: Path) -> None:
             body = await resp.read()
     (tmp_path / "out.zip").write_bytes(body)
     with zipfile.ZipFile(tmp_path / "out.zip") as zf:
-        assert zf.namelist() == []
+        assert zf.namelist() == [".chris-manifest.jsonl"]  # an empty output, verifiable
 
 
 async def test_empty_archive_gives_empty_incoming(pfioh: RunningPfioh, tmp_path: Path) -> None:
@@ -231,7 +230,6 @@ async def test_second_push_conflicts_and_keeps_first(pfioh: RunningPfioh, tmp_pa
     incoming = pfioh.key_dir("job-5") / "incoming"
     assert snapshot(incoming) == {"data.txt": b"first"}
     assert sorted(p.name for p in pfioh.key_dir("job-5").iterdir()) == ["incoming", "outgoing"]
-    assert list(pfioh.spool.iterdir()) == []
 
 
 async def test_delete_is_idempotent(pfioh: RunningPfioh, tmp_path: Path) -> None:
@@ -269,7 +267,7 @@ async def test_invalid_key(pfioh: RunningPfioh, tmp_path: Path, jid: str) -> Non
             await client.job_status(jid)
         with pytest.raises(InvalidKey):
             await client.delete(jid)
-    assert [p.name for p in pfioh.storebase.iterdir()] == [".spool"]
+    assert [p.name for p in pfioh.storebase.iterdir()] == []
 
 
 @pytest.mark.parametrize("jid", [".hidden", "a%20b", "x" * 129, "semi;colon", "-dash"])
@@ -288,7 +286,7 @@ async def test_server_refuses_invalid_key(pfioh: RunningPfioh, tmp_path: Path, j
             ) as resp:
                 assert resp.status == 400, (method, path)
                 assert (await resp.json())["code"] == InvalidKey.code
-    assert [p.name for p in pfioh.storebase.iterdir()] == [".spool"]
+    assert [p.name for p in pfioh.storebase.iterdir()] == []
 
 
 async def test_wrong_content_type(pfioh: RunningPfioh) -> None:
@@ -351,8 +349,12 @@ async def test_client_uses_given_session_and_leaves_it_open(pfioh: RunningPfioh)
 
 
 async def test_streaming_memory_stays_bounded(pfioh: RunningPfioh, tmp_path: Path) -> None:
-    """A 24 MiB transfer each way must not be held in memory (client and server here)."""
-    size = 24 << 20
+    """A 64 MiB transfer each way must not be held in memory (client and server here).
+
+    What is in flight is bounded: zip and unzip chunks, the receiver's
+    prefetch queue and aiohttp's buffers, about 16 MiB in all.
+    """
+    size = 64 << 20
     src = tmp_path / "src"
     src.mkdir()
     with open(src / "big.bin", "wb") as f:
@@ -372,7 +374,7 @@ async def test_streaming_memory_stays_bounded(pfioh: RunningPfioh, tmp_path: Pat
         finally:
             tracemalloc.stop()
     assert total > size
-    assert peak < 12 << 20, f"peak traced memory {peak} bytes"
+    assert peak < 24 << 20, f"peak traced memory {peak} bytes"
 
 
 async def test_concurrent_pushes_one_wins(pfioh: RunningPfioh, tmp_path: Path) -> None:
@@ -387,7 +389,6 @@ async def test_concurrent_pushes_one_wins(pfioh: RunningPfioh, tmp_path: Path) -
     winner = results.index(winners[0])
     assert snapshot(pfioh.key_dir("race") / "incoming") == {"who": str(winner).encode()}
     assert sorted(p.name for p in pfioh.key_dir("race").iterdir()) == ["incoming", "outgoing"]
-    assert list(pfioh.spool.iterdir()) == []
 
 
 async def wait_until(condition: Callable[[], bool], limit_s: float = 10.0) -> None:
@@ -431,7 +432,8 @@ async def test_start_removes_crash_leftovers(start_pfioh: StartPfioh, tmp_path: 
     (store / ".spool" / "upload-xyz.zip").write_bytes(b"PK")
     build_tree(store / "key-kept" / "incoming", {"f": b"kept"})
     pfioh = await start_pfioh()
-    assert pfioh.leftovers("crashed") == ["key-crashed"]  # the (now empty) key dir only
+    assert pfioh.leftovers("crashed") == []  # the key dir was left empty, so it went too
+    assert not (store / ".spool").exists()  # what older versions spooled uploads to
     assert snapshot(store / "key-kept") == {"incoming": None, "incoming/f": b"kept"}
 
 
@@ -451,7 +453,7 @@ async def test_broken_output_stream_is_not_a_complete_body(
 ) -> None:
     settings = PfiohSettings(storebase=tmp_path / "store")
     app = create_app(settings)
-    app[STORE_KEY] = _FailingStore(tmp_path / "store", tmp_path / "spool", max_upload_bytes=1)
+    app[STORE_KEY] = _FailingStore(tmp_path / "store", max_upload_bytes=1)
     server = await aiohttp_server(app)
     async with PfiohClient(str(server.make_url("/api/v1/"))) as client:
         got = b""

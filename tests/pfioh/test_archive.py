@@ -1,4 +1,4 @@
-"""pfioh.archive on its own: member checks, safe extraction, streamed zips."""
+"""pfioh.archive and pfioh.unzip on their own: member checks, safe extraction, streamed zips."""
 
 from __future__ import annotations
 
@@ -16,16 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pfioh.archive import (
+    ArchiveError,
+    CompressionPolicy,
     CorruptArchive,
     UnsafeArchive,
     aiter_sync,
     check_member,
     iter_tree,
-    iter_zip_members,
-    safe_extract,
     zip_directory,
     zip_stream,
 )
+from pfioh.unzip import ExtractLimits, safe_extract
 from tests.pfioh.zips import build_tree, entry, snapshot, write_zip
 
 
@@ -122,7 +123,7 @@ def test_safe_extract_writes_files_dirs_and_modes(tmp_path: Path) -> None:
     ],
     ids=["zip-slip", "absolute", "symlink", "chardev", "duplicate", "file-parent", "dir-as-file"],
 )
-def test_safe_extract_refuses_before_writing(
+def test_safe_extract_refuses_and_keeps_nothing(
     tmp_path: Path, members: list[tuple[zipfile.ZipInfo, bytes]]
 ) -> None:
     zp = write_zip(tmp_path / "bad.zip", members)
@@ -136,7 +137,7 @@ def test_safe_extract_refuses_before_writing(
 def test_safe_extract_limits_unpacked_size(tmp_path: Path) -> None:
     zp = write_zip(tmp_path / "bomb.zip", [entry("a", b"\0" * 5000), entry("b", b"\0" * 5000)])
     with pytest.raises(UnsafeArchive, match="more than the allowed 6000 bytes"):
-        safe_extract(zp, tmp_path / "out", max_bytes=6000)
+        safe_extract(zp, tmp_path / "out", limits=ExtractLimits(max_bytes=6000))
     assert not (tmp_path / "out").exists()
 
 
@@ -180,30 +181,6 @@ def test_safe_extract_requires_new_dest(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "keep").read_text() == "mine"
 
 
-def test_iter_zip_members_yields_validated_files(tmp_path: Path) -> None:
-    zp = write_zip(
-        tmp_path / "m.zip",
-        [entry("d/"), entry("d/x.txt", b"x" * 3000), entry("./y", b"yy")],
-    )
-    got = {name: (stream.read(), size) for name, stream, size in iter_zip_members(zp)}
-    assert got == {"d/x.txt": (b"x" * 3000, 3000), "y": (b"yy", 2)}
-
-
-def test_iter_zip_members_validates_all_before_yielding(tmp_path: Path) -> None:
-    zp = write_zip(tmp_path / "m.zip", [entry("fine", b"1"), entry("../evil", b"2")])
-    it = iter_zip_members(zp)
-    with pytest.raises(UnsafeArchive):
-        next(it)
-
-
-def test_iter_zip_members_damaged_member(tmp_path: Path) -> None:
-    zp = _zip_with_bad_crc(tmp_path / "crc.zip")
-    with pytest.raises(CorruptArchive):
-        for _, stream, _ in iter_zip_members(zp):
-            while stream.read(512):
-                pass
-
-
 def test_zip_directory_skips_links_and_special_files(tmp_path: Path) -> None:
     src = tmp_path / "src"
     build_tree(src, {"real.txt": b"real", "sub": {}})
@@ -216,22 +193,73 @@ def test_zip_directory_skips_links_and_special_files(tmp_path: Path) -> None:
     assert names == ["sub/", "real.txt"]
     data = b"".join(zip_directory(src))
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        assert sorted(zf.namelist()) == ["real.txt", "sub/"]
+        assert sorted(zf.namelist()) == [".chris-manifest.jsonl", "real.txt", "sub/"]
         assert zf.read("real.txt") == b"real"
 
 
 def test_zip_stream_from_pairs(tmp_path: Path) -> None:
-    a = tmp_path / "a.bin"
-    a.write_bytes(os.urandom(70_000))
+    a = tmp_path / "a.txt"
+    a.write_bytes(b"line of text\n" * 7000)
     d = tmp_path / "somedir"
     d.mkdir()
-    data = b"".join(zip_stream([(a, "renamed/a.bin"), (d, "emptydir/")]))
+    data = b"".join(zip_stream([(a, "renamed/a.txt"), (d, "emptydir/")]))
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         assert zf.testzip() is None
         infos = {i.filename: i for i in zf.infolist()}
-        assert set(infos) == {"renamed/a.bin", "emptydir/"}
-        assert infos["renamed/a.bin"].compress_type == zipfile.ZIP_DEFLATED
-        assert zf.read("renamed/a.bin") == a.read_bytes()
+        assert set(infos) == {"renamed/a.txt", "emptydir/", ".chris-manifest.jsonl"}
+        assert infos["renamed/a.txt"].compress_type == zipfile.ZIP_DEFLATED
+        assert zf.read("renamed/a.txt") == a.read_bytes()
+        assert zf.infolist()[-1].filename == ".chris-manifest.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "level", "deflated"),
+    [
+        ("scan.dcm", b"DICM" + bytes(range(64)) * 200, 1, True),
+        ("notes.txt", b"patient 1 slice 2\n" * 500, 6, True),
+        ("random.bin", os.urandom(20_000), 1, False),  # does not shrink: stored
+        ("mask.nii.gz", b"\0" * 20_000, 1, False),  # compressed already, by its name
+        ("photo.PNG", b"\0" * 20_000, 1, False),
+        ("notes.txt", b"patient 1 slice 2\n" * 500, 0, False),  # level 0 stores all
+        ("tiny.txt", b"x", 1, False),
+    ],
+)
+def test_compression_policy(
+    tmp_path: Path, name: str, content: bytes, level: int, deflated: bool
+) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(content)
+    data = b"".join(zip_stream([(f, name)], policy=CompressionPolicy(level=level)))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        method = zf.getinfo(name).compress_type
+        assert method == (zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED)
+        assert zf.read(name) == content
+
+
+def test_compression_level_is_checked() -> None:
+    with pytest.raises(ValueError, match="0 to 9"):
+        CompressionPolicy(level=10)
+
+
+def test_zip_stream_refuses_the_reserved_name(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    with pytest.raises(ArchiveError, match="reserved"):
+        b"".join(zip_stream([(f, ".chris-manifest.jsonl")]))
+
+
+def test_zip_directory_leaves_out_a_planted_manifest(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src, {".chris-manifest.jsonl": b"forged", "real.txt": b"real"})
+    report = safe_extract(_zipped(src, tmp_path / "o.zip"), tmp_path / "out")
+    assert report.files == ["real.txt"] and report.verified
+
+
+def _zipped(src: Path, zp: Path) -> Path:
+    with open(zp, "wb") as f:
+        for chunk in zip_directory(src):
+            f.write(chunk)
+    return zp
 
 
 def test_zip_directory_missing_root(tmp_path: Path) -> None:

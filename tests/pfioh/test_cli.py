@@ -46,7 +46,7 @@ def test_serve_starts_and_answers(tmp_path: Path) -> None:
             if body is None:
                 time.sleep(0.05)
         assert body == b'{"health": "OK"}', log.read_text()
-        assert (store / ".spool").is_dir()
+        assert store.is_dir()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
