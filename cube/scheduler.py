@@ -43,7 +43,7 @@ from cube.services import placement
 from cube.settings import CubeSettings
 from cube.storage import Storage
 from pfcon.client import PfconClient
-from pfcon.errors import JobNotFound, PfconError, PfconUnavailable
+from pfcon.errors import JobNotFound, PfconError, PfconUnavailable, SiteStorageFull
 from pfcon.schema import JobDescriptor, JobInfo, JobStatus
 from pfioh.archive import CompressionPolicy, aiter_sync, zip_stream
 from pfioh.errors import ArchiveError, InsufficientStorage
@@ -422,6 +422,8 @@ class Scheduler:
                 info = submitted.compute
             except PfconUnavailable as exc:
                 raise _Retry(f"compute site {resource.name} unreachable: {exc}") from exc
+            except SiteStorageFull as exc:
+                raise _Retry(f"compute site {resource.name} is out of space: {exc}") from exc
             except PfconError as exc:
                 await self._end(inst.id, S.CANCELLED, ErrorCode.SUBMIT, f"submit failed: {exc}")
                 return

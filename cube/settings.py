@@ -67,7 +67,7 @@ class CubeSettings(BaseSettings):
     transfer_max_output_bytes: int = Field(default=256 * 1024**3, ge=0)
     #: Free space CUBE's storage keeps: an output that would eat into it fails
     #: the fetch (retried later) instead of filling the disk.
-    storage_reserve_bytes: int = Field(default=1024**3, ge=0)
+    storage_reserve_bytes: int = Field(default=256 * 1024**2, ge=0)
     #: Credentials for the container registries plugin images are read from, as
     #: JSON: ``{"host[:port]": {"username": ..., "password": ...}}`` (Docker Hub:
     #: ``docker.io``). Registries not listed are read anonymously.

@@ -26,6 +26,7 @@ from pfcon.errors import (
     JobNotFound,
     PfconError,
     PfconUnavailable,
+    SiteStorageFull,
     UpstreamError,
 )
 from pfcon.schema import (
@@ -63,7 +64,8 @@ def pfioh_errors_translated() -> Iterator[None]:
 
     Unreachable → :class:`PfconUnavailable` (503); pfioh refusing pfcon's own
     token → :class:`UpstreamError` (502, a site misconfiguration, not the
-    caller's fault); other 4xx keep their status; 5xx → :class:`UpstreamError`.
+    caller's fault); a full disk → :class:`SiteStorageFull` (507); other 4xx
+    keep their status; 5xx → :class:`UpstreamError`.
     """
     try:
         yield
@@ -75,6 +77,8 @@ def pfioh_errors_translated() -> Iterator[None]:
         raise JobConflict(str(exc)) from exc
     except pfioh_errors.Unauthorized as exc:
         raise UpstreamError(f"pfioh refused pfcon's credentials: {exc}") from exc
+    except pfioh_errors.InsufficientStorage as exc:
+        raise SiteStorageFull(f"the site's storage is full: {exc}") from exc
     except pfioh_errors.PfiohError as exc:
         if 400 <= exc.status < 500:
             raise InvalidJob(str(exc), status=exc.status) from exc

@@ -88,6 +88,16 @@ class UpstreamError(PfconUnavailable):
     code = "bad_gateway"
 
 
+class SiteStorageFull(PfconError):
+    """The site has too little free space for the job's data (pfioh's 507).
+
+    Temporary: a sender should retry later, when jobs have been cleaned up.
+    """
+
+    status = 507
+    code = "insufficient_storage"
+
+
 #: Error codes as they appear on the wire, for the client's mapping.
 ERRORS_BY_CODE: dict[str, type[PfconError]] = {
     cls.code: cls
@@ -99,6 +109,7 @@ ERRORS_BY_CODE: dict[str, type[PfconError]] = {
         JobConflict,
         UpstreamError,
         PfconUnavailable,
+        SiteStorageFull,
     )
 }
 
@@ -115,6 +126,8 @@ def error_for_status(status: int) -> type[PfconError]:
         return UpstreamError
     if status in (503, 504):
         return PfconUnavailable
+    if status == 507:
+        return SiteStorageFull
     if 400 <= status < 500:
         return InvalidJob
     return PfconError

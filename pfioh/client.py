@@ -27,11 +27,14 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import ValidationError
 
-from pfioh.archive import ArchiveError, CorruptArchive, UnsafeArchive
 from pfioh.errors import (
+    ArchiveError,
     BadRequest,
     Conflict,
+    CorruptArchive,
     IncompleteUpload,
+    InsufficientStorage,
+    IntegrityError,
     InvalidKey,
     JobNotFound,
     PayloadTooLarge,
@@ -40,6 +43,7 @@ from pfioh.errors import (
     StorageError,
     Unauthorized,
     UnexpectedResponse,
+    UnsafeArchive,
     UnsupportedMediaType,
 )
 from pfioh.schema import KEY_PATTERN, ErrorBody, IncomingReport, JobDataStatus, ServerInfo
@@ -63,6 +67,8 @@ _BY_CODE: dict[str, type[PfiohError]] = {
         ArchiveError,
         UnsafeArchive,
         CorruptArchive,
+        IntegrityError,
+        InsufficientStorage,
     )
 }
 _BY_STATUS: dict[int, type[PfiohError]] = {
@@ -74,6 +80,7 @@ _BY_STATUS: dict[int, type[PfiohError]] = {
     415: UnsupportedMediaType,
     422: UnsafeArchive,
     503: PfiohUnavailable,
+    507: InsufficientStorage,
 }
 # Transport failures: refused/reset connections, timeouts, broken bodies.
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)

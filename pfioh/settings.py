@@ -38,7 +38,7 @@ class PfiohSettings(BaseSettings):
     #: Most members in one upload.
     max_members: int = Field(default=1_000_000, ge=1)
     #: Free space the storebase keeps: uploads that would eat into it are refused (507).
-    reserve_bytes: int = Field(default=GIB, ge=0)
+    reserve_bytes: int = Field(default=256 * MIB, ge=0)
     #: Refuse uploads that carry no SHA-256 manifest (ChRIS's CUBE sends none).
     require_manifest: bool = False
     #: Deflate level of outgoing archives: 0 stores everything, 1 (fastest) to 9.

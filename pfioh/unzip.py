@@ -445,29 +445,27 @@ class _Extractor:
         """
         consumed = 0
         tail: bytes | memoryview = b""
-        try:
-            while not engine.eof:
-                if isinstance(engine, bz2.BZ2Decompressor):
-                    tail = b""
-                    if engine.needs_input:
-                        tail = self.r.take(self.chunk)
-                        consumed += len(tail)
-                        if not tail:
-                            break
-                else:
-                    tail = engine.unconsumed_tail
+        while not engine.eof:
+            if isinstance(engine, bz2.BZ2Decompressor):
+                tail = b""
+                if engine.needs_input:
+                    tail = self.r.take(self.chunk)
+                    consumed += len(tail)
                     if not tail:
-                        tail = self.r.take(self.chunk)
-                        consumed += len(tail)
-                        if not tail:
-                            break
+                        break
+            else:
+                tail = engine.unconsumed_tail
+                if not tail:
+                    tail = self.r.take(self.chunk)
+                    consumed += len(tail)
+                    if not tail:
+                        break
+            try:
                 out = engine.decompress(tail, self.chunk)
-                if out:
-                    emit(out)
-        except (zlib.error, OSError, EOFError, ValueError) as exc:
-            if isinstance(exc, OSError) and exc.errno is not None:
-                raise  # a filesystem error of the sink, not bad data
-            raise CorruptArchive(f"damaged member {name!r}: {exc}", entry=name) from exc
+            except (zlib.error, OSError, EOFError, ValueError) as exc:
+                raise CorruptArchive(f"damaged member {name!r}: {exc}", entry=name) from exc
+            if out:
+                emit(out)
         if not engine.eof:
             raise CorruptArchive(f"the archive ends inside member {name!r}", entry=name)
         unused = len(engine.unused_data)
@@ -480,10 +478,12 @@ class _Extractor:
         """Copy a stored member whose size is only in the descriptor after it.
 
         Every occurrence of the descriptor signature is a candidate; it ends
-        the member only if the CRC and sizes after it match the data so far.
+        the member only if the CRC and sizes after it match the data so far
+        and the next record's signature follows. (Should data ever fool
+        that, the member's SHA-256 in the manifest would not match.)
         """
         fmt = "<IQQ" if zip64 else "<III"
-        need = 4 + struct.calcsize(fmt)
+        need = 4 + struct.calcsize(fmt) + 4  # signature, fields, the next record's signature
         while True:
             at = self.r.find(_SIG_DESCRIPTOR)
             if at < 0:
@@ -498,9 +498,13 @@ class _Extractor:
             candidate = self.r.peek(need)
             if len(candidate) < need:
                 raise CorruptArchive(f"the archive ends inside member {name!r}", entry=name)
-            crc, csize, usize = struct.unpack(fmt, candidate[4:])
-            if crc == emitted[1] and csize == usize == emitted[0]:
-                self.r.exact(need, "a data descriptor")
+            crc, csize, usize = struct.unpack(fmt, candidate[4:-4])
+            if (
+                crc == emitted[1]
+                and csize == usize == emitted[0]
+                and candidate[-4:] in (_SIG_LOCAL, _SIG_CENTRAL)
+            ):
+                self.r.exact(need - 4, "a data descriptor")
                 return csize
             emit(self.r.take(1))  # a "PK\x07\x08" inside the data
 

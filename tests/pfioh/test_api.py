@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import stat
 import tracemalloc
@@ -25,6 +26,8 @@ from pfioh.archive import (
 from pfioh.client import PfiohClient
 from pfioh.errors import (
     Conflict,
+    InsufficientStorage,
+    IntegrityError,
     InvalidKey,
     JobNotFound,
     PayloadTooLarge,
@@ -32,6 +35,7 @@ from pfioh.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from pfioh.manifest import MANIFEST_NAME
 from pfioh.schema import JobKey
 from pfioh.settings import PfiohSettings
 from pfioh.store import JobStore
@@ -422,6 +426,13 @@ async def test_interrupted_upload_leaves_nothing(pfioh: RunningPfioh, tmp_path: 
     assert sent.is_set()
     await wait_until(lambda: pfioh.leftovers("cut") == [])
     assert not pfioh.key_dir("cut").exists()
+    # The sender's retry then succeeds as if nothing had happened.
+    async with PfiohClient(pfioh.base_url) as client:
+        report = await push_file(client, "cut", zp)
+    assert report.nfiles == 1  # type: ignore[attr-defined]
+    assert snapshot(pfioh.key_dir("cut") / "incoming") == {
+        "noise": zipfile.ZipFile(zp).read("noise")
+    }
 
 
 async def test_start_removes_crash_leftovers(start_pfioh: StartPfioh, tmp_path: Path) -> None:
@@ -461,3 +472,60 @@ async def test_broken_output_stream_is_not_a_complete_body(
             async for chunk in client.iter_outgoing("j"):
                 got += chunk
     assert got.startswith(b"PK")
+
+
+async def test_manifest_mismatch_is_refused_and_nothing_kept(
+    pfioh: RunningPfioh, tmp_path: Path
+) -> None:
+    src = make_source(tmp_path / "src")
+    # The data is intact; one hash listed in the manifest is not.
+    manifest = bytearray()
+    with zipfile.ZipFile(io.BytesIO(bytes(b"".join(zip_directory(src))))) as zf:
+        manifest += zf.read(MANIFEST_NAME)
+        members = [(i, zf.read(i)) for i in zf.infolist() if i.filename != MANIFEST_NAME]
+    manifest[manifest.index(b'"sha256": "') + 11] ^= 1
+    zp = tmp_path / "lying.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        for info, payload in members:
+            zf.writestr(info, payload)
+        zf.writestr(MANIFEST_NAME, bytes(manifest))
+    async with PfiohClient(pfioh.base_url) as client:
+        with pytest.raises(IntegrityError, match="SHA-256"):
+            await push_file(client, "lied", zp)
+    assert pfioh.leftovers("lied") == []
+
+
+async def test_verified_upload_is_reported(pfioh: RunningPfioh, tmp_path: Path) -> None:
+    src = make_source(tmp_path / "src")
+    async with PfiohClient(pfioh.base_url) as client:
+        report = await client.push_incoming("v", aiter_sync(zip_directory(src)))
+        assert report.verified
+        plain = write_zip(tmp_path / "plain.zip", [entry("a", b"1")])
+        assert not (await push_file(client, "p", plain)).verified  # type: ignore[attr-defined]
+
+
+async def test_manifest_can_be_required(start_pfioh: StartPfioh, tmp_path: Path) -> None:
+    pfioh = await start_pfioh(require_manifest=True)
+    plain = write_zip(tmp_path / "plain.zip", [entry("a", b"1")])
+    async with PfiohClient(pfioh.base_url) as client:
+        with pytest.raises(IntegrityError, match="no SHA-256 manifest"):
+            await push_file(client, "p", plain)
+    assert pfioh.leftovers("p") == []
+
+
+async def test_full_disk_is_a_507_before_reading(start_pfioh: StartPfioh, tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    pfioh = await start_pfioh(reserve_bytes=st.f_bavail * st.f_frsize + (1 << 40))
+    zp = write_zip(tmp_path / "in.zip", [entry("a", b"1")])
+    async with PfiohClient(pfioh.base_url) as client:
+        with pytest.raises(InsufficientStorage, match="free"):
+            await push_file(client, "full", zp)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            pfioh.base_url + "jobs/full/incoming/",
+            data=zp.read_bytes(),
+            headers={"Content-Type": "application/zip"},
+        ) as resp:
+            assert resp.status == 507
+            assert (await resp.json())["code"] == "insufficient_storage"
+    assert pfioh.leftovers("full") == []
