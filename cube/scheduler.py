@@ -38,14 +38,15 @@ from sqlmodel import col, or_, select
 
 from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
+from cube.errors import ComputeError, OutputMismatch
 from cube.schema import ErrorCode, InstanceStatus
+from cube.services import innetwork, placement
 from cube.services import instances as svc
-from cube.services import placement
 from cube.settings import CubeSettings
 from cube.storage import Storage
 from pfcon.client import PfconClient
 from pfcon.errors import JobNotFound, PfconError, PfconUnavailable
-from pfcon.schema import JobDescriptor, JobInfo, JobStatus
+from pfcon.schema import JobDescriptor, JobInfo, JobStatus, JobSubmitted
 from pfioh.archive import ArchiveError, aiter_sync, iter_zip_members, zip_stream
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class Scheduler:
         self._room_generation = 0
         self._stopping = False
         self.tmp_dir = settings.home / "tmp"
+        #: in-network or zip mode of each compute resource, confirmed with its site
+        self._modes = innetwork.SiteModes(sessions)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -411,13 +414,16 @@ class Scheduler:
             return
         if info is None:
             try:
-                descriptor, entries = await self._job_of(inst)
-                body = aiter_sync(zip_stream(entries))
-                submitted = await client.submit(descriptor, body)
+                if await self._modes.innetwork(resource, client):
+                    submitted = await self._submit_innetwork(inst, client)
+                else:
+                    descriptor, entries = await self._job_of(inst)
+                    body = aiter_sync(zip_stream(entries))
+                    submitted = await client.submit(descriptor, body)
                 info = submitted.compute
             except PfconUnavailable as exc:
                 raise _Retry(f"compute site {resource.name} unreachable: {exc}") from exc
-            except PfconError as exc:
+            except (PfconError, ComputeError) as exc:
                 await self._end(inst.id, S.CANCELLED, ErrorCode.SUBMIT, f"submit failed: {exc}")
                 return
         summary = dict(inst.summary)
@@ -438,6 +444,13 @@ class Scheduler:
             )
             await s.commit()
         await self.hub.changed()
+
+    async def _submit_innetwork(self, inst: PluginInstance, client: PfconClient) -> JobSubmitted:
+        """Submit to an in-network site: storage paths instead of a zip (no data sent)."""
+        descriptor, _entries = await self._job_of(inst)  # also checks the owner's path access
+        async with self.sessions() as s:
+            dirs = await innetwork.job_dirs(s, inst)
+        return await client.submit_innetwork(descriptor, dirs)
 
     async def _watch(self, inst: PluginInstance, resource: ComputeResource) -> None:
         assert inst.id is not None
@@ -512,6 +525,9 @@ class Scheduler:
 
     async def _register(self, inst: PluginInstance, resource: ComputeResource) -> None:
         """Fetch the output zip and register its files in one bulk insert."""
+        if resource.compute_innetwork:
+            await self._register_innetwork(inst, resource)
+            return
         assert inst.id is not None
         jid = job_id(self.settings, inst.id)
         tmp = self.tmp_dir / f"{jid}-{uuid.uuid4().hex}.zip"
@@ -538,6 +554,44 @@ class Scheduler:
                 return
         finally:
             tmp.unlink(missing_ok=True)
+        await self._record_files(inst, files)
+
+    async def _register_innetwork(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        """Register the output an in-network job wrote into CUBE's storage (no transfer).
+
+        Output the site did not list as safe, or that does not match CUBE's
+        storage, is deleted, as a refused output zip leaves nothing.
+        """
+        assert inst.id is not None
+        jid = job_id(self.settings, inst.id)
+        try:
+            listing = await self._client(resource).output_listing(
+                jid, job_output_path=inst.output_path
+            )
+        except PfconUnavailable as exc:
+            raise _Retry(f"output listing of {jid} unavailable: {exc}") from exc
+        except PfconError as exc:
+            await self.storage.delete_tree(inst.output_path)
+            await self._end(
+                inst.id,
+                S.FINISHED_WITH_ERROR,
+                ErrorCode.FETCH_OUTPUT,
+                f"listing output failed: {exc}",
+            )
+            return
+        try:
+            files = await asyncio.to_thread(
+                innetwork.stored_outputs, self.storage, inst.output_path, listing
+            )
+        except OutputMismatch as exc:
+            await self.storage.delete_tree(inst.output_path)
+            await self._end(inst.id, S.FINISHED_WITH_ERROR, ErrorCode(exc.error_code), str(exc))
+            return
+        await self._record_files(inst, files)
+
+    async def _record_files(self, inst: PluginInstance, files: list[tuple[str, int]]) -> None:
+        """Register ``(fname, size)`` files of an instance in one bulk insert and end it."""
+        assert inst.id is not None
         succeeded = inst.job_status == JobStatus.FINISHED_SUCCESSFULLY.value
         final = S.FINISHED_SUCCESSFULLY if succeeded else S.FINISHED_WITH_ERROR
         summary = dict(inst.summary)
