@@ -641,6 +641,11 @@ class Scheduler:
             pass
         except Exception as exc:
             log.warning("cleanup of instance %s at %s failed: %s", inst.id, resource.name, exc)
+            return
+        if resource.compute_innetwork and inst.status == S.CANCELLED.value:
+            # the stopped job wrote into CUBE's storage; a cancelled instance
+            # registers nothing, so what it left there goes too (as no zip would arrive)
+            await self.storage.delete_tree(inst.output_path)
 
     # -- building the job ----------------------------------------------------
 

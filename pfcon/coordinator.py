@@ -268,15 +268,25 @@ class Coordinator:
 
     async def _existing_compute(self, job: JobDescriptor) -> JobInfo:
         """pman's state of a resubmitted job, if it is the same job (409 otherwise)."""
-        try:
-            with pman_errors_translated():
-                info = await self._pman.get(job.jid)
-        except JobNotFound as exc:
+        info = await self._pman_job(job)
+        if info is None:
             raise JobConflict(
                 f"input data of job {job.jid!r} already exists but pman has no such job "
                 "(another submission is in progress, or one failed midway); "
                 "DELETE the job to start over"
-            ) from exc
+            )
+        return info
+
+    async def _pman_job(self, job: JobDescriptor) -> JobInfo | None:
+        """pman's state of ``job`` (None when pman has no such job).
+
+        Raises :class:`JobConflict` when pman's job has another image or entrypoint.
+        """
+        try:
+            with pman_errors_translated():
+                info = await self._pman.get(job.jid)
+        except JobNotFound:
+            return None
         if info.image != job.image or not all(word in info.cmd for word in job.entrypoint):
             raise JobConflict(
                 f"job {job.jid!r} already exists with a different image or entrypoint"
@@ -289,7 +299,9 @@ class Coordinator:
         :meth:`SharedStorage.prepare` checks the dirs and makes them ready (no
         data copied); pman then gets the input and output dirs themselves. A
         resubmission with the same dirs, image and entrypoint returns the
-        current state (``created`` False). Raises :class:`InvalidJob` (400 for
+        current state (``created`` False); if pman has lost the job (pfcon
+        stopped between preparing and scheduling it), it is scheduled again
+        over the dirs already prepared. Raises :class:`InvalidJob` (400 for
         an unsafe or missing dir, 400 in zip mode; pman's 422), :class:`JobConflict`,
         :class:`StorageError`, :class:`PfconUnavailable`. pfcon's scratch for
         the job is removed again when pman refuses it; the shared dirs never are.
@@ -304,8 +316,10 @@ class Coordinator:
             path=record.pman_input_dir,
         )
         if not prepared.created:
-            info = await self._existing_compute(job)
-            return SubmitOutcome(JobSubmitted(data=data, compute=info), created=False)
+            existing = await self._pman_job(job)
+            if existing is not None:
+                return SubmitOutcome(JobSubmitted(data=data, compute=existing), created=False)
+            log.info("job %s: prepared before but unknown to pman; scheduling it now", job.jid)
         try:
             try:
                 spec = _spec(job, record.pman_input_dir, record.pman_output_dir)
@@ -313,8 +327,11 @@ class Coordinator:
                 raise StorageError(f"unusable storage paths for job {job.jid}: {exc}") from exc
             with pman_errors_translated():
                 info = await self._pman.schedule(spec)
+        except JobConflict:
+            raise  # pman runs this job already (a concurrent submission): its dirs stay
         except BaseException:
-            await self._discard_scratch(job.jid)
+            if prepared.created:  # a resumed job's dirs may serve a concurrent retry
+                await self._discard_scratch(job.jid)
             raise
         return SubmitOutcome(JobSubmitted(data=data, compute=info), created=True)
 

@@ -313,6 +313,20 @@ async def test_the_scheduler_sends_paths_and_registers_files_in_place(
         assert site.dirs[jid(second["id"])] == InNetworkDirs(
             input_dirs=[first["output_path"]], output_dir=second["output_path"]
         )
+        # cancelled while running: its job is stopped and what it wrote is removed
+        written = root / second["output_path"]
+        assert (written / "a.txt").is_file()
+        resp = await api.put(
+            f"/api/v1/plugins/instances/{second['id']}/",
+            json={"status": "cancelled"},
+            headers=admin,
+        )
+        assert resp.status == 200
+        async with asyncio.timeout(10):
+            while written.exists():
+                await asyncio.sleep(0.05)
+        assert jid(second["id"]) not in site.jobs
+        assert (root / first["output_path"] / "a.txt").read_bytes() == b"alpha"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -124,11 +124,37 @@ async def test_feed_in_network_on_local_backend(
     # CUBE spooled no output zip
     tmp = home / "cube" / "tmp"
     assert not (tmp.exists() and list(tmp.iterdir()))
+
+    # two input dirs: merged by the site with hard links into its scratch dir
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(b"from another folder\n")
+    await client.upload(extra, "home/chris/uploads/extra/extra.txt")
+    dircopy = await client.plugin_by_name("pl-dircopy")
+    merged = await client.create_instance(
+        dircopy.id, {"dir": "home/chris/uploads/in/study/series 1,home/chris/uploads/extra"}
+    )
+    done = await client.wait(merged.id, timeout=120)
+    assert done.status is S.FINISHED_SUCCESSFULLY, (done.error_code, done.error_message)
+    got = {
+        f.fname.removeprefix(done.output_path + "/"): (storage / f.fname).read_bytes()
+        for f in await client.instance_files(merged.id)
+    }
+    assert got == {
+        "ïmage-001.dcm": TREE["study/series 1/ïmage-001.dcm"],
+        "ïmage-002.dcm": TREE["study/series 1/ïmage-002.dcm"],
+        "extra.txt": b"from another folder\n",
+    }
+    pfcon_log = (home / "logs" / "pfcon.log").read_text()
+    assert f"job chris-jid-{merged.id}: 2 input dirs merged with 3 hard links" in pfcon_log
+
     # pfcon's per-job dirs in the shared storage are removed at cleanup; CUBE's stay
     async with asyncio.timeout(30):
         while list(storage.glob("key-*")):
             await asyncio.sleep(0.2)
-    assert (storage / "home" / "chris" / "uploads" / "in" / "study" / "notes.txt").is_file()
+    uploads = storage / "home" / "chris" / "uploads"
+    assert (uploads / "in" / "study" / "notes.txt").is_file()
+    # the hard links are gone with the scratch dir: each input file has one name again
+    assert all(p.stat().st_nlink == 1 for p in uploads.rglob("*") if p.is_file())
 
 
 @pytest.mark.docker

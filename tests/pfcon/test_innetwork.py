@@ -530,3 +530,22 @@ def test_a_listing_that_cannot_remove_an_unsafe_entry_fails(
     monkeypatch.setattr(Path, "unlink", refuse)
     with pytest.raises(StorageError, match="could not be removed"):
         shared.list_output("chris-jid-6", OUTPUT)
+
+
+async def test_a_job_pman_lost_is_scheduled_again_over_its_prepared_dirs(
+    innetwork_site: Site, storage: Path, jids: Callable[[], str]
+) -> None:
+    """pfcon stopped between preparing a job and scheduling it: CUBE's retry runs it."""
+    jid = jids()
+    dirs = InNetworkDirs(input_dirs=[UPLOADS, OTHER], output_dir=OUTPUT)
+    async with innetwork_site.client() as client:
+        first = await client.submit_innetwork(copy_job(jid), dirs)
+        await wait_until_terminal(client, jid)
+        async with PmanClient(innetwork_site.pman_url) as pman:
+            await pman.delete(jid)
+        again = await client.submit_innetwork(copy_job(jid), dirs)
+        assert again.data.path == first.data.path
+        info = await wait_until_terminal(client, jid)
+        assert info.status is JobStatus.FINISHED_SUCCESSFULLY, info.logs
+        await client.delete(jid)
+    assert not (storage / f"key-{jid}").exists()
