@@ -3,9 +3,10 @@
 The app owns one :class:`pfioh.client.PfiohClient` and one
 :class:`pman.client.PmanClient` (opened and closed by ``cleanup_ctx``) behind a
 :class:`pfcon.coordinator.Coordinator`; in in-network mode also the
-:class:`pfcon.innetwork.SharedStorage` at ``PFCON_STOREBASE``. Two middlewares: errors (outermost)
-render :class:`pfcon.errors.PfconError` as ``{"message", "code"}``; auth
-requires a bearer token everywhere but ``/health/`` and ``/auth-token/``.
+:class:`pfcon.innetwork.SharedStorage` at ``PFCON_STOREBASE``. Two
+middlewares: errors (outermost) render :class:`pfcon.errors.PfconError` as
+``{"message", "code"}``; auth requires a bearer token everywhere but
+``/health/`` and ``/auth-token/``.
 """
 
 from __future__ import annotations
