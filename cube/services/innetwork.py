@@ -53,6 +53,9 @@ PROBE_TIMEOUT_SECONDS = 10.0
 #: The only in-network storage CUBE's (POSIX directory) storage can share.
 SHARED_STORAGE_ENV = StorageEnv.FILESYSTEM
 
+#: ChRIS's link files; plugin output may not contain them.
+LINK_FILE_SUFFIX = ".chrislink"
+
 
 def site_mode(info: PfconServerInfo) -> bool:
     """Whether a site is in-network, from its server info.
@@ -205,9 +208,10 @@ def stored_outputs(
     Blocking (file system calls). Names with commas are renamed without
     them, as zip mode stores them (commas separate paths in path
     parameters); a clash with an existing name leaves that file unregistered.
-    Entries that are not regular files, or resolve outside the output dir,
-    are skipped with a warning: the site removed them, so finding one means
-    something changed CUBE's storage since.
+    Entries that are not regular files, resolve outside the output dir, or
+    are ``.chrislink`` files are skipped with a warning: the site removes
+    them, so finding one means the site did not, or something changed
+    CUBE's storage since.
 
     Raises:
         OutputMismatch: the listing is for another dir (CODE16), names an
@@ -244,6 +248,10 @@ def stored_outputs(
             continue
         if not stat.S_ISREG(st.st_mode):
             skipped.append(_Skipped(rel, "not a regular file"))
+            continue
+        if rel.endswith(LINK_FILE_SUFFIX):
+            # the site removes them (pfcon PR #175); a site that did not is not trusted
+            skipped.append(_Skipped(rel, "a ChRIS link file, which plugins may not produce"))
             continue
         if not os.path.realpath(path).startswith(top + os.sep):
             skipped.append(_Skipped(rel, "resolves outside the output dir"))

@@ -188,7 +188,9 @@ def test_anything_but_a_regular_file_inside_the_output_is_skipped(
     (out / "link").symlink_to(secret)
     os.mkfifo(out / "pipe")
     (out / "dirlink").symlink_to(tmp_path)
-    files = stored_outputs(storage, OUT, _listing("a.txt", "link", "pipe", "sub", "dirlink/secret"))
+    (out / "sub" / "x.chrislink").write_text("home/bob")
+    listing = _listing("a.txt", "link", "pipe", "sub", "dirlink/secret", "sub/x.chrislink")
+    files = stored_outputs(storage, OUT, listing)
     assert files == [(f"{OUT}/a.txt", 5)]
 
 
