@@ -12,6 +12,7 @@
      ├── Conflict (409)
      ├── PayloadTooLarge (413)
      ├── ComputeError (502)          a compute site failed permanently
+     │    └── OutputMismatch         an in-network site's output is not in CUBE's storage
      └── RegistryError (502)         a container registry failed or answered nonsense
           ├── RegistryUnreachable (502)   connection refused, TLS failure, timeout
           ├── RegistryUnauthorized (403)  the registry refused CUBE's credentials
@@ -77,6 +78,21 @@ class PayloadTooLarge(CubeError):
 class ComputeError(CubeError):
     status = 502
     code = "compute_error"
+
+
+class OutputMismatch(ComputeError):
+    """An in-network site's output listing does not match CUBE's storage.
+
+    ``error_code`` is the ChRIS code the instance ends with (``CODE16``: the
+    listing is for another dir or names an unsafe path; ``CODE14``: listed
+    files are missing from CUBE's storage).
+    """
+
+    code = "output_mismatch"
+
+    def __init__(self, detail: str, *, error_code: str) -> None:
+        super().__init__(detail)
+        self.error_code = error_code
 
 
 class InvalidImageReference(BadRequest):

@@ -37,14 +37,15 @@ from sqlmodel import col, or_, select
 
 from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
+from cube.errors import ComputeError, OutputMismatch
 from cube.schema import ErrorCode, InstanceStatus
+from cube.services import innetwork, placement
 from cube.services import instances as svc
-from cube.services import placement
 from cube.settings import CubeSettings
 from cube.storage import Storage
 from pfcon.client import PfconClient
 from pfcon.errors import JobNotFound, PfconError, PfconUnavailable, SiteStorageFull
-from pfcon.schema import JobDescriptor, JobInfo, JobStatus
+from pfcon.schema import JobDescriptor, JobInfo, JobStatus, JobSubmitted
 from pfioh.archive import CompressionPolicy, aiter_sync, zip_stream
 from pfioh.errors import ArchiveError, InsufficientStorage
 from pfioh.unzip import ExtractLimits, extract_async
@@ -118,6 +119,8 @@ class Scheduler:
             max_ratio=settings.transfer_max_ratio,
             reserve_bytes=settings.storage_reserve_bytes,
         )
+        #: in-network or zip mode of each compute resource, confirmed with its site
+        self._modes = innetwork.SiteModes(sessions)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -416,15 +419,18 @@ class Scheduler:
             return
         if info is None:
             try:
-                descriptor, entries = await self._job_of(inst)
-                body = aiter_sync(zip_stream(entries, policy=self._policy))
-                submitted = await client.submit(descriptor, body)
+                if await self._modes.innetwork(resource, client):
+                    submitted = await self._submit_innetwork(inst, client)
+                else:
+                    descriptor, entries = await self._job_of(inst)
+                    body = aiter_sync(zip_stream(entries, policy=self._policy))
+                    submitted = await client.submit(descriptor, body)
                 info = submitted.compute
             except PfconUnavailable as exc:
                 raise _Retry(f"compute site {resource.name} unreachable: {exc}") from exc
             except SiteStorageFull as exc:
                 raise _Retry(f"compute site {resource.name} is out of space: {exc}") from exc
-            except PfconError as exc:
+            except (PfconError, ComputeError) as exc:
                 await self._end(inst.id, S.CANCELLED, ErrorCode.SUBMIT, f"submit failed: {exc}")
                 return
         summary = dict(inst.summary)
@@ -445,6 +451,13 @@ class Scheduler:
             )
             await s.commit()
         await self.hub.changed()
+
+    async def _submit_innetwork(self, inst: PluginInstance, client: PfconClient) -> JobSubmitted:
+        """Submit to an in-network site: storage paths instead of a zip (no data sent)."""
+        descriptor, _entries = await self._job_of(inst)  # also checks the owner's path access
+        async with self.sessions() as s:
+            dirs = await innetwork.job_dirs(s, inst)
+        return await client.submit_innetwork(descriptor, dirs)
 
     async def _watch(self, inst: PluginInstance, resource: ComputeResource) -> None:
         assert inst.id is not None
@@ -525,6 +538,9 @@ class Scheduler:
         output folder only once complete. A cut transfer, or storage too full
         to take it, is retried with backoff.
         """
+        if resource.compute_innetwork:
+            await self._register_innetwork(inst, resource)
+            return
         assert inst.id is not None
         jid = job_id(self.settings, inst.id)
         staged = self.storage.staging_dir()
@@ -557,6 +573,44 @@ class Scheduler:
             (f"{inst.output_path}/{name}", size)
             for name, size in zip(report.files, report.sizes, strict=True)
         ]
+        await self._record_files(inst, files)
+
+    async def _register_innetwork(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        """Register the output an in-network job wrote into CUBE's storage (no transfer).
+
+        Output the site did not list as safe, or that does not match CUBE's
+        storage, is deleted, as a refused output zip leaves nothing.
+        """
+        assert inst.id is not None
+        jid = job_id(self.settings, inst.id)
+        try:
+            listing = await self._client(resource).output_listing(
+                jid, job_output_path=inst.output_path
+            )
+        except PfconUnavailable as exc:
+            raise _Retry(f"output listing of {jid} unavailable: {exc}") from exc
+        except PfconError as exc:
+            await self.storage.delete_tree(inst.output_path)
+            await self._end(
+                inst.id,
+                S.FINISHED_WITH_ERROR,
+                ErrorCode.FETCH_OUTPUT,
+                f"listing output failed: {exc}",
+            )
+            return
+        try:
+            files = await asyncio.to_thread(
+                innetwork.stored_outputs, self.storage, inst.output_path, listing
+            )
+        except OutputMismatch as exc:
+            await self.storage.delete_tree(inst.output_path)
+            await self._end(inst.id, S.FINISHED_WITH_ERROR, ErrorCode(exc.error_code), str(exc))
+            return
+        await self._record_files(inst, files)
+
+    async def _record_files(self, inst: PluginInstance, files: list[tuple[str, int]]) -> None:
+        """Register ``(fname, size)`` files of an instance in one bulk insert and end it."""
+        assert inst.id is not None
         succeeded = inst.job_status == JobStatus.FINISHED_SUCCESSFULLY.value
         final = S.FINISHED_SUCCESSFULLY if succeeded else S.FINISHED_WITH_ERROR
         summary = dict(inst.summary)
@@ -597,6 +651,11 @@ class Scheduler:
             pass
         except Exception as exc:
             log.warning("cleanup of instance %s at %s failed: %s", inst.id, resource.name, exc)
+            return
+        if resource.compute_innetwork and inst.status == S.CANCELLED.value:
+            # the stopped job wrote into CUBE's storage; a cancelled instance
+            # registers nothing, so what it left there goes too (as no zip would arrive)
+            await self.storage.delete_tree(inst.output_path)
 
     # -- building the job ----------------------------------------------------
 

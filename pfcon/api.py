@@ -97,9 +97,17 @@ async def job_status(request: web.Request) -> web.Response:
 
 
 async def job_output(request: web.Request) -> web.StreamResponse:
-    """GET /api/v1/jobs/<jid>/file/ → the output zip, streamed from pfioh."""
+    """GET /api/v1/jobs/<jid>/file/ → the output zip, streamed from pfioh (zip mode).
+
+    In-network: GET /api/v1/jobs/<jid>/file/?job_output_path=<p> →
+    :class:`pfcon.schema.OutputListing` (400 when ``p`` is not the job's output dir).
+    """
     jid = _jid(request)
-    chunks = await request.app[COORDINATOR_KEY].open_output(jid)
+    coordinator = request.app[COORDINATOR_KEY]
+    output_path = request.query.get("job_output_path")
+    if output_path is not None:
+        return _json(await coordinator.list_output(jid, output_path))
+    chunks = await coordinator.open_output(jid)
     async with aclosing(chunks):
         response = web.StreamResponse(
             headers={

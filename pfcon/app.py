@@ -2,9 +2,11 @@
 
 The app owns one :class:`pfioh.client.PfiohClient` and one
 :class:`pman.client.PmanClient` (opened and closed by ``cleanup_ctx``) behind a
-:class:`pfcon.coordinator.Coordinator`. Two middlewares: errors (outermost)
-render :class:`pfcon.errors.PfconError` as ``{"message", "code"}``; auth
-requires a bearer token everywhere but ``/health/`` and ``/auth-token/``.
+:class:`pfcon.coordinator.Coordinator`; in in-network mode also the
+:class:`pfcon.innetwork.SharedStorage` at ``PFCON_STOREBASE``. Two
+middlewares: errors (outermost) render :class:`pfcon.errors.PfconError` as
+``{"message", "code"}``; auth requires a bearer token everywhere but
+``/health/`` and ``/auth-token/``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pfcon.api import PUBLIC_ROUTES, add_routes
 from pfcon.auth import TokenAuthority
 from pfcon.coordinator import Coordinator
 from pfcon.errors import PfconError
+from pfcon.innetwork import SharedStorage
 from pfcon.keys import AUTHORITY_KEY, COORDINATOR_KEY, SETTINGS_KEY
 from pfcon.schema import ErrorBody
 from pfcon.settings import PfconSettings
@@ -109,6 +112,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     if settings.spool_dir is not None:
         await asyncio.to_thread(settings.spool_dir.mkdir, parents=True, exist_ok=True)
+    shared = None
+    if settings.innetwork:
+        assert settings.storebase is not None  # the settings refuse in-network without it
+        shared = SharedStorage(settings.storebase)
+        log.info(
+            "in-network mode (storage_env %s): job dirs are used in place under %s",
+            settings.storage_env.value,
+            shared.root,
+        )
     async with AsyncExitStack() as stack:
         pfioh = await stack.enter_async_context(
             PfiohClient(
@@ -128,7 +140,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             pfioh,
             pman,
             max_status_wait=settings.max_status_wait_seconds,
-            innetwork=settings.innetwork,
+            shared=shared,
         )
         yield
 

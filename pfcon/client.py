@@ -9,6 +9,10 @@
         async for chunk in pfcon.iter_output(job.jid):
             ...
 
+    # in-network (the site shares CUBE's storage): storage paths, no data
+    submitted = await pfcon.submit_innetwork(job, InNetworkDirs(input_dirs=[...], output_dir=...))
+    listing = await pfcon.output_listing(job.jid, job_output_path=...)
+
 Tokens are obtained lazily and renewed once on a 401. Error bodies map back to
 :mod:`pfcon.errors` by ``code``, then by status; connection failures and
 timeouts raise :class:`PfconUnavailable`. No aiohttp exception escapes.
@@ -38,15 +42,19 @@ from pfcon.errors import (
 )
 from pfcon.schema import (
     DATA_FILE_FIELD,
+    INPUT_DIRS_FIELD,
     JID_PATTERN,
+    OUTPUT_DIR_FIELD,
     AuthToken,
     ErrorBody,
     Health,
+    InNetworkDirs,
     JobDescriptor,
     JobInfo,
     JobState,
     JobStatus,
     JobSubmitted,
+    OutputListing,
     PfconServerInfo,
 )
 
@@ -162,6 +170,38 @@ class PfconClient:
         form = _job_form(job, data)
         async with self._request("POST", self._base + "jobs/", data=form) as resp:
             return await _parse(resp, JobSubmitted)
+
+    async def submit_innetwork(self, job: JobDescriptor, dirs: InNetworkDirs) -> JobSubmitted:
+        """Submit ``job`` to an in-network site over dirs of the storage it shares with CUBE.
+
+        No data is sent: ``dirs`` names the input dirs and the output dir as
+        storage paths. Returns like :meth:`submit`. Raises :class:`InvalidJob`
+        (400: a bad field, an unsafe, missing or non-directory path, or a site
+        in zip mode; 422 from pman), :class:`JobConflict`, :class:`StorageError`,
+        :class:`AuthError`, :class:`PfconUnavailable`.
+        """
+        form = _form_fields(job)
+        for path in dirs.input_dirs:
+            _append_field(form, INPUT_DIRS_FIELD, path)
+        _append_field(form, OUTPUT_DIR_FIELD, dirs.output_dir)
+        async with self._request("POST", self._base + "jobs/", data=form) as resp:
+            return await _parse(resp, JobSubmitted)
+
+    async def output_listing(self, jid: str, *, job_output_path: str) -> OutputListing:
+        """The output files of a finished in-network job (paths relative to its output dir).
+
+        The site removes symbolic links, special files and ``.chrislink``
+        files from the output before listing it. Raises :class:`InvalidJob`
+        (400: ``job_output_path`` is not the job's output dir, or the site is
+        in zip mode), :class:`JobNotFound`, :class:`JobConflict` (the job has
+        not ended), :class:`StorageError`, :class:`PfconUnavailable`.
+        """
+        return await self._call(
+            "GET",
+            f"jobs/{_quoted(jid)}/file/",
+            OutputListing,
+            params={"job_output_path": job_output_path},
+        )
 
     async def status(
         self, jid: str, *, wait: float | None = None, known: JobStatus | None = None
@@ -291,15 +331,24 @@ def _job_form(job: JobDescriptor, data: AsyncIterable[bytes]) -> aiohttp.Multipa
 
     Fields come first so pfcon can stream the zip straight on to pfioh.
     """
-    form = aiohttp.MultipartWriter("form-data")
-    for name, value in job.model_dump(mode="json").items():
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            part = form.append(str(item))
-            part.set_content_disposition("form-data", name=name)
+    form = _form_fields(job)
     part = form.append(data, {"Content-Type": "application/zip"})
     part.set_content_disposition("form-data", name=DATA_FILE_FIELD, filename=f"{job.jid}.zip")
     return form
+
+
+def _form_fields(job: JobDescriptor) -> aiohttp.MultipartWriter:
+    """A multipart form holding the fields of ``job`` (list fields repeat their name)."""
+    form = aiohttp.MultipartWriter("form-data")
+    for name, value in job.model_dump(mode="json").items():
+        for item in value if isinstance(value, list) else [value]:
+            _append_field(form, name, str(item))
+    return form
+
+
+def _append_field(form: aiohttp.MultipartWriter, name: str, value: str) -> None:
+    part = form.append(value)
+    part.set_content_disposition("form-data", name=name)
 
 
 async def _parse(resp: aiohttp.ClientResponse, model: type[M]) -> M:

@@ -5,10 +5,16 @@ relays status and output, and deletes both halves of a job. It reaches pfioh
 and pman only through :class:`pfioh.client.PfiohClient` and
 :class:`pman.client.PmanClient`; their exceptions are translated here, at the
 edge, into :mod:`pfcon.errors` (status and message preserved, ``from exc``).
+
+In in-network mode (a :class:`pfcon.innetwork.SharedStorage` given) pfioh is
+not used: the job's dirs in the storage shared with CUBE go to pman as they
+are, the output is listed rather than zipped, and a DELETE removes only
+pfcon's own ``key-<jid>`` dir.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -27,14 +33,18 @@ from pfcon.errors import (
     PfconError,
     PfconUnavailable,
     SiteStorageFull,
+    StorageError,
     UpstreamError,
 )
+from pfcon.innetwork import SharedStorage
 from pfcon.schema import (
+    InNetworkDirs,
     JobData,
     JobDescriptor,
     JobInfo,
     JobStatus,
     JobSubmitted,
+    OutputListing,
     PfconServerInfo,
     StorageEnv,
 )
@@ -137,8 +147,9 @@ class SubmitOutcome:
 class Coordinator:
     """pfcon's operations on one site's pfioh and pman.
 
-    ``max_status_wait`` (seconds) caps a status long-poll; ``innetwork`` is
-    reported in the server info (only zip mode is implemented).
+    ``max_status_wait`` (seconds) caps a status long-poll. With ``shared``
+    (the storage shared with CUBE) the site is in-network, storage_env
+    ``filesystem``; without it, zip mode through pfioh.
     """
 
     def __init__(
@@ -147,12 +158,31 @@ class Coordinator:
         pman: PmanClient,
         *,
         max_status_wait: float = 60.0,
-        innetwork: bool = False,
+        shared: SharedStorage | None = None,
     ) -> None:
         self._pfioh = pfioh
         self._pman = pman
         self._max_status_wait = max_status_wait
-        self._innetwork = innetwork
+        self._shared = shared
+
+    @property
+    def innetwork(self) -> bool:
+        """True when the site shares CUBE's storage (storage_env ``filesystem``)."""
+        return self._shared is not None
+
+    @property
+    def storage_env(self) -> StorageEnv:
+        """How job data reaches this site."""
+        return StorageEnv.FILESYSTEM if self.innetwork else StorageEnv.ZIPFILE
+
+    def _shared_storage(self) -> SharedStorage:
+        """The shared storage; a zip-mode site refuses in-network requests (400)."""
+        if self._shared is None:
+            raise InvalidJob(
+                "this site is in zip mode (storage_env zipfile): it takes the input as "
+                "a zip (data_file) and returns the output as a zip"
+            )
+        return self._shared
 
     async def server_info(self) -> PfconServerInfo:
         """This site's description; ``container_env`` comes from pman.
@@ -163,8 +193,8 @@ class Coordinator:
             info = await self._pman.server_info()
         return PfconServerInfo(
             server_version=SERVER_VERSION,
-            pfcon_innetwork=self._innetwork,
-            storage_env=StorageEnv.ZIPFILE,
+            pfcon_innetwork=self.innetwork,
+            storage_env=self.storage_env,
             container_env=info.container_env,
             compute_volume_type=COMPUTE_VOLUME_TYPE,
         )
@@ -214,22 +244,7 @@ class Coordinator:
         if not pushed.created:
             return await self._existing(job)
         try:
-            spec = JobSpec(
-                jid=JobId(job.jid),
-                image=job.image,
-                entrypoint=job.entrypoint,
-                args=job.args,
-                args_path_flags=job.args_path_flags,
-                auid=job.auid,
-                type=job.type,
-                cpu_limit=job.cpu_limit,
-                memory_limit=job.memory_limit,
-                gpu_limit=job.gpu_limit,
-                number_of_workers=job.number_of_workers,
-                env=job.env,
-                input_dir=pushed.path,
-                output_dir=pushed.outgoing,
-            )
+            spec = _spec(job, pushed.path, pushed.outgoing)
         except ValidationError as exc:
             # The descriptor was validated already, so only pfioh's paths can be wrong.
             raise UpstreamError(f"pfioh reported unusable paths for job {job.jid}") from exc
@@ -240,19 +255,7 @@ class Coordinator:
 
     async def _existing(self, job: JobDescriptor) -> SubmitOutcome:
         """The state of a job resubmitted after its input reached pfioh."""
-        try:
-            with pman_errors_translated():
-                info = await self._pman.get(job.jid)
-        except JobNotFound as exc:
-            raise JobConflict(
-                f"input data of job {job.jid!r} already exists but pman has no such job "
-                "(another submission is in progress, or one failed midway); "
-                "DELETE the job to start over"
-            ) from exc
-        if info.image != job.image or not all(word in info.cmd for word in job.entrypoint):
-            raise JobConflict(
-                f"job {job.jid!r} already exists with a different image or entrypoint"
-            )
+        info = await self._existing_compute(job)
         with pfioh_errors_translated():
             stored = await self._pfioh.job_status(job.jid)
         if not stored.incoming:
@@ -266,6 +269,98 @@ class Coordinator:
             path=f"key-{job.jid}/incoming",
         )
         return SubmitOutcome(JobSubmitted(data=data, compute=info), created=False)
+
+    async def _existing_compute(self, job: JobDescriptor) -> JobInfo:
+        """pman's state of a resubmitted job, if it is the same job (409 otherwise)."""
+        info = await self._pman_job(job)
+        if info is None:
+            raise JobConflict(
+                f"input data of job {job.jid!r} already exists but pman has no such job "
+                "(another submission is in progress, or one failed midway); "
+                "DELETE the job to start over"
+            )
+        return info
+
+    async def _pman_job(self, job: JobDescriptor) -> JobInfo | None:
+        """pman's state of ``job`` (None when pman has no such job).
+
+        Raises :class:`JobConflict` when pman's job has another image or entrypoint.
+        """
+        try:
+            with pman_errors_translated():
+                info = await self._pman.get(job.jid)
+        except JobNotFound:
+            return None
+        if info.image != job.image or not all(word in info.cmd for word in job.entrypoint):
+            raise JobConflict(
+                f"job {job.jid!r} already exists with a different image or entrypoint"
+            )
+        return info
+
+    async def submit_innetwork(self, job: JobDescriptor, dirs: InNetworkDirs) -> SubmitOutcome:
+        """Run ``job`` on pman over dirs of the storage shared with CUBE (in-network).
+
+        :meth:`SharedStorage.prepare` checks the dirs and makes them ready (no
+        data copied); pman then gets the input and output dirs themselves. A
+        resubmission with the same dirs, image and entrypoint returns the
+        current state (``created`` False); if pman has lost the job (pfcon
+        stopped between preparing and scheduling it), it is scheduled again
+        over the dirs already prepared. Raises :class:`InvalidJob` (400 for
+        an unsafe or missing dir, 400 in zip mode; pman's 422), :class:`JobConflict`,
+        :class:`StorageError`, :class:`PfconUnavailable`. pfcon's scratch for
+        the job is removed again when pman refuses it; the shared dirs never are.
+        """
+        shared = self._shared_storage()
+        prepared = await asyncio.to_thread(shared.prepare, job.jid, dirs)
+        record = prepared.record
+        data = JobData(
+            jid=job.jid,
+            nfiles=record.nfiles,
+            timestamp=record.timestamp,
+            path=record.pman_input_dir,
+        )
+        if not prepared.created:
+            existing = await self._pman_job(job)
+            if existing is not None:
+                return SubmitOutcome(JobSubmitted(data=data, compute=existing), created=False)
+            log.info("job %s: prepared before but unknown to pman; scheduling it now", job.jid)
+        try:
+            try:
+                spec = _spec(job, record.pman_input_dir, record.pman_output_dir)
+            except ValidationError as exc:  # the dirs were resolved by pfcon itself
+                raise StorageError(f"unusable storage paths for job {job.jid}: {exc}") from exc
+            with pman_errors_translated():
+                info = await self._pman.schedule(spec)
+        except JobConflict:
+            raise  # pman runs this job already (a concurrent submission): its dirs stay
+        except BaseException:
+            if prepared.created:  # a resumed job's dirs may serve a concurrent retry
+                await self._discard_scratch(job.jid)
+            raise
+        return SubmitOutcome(JobSubmitted(data=data, compute=info), created=True)
+
+    async def _discard_scratch(self, jid: str) -> None:
+        """Best-effort removal of pfcon's ``key-<jid>`` dir; failures are logged."""
+        try:
+            await asyncio.to_thread(self._shared_storage().discard, jid)
+        except PfconError as exc:
+            log.warning("could not remove pfcon's dir of job %s: %s", jid, exc)
+
+    async def list_output(self, jid: str, job_output_path: str) -> OutputListing:
+        """The output files of a finished in-network job, unsafe entries removed.
+
+        Raises :class:`InvalidJob` (400) in zip mode or when
+        ``job_output_path`` is not the job's output dir, :class:`JobNotFound`,
+        :class:`JobConflict` (409) while the job runs (a running plugin could
+        add a link after the check), :class:`StorageError`, :class:`PfconUnavailable`.
+        """
+        shared = self._shared_storage()
+        info = await self.status(jid)
+        if not info.status.is_terminal:
+            raise JobConflict(
+                f"job {jid!r} is {info.status.value}; its output is listed once it has ended"
+            )
+        return await asyncio.to_thread(shared.list_output, jid, job_output_path)
 
     async def status(
         self, jid: str, *, wait: float | None = None, known: JobStatus | None = None
@@ -291,8 +386,14 @@ class Coordinator:
         The first chunk is fetched before returning, so an unknown job raises
         :class:`JobNotFound` (and an unreachable pfioh :class:`PfconUnavailable`)
         here, before the caller starts a response. Later failures raise
-        :class:`PfconError` from the iterator.
+        :class:`PfconError` from the iterator. An in-network site has no zip:
+        :class:`InvalidJob` (400).
         """
+        if self.innetwork:
+            raise InvalidJob(
+                "this site is in-network (storage_env filesystem): ask for the output "
+                "listing with ?job_output_path=<the job's output dir>"
+            )
         source = self._pfioh.iter_outgoing(jid)
         try:
             with pfioh_errors_translated():
@@ -303,10 +404,13 @@ class Coordinator:
         return _relay(first, source)
 
     async def delete(self, jid: str) -> None:
-        """Remove the job at pman (stopping it) and its data at pfioh.
+        """Remove the job at pman (stopping it), then its data at pfioh.
 
-        A half that is already gone is not an error. Both are attempted; if
-        either fails otherwise, :class:`UpstreamError` (502) names the failures.
+        In-network, the second half is pfcon's own ``key-<jid>`` dir (the
+        hard-link input and the record); the input and output dirs are CUBE's
+        and are never deleted. A half that is already gone is not an error.
+        Both are attempted; if either fails otherwise, :class:`UpstreamError`
+        (502) names the failures.
         """
         failures: list[str] = []
         try:
@@ -317,8 +421,11 @@ class Coordinator:
         except PfconError as exc:
             failures.append(str(exc))
         try:
-            with pfioh_errors_translated():
-                await self._pfioh.delete(jid)
+            if self._shared is not None:
+                await asyncio.to_thread(self._shared.discard, jid)
+            else:
+                with pfioh_errors_translated():
+                    await self._pfioh.delete(jid)
         except JobNotFound:
             pass
         except PfconError as exc:
@@ -349,3 +456,26 @@ async def _aclose(source: AsyncIterator[bytes]) -> None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _spec(job: JobDescriptor, input_dir: str, output_dir: str) -> JobSpec:
+    """pman's job spec for ``job`` over dirs relative to the storebase.
+
+    Raises ValidationError when pman would refuse the dirs.
+    """
+    return JobSpec(
+        jid=JobId(job.jid),
+        image=job.image,
+        entrypoint=job.entrypoint,
+        args=job.args,
+        args_path_flags=job.args_path_flags,
+        auid=job.auid,
+        type=job.type,
+        cpu_limit=job.cpu_limit,
+        memory_limit=job.memory_limit,
+        gpu_limit=job.gpu_limit,
+        number_of_workers=job.number_of_workers,
+        env=job.env,
+        input_dir=input_dir,
+        output_dir=output_dir,
+    )

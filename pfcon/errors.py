@@ -10,12 +10,15 @@ and the client maps such bodies back (by ``code``, then by status)::
      ├── JobNotFound (404, "not_found")
      ├── InvalidJob (400, "invalid")           bad form field or archive (also 413, 422)
      ├── JobConflict (409, "conflict")
+     ├── StorageError (500, "storage")          the shared storage failed (in-network)
      └── PfconUnavailable (503, "unavailable") pfcon, pfioh or pman unreachable; retry
           └── UpstreamError (502, "bad_gateway") pfioh or pman misbehaved
 
 Errors of pfioh and pman are translated into this tree where pfcon calls them
 (:mod:`pfcon.coordinator`); their status and message are preserved, so a pman
 422 stays a 422. ``status`` may therefore be overridden per instance.
+``OSError`` of the shared storage (in-network mode) becomes
+:class:`StorageError` in :mod:`pfcon.innetwork`.
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ class JobConflict(PfconError):
     code = "conflict"
 
 
+class StorageError(PfconError):
+    """The storage shared with CUBE could not be read or changed (in-network mode).
+
+    A site fault (permissions, a full disk), or output that could not be made
+    safe: CUBE must not register it.
+    """
+
+    status = 500
+    code = "storage"
+
+
 class PfconUnavailable(PfconError):
     """A service could not be reached or timed out: a temporary failure worth retrying."""
 
@@ -107,6 +121,7 @@ ERRORS_BY_CODE: dict[str, type[PfconError]] = {
         JobNotFound,
         InvalidJob,
         JobConflict,
+        StorageError,
         UpstreamError,
         PfconUnavailable,
         SiteStorageFull,

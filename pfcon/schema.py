@@ -21,6 +21,7 @@ __all__ = [
     "Credentials",
     "ErrorBody",
     "Health",
+    "InNetworkDirs",
     "JobData",
     "JobDescriptor",
     "JobId",
@@ -28,6 +29,7 @@ __all__ = [
     "JobState",
     "JobStatus",
     "JobSubmitted",
+    "OutputListing",
     "PfconServerInfo",
     "PluginType",
     "StorageEnv",
@@ -36,14 +38,51 @@ __all__ = [
 #: The multipart field that carries the input zip (zip mode).
 DATA_FILE_FIELD = "data_file"
 
+#: The multipart fields that carry a job's storage paths (in-network mode).
+INPUT_DIRS_FIELD = "input_dirs"
+OUTPUT_DIR_FIELD = "output_dir"
+INNETWORK_FIELDS = frozenset({INPUT_DIRS_FIELD, OUTPUT_DIR_FIELD})
+
 #: Multipart fields that may repeat (all others must appear at most once).
-LIST_FIELDS = frozenset({"args", "args_path_flags", "entrypoint", "env"})
+LIST_FIELDS = frozenset({"args", "args_path_flags", "entrypoint", "env", INPUT_DIRS_FIELD})
+
+#: Longest accepted storage path (characters), as PATH_MAX.
+MAX_STORAGE_PATH = 4096
 
 
 class StorageEnv(StrEnum):
-    """Where job data lives; only ``zipfile`` (not in-network) is implemented."""
+    """How job data reaches the site (reference §3.4).
+
+    ``zipfile``: CUBE posts a zip and fetches a zip (not in-network).
+    ``filesystem``: in-network; the site shares CUBE's POSIX storage and
+    mounts job inputs and outputs in place. (ChRIS's ``fslink``, ``swift``
+    and ``s3`` are not implemented.)
+    """
 
     ZIPFILE = "zipfile"
+    FILESYSTEM = "filesystem"
+
+
+def check_storage_path(value: str) -> str:
+    """Refuse a storage path that is not a plain relative path; return it unchanged.
+
+    A storage path names a folder of the shared storage as CUBE does
+    (``home/chris/feeds/feed_1/pl-dircopy_1/data``): ``/``-separated, no
+    leading ``/``, no empty, ``.`` or ``..`` component, no backslash or NUL.
+    Nothing is normalised: a path that would need it is refused, so what is
+    checked is exactly what is used. Raises ValueError.
+    """
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > MAX_STORAGE_PATH:
+        raise ValueError(f"longer than {MAX_STORAGE_PATH} characters")
+    if value.startswith("/"):
+        raise ValueError(f"{value!r} is absolute; give a path relative to the storage root")
+    if "\\" in value or "\x00" in value:
+        raise ValueError(f"{value!r} contains a backslash or NUL")
+    if any(part in ("", ".", "..") for part in value.split("/")):
+        raise ValueError(f"{value!r} has an empty, '.' or '..' component")
+    return value
 
 
 class JobDescriptor(BaseModel):
@@ -84,10 +123,48 @@ class JobDescriptor(BaseModel):
         return v
 
 
-class JobData(BaseModel):
-    """The ``data`` part of a submission reply: what pfioh stored.
+class InNetworkDirs(BaseModel):
+    """The storage paths of an in-network submission (``input_dirs``, ``output_dir``).
 
-    ``path`` is relative to the site's storebase; ``timestamp`` is ISO 8601 UTC.
+    Both are relative to the storage CUBE and the site share, as CUBE names
+    them. ``input_dirs`` may be empty (an fs plugin without path parameters);
+    several are merged, the first one's file winning a name clash.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_dirs: list[str] = []
+    output_dir: str
+
+    @field_validator("input_dirs")
+    @classmethod
+    def _input_paths(cls, v: list[str]) -> list[str]:
+        for item in v:
+            check_storage_path(item)
+        return v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_path(cls, v: str) -> str:
+        return check_storage_path(v)
+
+
+class OutputListing(BaseModel):
+    """Reply to GET ``/api/v1/jobs/<jid>/file/?job_output_path=<p>`` (in-network).
+
+    ``rel_file_paths`` are the job's output files, relative to
+    ``job_output_path``: regular files only, ``/``-separated, sorted.
+    """
+
+    job_output_path: str
+    rel_file_paths: list[str]
+
+
+class JobData(BaseModel):
+    """The ``data`` part of a submission reply: the job's input as the site holds it.
+
+    ``path`` (the input dir given to pman) is relative to the site's storebase;
+    ``timestamp`` is ISO 8601 UTC.
     """
 
     jid: str

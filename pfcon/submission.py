@@ -1,10 +1,15 @@
 """Reading a job submission (multipart/form-data) as a stream.
 
-POST ``/api/v1/jobs/`` carries small form fields and one large ``data_file``
-part, the input zip (``reference/chris.md`` §3.2). The zip is never held in
-memory: when ``jid`` came before it, the part is streamed straight to pfioh
-chunk by chunk; otherwise it is spooled to a temporary file on disk and
-pushed once the form has been read.
+POST ``/api/v1/jobs/`` carries small form fields and, in zip mode, one large
+``data_file`` part, the input zip (``reference/chris.md`` §3.2). The zip is
+never held in memory: when ``jid`` came before it, the part is streamed
+straight to pfioh chunk by chunk; otherwise it is spooled to a temporary file
+on disk and pushed once the form has been read.
+
+In in-network mode the form carries ``input_dirs`` (repeated) and
+``output_dir`` instead: storage paths CUBE and the site share. Each mode
+refuses the other's fields with a 400 that names the site's mode, before any
+data moves.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from pydantic_core import ErrorDetails
 
 from pfcon.coordinator import Coordinator, PushedInput, SubmitOutcome
 from pfcon.errors import InvalidJob, PfconError
-from pfcon.schema import DATA_FILE_FIELD, LIST_FIELDS, JobDescriptor
+from pfcon.schema import (
+    DATA_FILE_FIELD,
+    INNETWORK_FIELDS,
+    INPUT_DIRS_FIELD,
+    LIST_FIELDS,
+    OUTPUT_DIR_FIELD,
+    InNetworkDirs,
+    JobDescriptor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +92,25 @@ def check_partial_fields(fields: dict[str, list[str]]) -> None:
             raise InvalidJob(_describe(errors[0])) from exc
 
 
+def dirs_from_fields(fields: dict[str, list[str]]) -> InNetworkDirs:
+    """Take ``input_dirs`` and ``output_dir`` out of a complete form (in-network mode).
+
+    ``fields`` is left with the job descriptor's fields only. Raises
+    :class:`InvalidJob` (400) when ``output_dir`` is missing or repeated, or
+    a path is not a plain relative storage path.
+    """
+    input_dirs = fields.pop(INPUT_DIRS_FIELD, [])
+    output = fields.pop(OUTPUT_DIR_FIELD, [])
+    if not output:
+        raise InvalidJob(f"{OUTPUT_DIR_FIELD}: field required (this site is in-network)")
+    if len(output) > 1:
+        raise InvalidJob(f"{OUTPUT_DIR_FIELD}: given {len(output)} times, expected once")
+    try:
+        return InNetworkDirs(input_dirs=input_dirs, output_dir=output[0])
+    except ValidationError as exc:
+        raise InvalidJob(_describe(exc.errors()[0])) from exc
+
+
 def _form_data(fields: dict[str, list[str]]) -> dict[str, Any]:
     """Fold repeated form fields into lists; a repeated single field is a 400."""
     unknown = sorted(set(fields) - KNOWN_FIELDS)
@@ -108,9 +140,12 @@ async def submit_multipart(
 
     Input pushed by this call is removed again if anything after the push
     fails (a bad field, pman's refusal, a dropped connection). Raises
-    :class:`InvalidJob` (400) for a malformed form, and whatever
-    :meth:`Coordinator.push_input` and :meth:`Coordinator.schedule` raise.
+    :class:`InvalidJob` (400) for a malformed form or one of the other mode,
+    and whatever :meth:`Coordinator.push_input` and :meth:`Coordinator.schedule`
+    raise. An in-network site reads the form with :func:`_submit_innetwork`.
     """
+    if coordinator.innetwork:
+        return await _submit_innetwork(reader, coordinator)
     fields: dict[str, list[str]] = {}
     pushed: PushedInput | None = None
     spool: Path | None = None
@@ -126,6 +161,11 @@ async def submit_multipart(
             name = part.name
             if not name:
                 raise InvalidJob("a form part has no name")
+            if name in INNETWORK_FIELDS:
+                raise InvalidJob(
+                    f"{name}: this site is not in-network (storage_env zipfile); "
+                    f"send the input as a zip in {DATA_FILE_FIELD}"
+                )
             if name != DATA_FILE_FIELD:
                 fields.setdefault(name, []).append(await _read_field(part, name))
                 continue
@@ -159,6 +199,34 @@ async def submit_multipart(
     finally:
         if spool is not None:
             await asyncio.to_thread(spool.unlink, True)
+
+
+async def _submit_innetwork(reader: MultipartReader, coordinator: Coordinator) -> SubmitOutcome:
+    """Read an in-network submission (fields only) and schedule the job.
+
+    A ``data_file`` part is refused as soon as it arrives, unread. Raises
+    :class:`InvalidJob` (400) and whatever :meth:`Coordinator.submit_innetwork` raises.
+    """
+    fields: dict[str, list[str]] = {}
+    nparts = 0
+    while (part := await _next_part(reader)) is not None:
+        nparts += 1
+        if nparts > MAX_PARTS:
+            raise InvalidJob(f"too many form parts (at most {MAX_PARTS})")
+        if not isinstance(part, BodyPartReader):
+            raise InvalidJob("nested multipart bodies are not accepted")
+        name = part.name
+        if not name:
+            raise InvalidJob("a form part has no name")
+        if name == DATA_FILE_FIELD:
+            raise InvalidJob(
+                f"{DATA_FILE_FIELD}: this site is in-network (storage_env filesystem); "
+                f"send {INPUT_DIRS_FIELD} and {OUTPUT_DIR_FIELD} (storage paths), not a zip"
+            )
+        fields.setdefault(name, []).append(await _read_field(part, name))
+    dirs = dirs_from_fields(fields)
+    job = descriptor_from_fields(fields)
+    return await coordinator.submit_innetwork(job, dirs)
 
 
 @contextmanager

@@ -119,7 +119,12 @@ def login(
 
 
 def _config(
-    home: Path | None, backend: SiteBackend, port: int, gpus: int = 0, max_jobs: int = 0
+    home: Path | None,
+    backend: SiteBackend,
+    port: int,
+    gpus: int = 0,
+    max_jobs: int = 0,
+    innetwork: bool = False,
 ) -> StackConfig:
     return StackConfig(
         home=(home or default_home()).resolve(),
@@ -127,7 +132,15 @@ def _config(
         cube_port=port,
         gpus=gpus,
         max_jobs=max_jobs,
+        innetwork=innetwork,
     )
+
+
+#: ``--innetwork`` of ``chris up`` and ``chris demo``.
+INNETWORK_HELP = (
+    "Run the local site in-network: pfcon and pman share CUBE's storage and jobs read and "
+    "write it in place (nothing zipped or copied). Default: zip mode."
+)
 
 
 @app.command()
@@ -144,9 +157,10 @@ def up(
     max_jobs: int = typer.Option(
         0, min=0, help="Jobs the local site runs at once, 0: unlimited (first start only)."
     ),
+    innetwork: bool = typer.Option(False, "--innetwork", help=INNETWORK_HELP),
 ) -> None:
     """Run CUBE, pfcon, pfioh and pman here until interrupted (Ctrl-C)."""
-    cfg = _config(home, backend, port, gpus, max_jobs)
+    cfg = _config(home, backend, port, gpus, max_jobs, innetwork)
 
     async def go() -> None:
         stack = Stack(cfg)
@@ -154,9 +168,10 @@ def up(
         try:
             plugins = await stack.bootstrap()
             save_login(cfg.cube_url, cfg.admin_user, await _token(cfg))
+            mode = ", in-network" if innetwork else ""
             console.print(
                 f"[green]fabric up[/green] at {cfg.cube_url} "
-                f"(data in {cfg.home}, {backend.value} backend)"
+                f"(data in {cfg.home}, {backend.value} backend{mode})"
             )
             console.print(f"plugins: {', '.join(plugins)}; logged in as {cfg.admin_user}")
             stop = asyncio.Event()
@@ -195,14 +210,16 @@ def demo(
         help="pman backend of the local compute site (its settings: PMAN_* variables).",
     ),
     port: int = typer.Option(8000, help="CUBE's port."),
+    innetwork: bool = typer.Option(False, "--innetwork", help=INNETWORK_HELP),
 ) -> None:
     """Start the fabric, run dircopy → simpledsapp → simpledsapp on sample data,
     print the feed, and stop. Exits non-zero unless the feed succeeds."""
-    cfg = _config(home, backend, port)
+    cfg = _config(home, backend, port, innetwork=innetwork)
 
     async def go() -> bool:
         stack = Stack(cfg)
-        console.print(f"starting the fabric in {cfg.home} ({backend.value} backend)...")
+        mode = ", in-network" if innetwork else ""
+        console.print(f"starting the fabric in {cfg.home} ({backend.value} backend{mode})...")
         await stack.start()
         try:
             await stack.bootstrap()

@@ -3,6 +3,11 @@
 Used by ``chris up`` and ``chris demo``. Every service runs as its own
 process on 127.0.0.1 with its data under one directory (``$CHRIS_HOME``,
 default ``./.chris``); logs go to ``<home>/logs/<service>.log``.
+
+By default the local site is in zip mode (pfioh and pman share
+``<home>/site/store``). With ``innetwork`` it shares CUBE's storage instead:
+pfcon (``PFCON_INNETWORK``, ``PFCON_STORAGE_ENV=filesystem``) and pman have
+CUBE's storage root as their storebase, and jobs read and write it in place.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ class StackConfig:
     workers: int = 0
     #: extra environment for every service (e.g. CUBE_LEASE_SECONDS in tests)
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: run the local site in-network: it shares CUBE's storage, nothing is zipped
+    innetwork: bool = False
 
     @property
     def cube_url(self) -> str:
@@ -77,6 +84,16 @@ class StackConfig:
     @property
     def pfcon_url(self) -> str:
         return f"http://127.0.0.1:{self.pfcon_port}/api/v1/"
+
+    @property
+    def cube_storage(self) -> Path:
+        """CUBE's storage root (``CUBE_STORAGE_DIR`` of ``extra_env``, else under ``home``)."""
+        return Path(self.extra_env.get("CUBE_STORAGE_DIR", self.home / "cube" / "storage"))
+
+    @property
+    def site_storebase(self) -> Path:
+        """pman's storebase: CUBE's storage in-network, else the store it shares with pfioh."""
+        return self.cube_storage if self.innetwork else self.home / "site" / "store"
 
 
 class Stack:
@@ -104,7 +121,7 @@ class Stack:
             PFIOH_PORT=str(c.pfioh_port),
             PFIOH_STOREBASE=str(store),
             PMAN_PORT=str(c.pman_port),
-            PMAN_STOREBASE=str(store),
+            PMAN_STOREBASE=str(c.site_storebase),
             PMAN_DATA_DIR=str(c.home / "site" / "pman"),
             PMAN_BACKEND=str(c.backend),
             PFCON_PORT=str(c.pfcon_port),
@@ -120,6 +137,17 @@ class Stack:
             key_file.write_text(os.urandom(32).hex())
             key_file.chmod(0o600)
         base["PFCON_SECRET_KEY"] = key_file.read_text().strip()
+        if c.innetwork:
+            c.cube_storage.mkdir(parents=True, exist_ok=True)  # pfcon checks it at start
+            base.update(
+                PFCON_INNETWORK="true",
+                PFCON_STORAGE_ENV="filesystem",
+                PFCON_STOREBASE=str(c.cube_storage),
+            )
+            if c.backend is not SiteBackend.LOCAL and os.geteuid() != 0:
+                # plugin containers running as root would leave files in CUBE's
+                # storage that CUBE (this user) could not delete or rename
+                base.setdefault("PMAN_CONTAINER_USER", f"{os.getuid()}:{os.getgid()}")
         if c.workers:
             base["CUBE_RUN_SCHEDULER"] = "false"
         base.update(c.extra_env)
@@ -219,7 +247,10 @@ class Stack:
                     c.pfcon_url,
                     c.pfcon_user,
                     c.pfcon_password,
-                    description=f"this machine ({c.backend.value} backend)",
+                    description=(
+                        f"this machine ({c.backend.value} backend"
+                        f"{', in-network' if c.innetwork else ''})"
+                    ),
                     gpus=c.gpus,
                     max_concurrent_jobs=c.max_jobs,
                 )

@@ -17,6 +17,7 @@ from cube.db.models import (
     PluginParameter,
 )
 from cube.errors import BadRequest, Conflict, NotFound
+from cube.services.innetwork import probe_site
 
 #: Largest ``gpus`` or ``max_concurrent_jobs`` (a 32-bit column in PostgreSQL).
 MAX_COUNT = 2**31 - 1
@@ -40,10 +41,13 @@ async def create_compute_resource(
     ``gpus`` (GPUs one job may have there; 0: none) and
     ``max_concurrent_jobs`` (jobs submitted there at once; 0 or ``None``:
     unlimited) are non-negative integers, also given as decimal strings (form
-    bodies); they drive :mod:`cube.services.placement`.
+    bodies); they drive :mod:`cube.services.placement`. ``compute_innetwork``
+    comes from the site: pfcon's server info is read as ChRIS does
+    (:func:`cube.services.innetwork.probe_site`).
 
     Raises:
-        BadRequest: missing or malformed fields.
+        BadRequest: missing or malformed fields; a site that refuses the
+            credentials or is in-network over storage CUBE cannot share.
         Conflict: the name is taken.
     """
     errors: dict[str, list[str]] = {}
@@ -65,12 +69,15 @@ async def create_compute_resource(
     if taken is not None:
         raise Conflict(f"compute resource {name!r} exists", fields={"name": ["already exists"]})
     url = compute_url if compute_url.endswith("/") else compute_url + "/"
+    auth_url = compute_auth_url or url + "auth-token/"
+    innetwork = await probe_site(url, compute_user, compute_password, auth_url)
     resource = ComputeResource(
         name=name,
         compute_url=url,
-        compute_auth_url=compute_auth_url or url + "auth-token/",
+        compute_auth_url=auth_url,
         compute_user=compute_user,
         compute_password=compute_password,
+        compute_innetwork=innetwork,
         description=description,
         max_job_exec_seconds=max_job_exec_seconds,
         gpus=capacity["gpus"],

@@ -15,7 +15,11 @@ record of it, so a restarted pman finds every job again:
 Jobs run under :mod:`pman.backends.local_runner` in their own session, with
 ``incoming``/``outgoing`` as absolute paths under the storebase, the job's
 state directory as working directory and ``HOME``, and an environment of only
-the spec's ``env`` pairs plus ``PATH`` and ``HOME``.
+the spec's ``env`` pairs plus ``PATH`` and ``HOME``. Unlike the container
+backends, which mount ``incoming`` read-only, nothing stops a local job from
+writing to its input dir: it runs with pman's own rights. Where the input is
+not a private copy (an in-network site gives jobs the originals, or hard
+links to them), use a container backend for plugins not trusted with it.
 
 GPUs: a job with ``gpu_limit > 0`` gets that many of the host's GPUs
 (``local_gpus``, by default those ``nvidia-smi`` lists) to itself, through

@@ -28,7 +28,14 @@ from cube.services.placement import Candidate, choose_resource, reserve_slot
 from cube.settings import CubeSettings
 from pfcon.client import PfconClient
 from pfcon.errors import JobNotFound
-from pfcon.schema import JobData, JobDescriptor, JobInfo, JobStatus, JobSubmitted
+from pfcon.schema import (
+    JobData,
+    JobDescriptor,
+    JobInfo,
+    JobStatus,
+    JobSubmitted,
+    PfconServerInfo,
+)
 from tests.cube.conftest import ADMIN, FS_DESCRIPTOR, token_for
 from tests.cube.test_api import upload
 
@@ -259,6 +266,15 @@ class FakeSite(PfconClient):
 
     def running(self) -> list[str]:
         return [j for j, info in self.jobs.items() if not info.status.is_terminal]
+
+    async def server_info(self) -> PfconServerInfo:
+        return PfconServerInfo(
+            server_version="fake",
+            pfcon_innetwork=False,
+            storage_env="zipfile",
+            container_env="fake",
+            compute_volume_type="host",
+        )
 
     async def submit(self, job: JobDescriptor, data: AsyncIterable[bytes]) -> JobSubmitted:
         async for _ in data:

@@ -43,6 +43,14 @@ async def local_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, CubeClient]]
         yield pair
 
 
+@pytest.fixture
+async def innetwork_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, CubeClient]]:
+    """The local stack with its site in-network (``chris up --innetwork``)."""
+    cfg = stack_config(tmp_path, innetwork=True, extra_env={"CUBE_LEASE_SECONDS": "3"})
+    async for pair in running_stack(cfg):
+        yield pair
+
+
 def site_jobs(engine: Any, backend: SiteBackend) -> list[Any]:
     """The fabric's jobs (``chris-jid-*``) pman has on the engine: containers or services."""
     selector = {"label": "org.chrisproject.managed-by=pman"}

@@ -101,6 +101,62 @@ async def test_feed_on_local_backend(local_stack: tuple[Stack, CubeClient], tmp_
     await _run_feed(client, tmp_path)
 
 
+async def test_feed_in_network_on_local_backend(
+    innetwork_stack: tuple[Stack, CubeClient], tmp_path: Path
+) -> None:
+    """The same feed with the site sharing CUBE's storage: no zip, no copy, same result."""
+    stack, client = innetwork_stack
+    [resource] = await client.compute_resources()
+    assert resource.compute_innetwork is True  # read from pfcon when it was registered
+    await _run_feed(client, tmp_path)
+
+    home = stack.config.home
+    storage = stack.config.cube_storage
+    # the registered files are the plugins' own output files, in place in CUBE's storage
+    for inst in await client.feed_instances((await client.feeds())[0].id):
+        for f in await client.instance_files(inst.id):
+            st = (storage / f.fname).lstat()
+            assert st.st_size == f.fsize and st.st_nlink == 1, f.fname
+    # nothing went through pfioh: no job data in its store, no request in its log
+    store = home / "site" / "store"
+    assert not list(store.glob("key-*")) and not [p for p in store.rglob("*") if p.is_file()]
+    assert "/jobs/" not in (home / "logs" / "pfioh.log").read_text()
+    # CUBE spooled no output zip
+    tmp = home / "cube" / "tmp"
+    assert not (tmp.exists() and list(tmp.iterdir()))
+
+    # two input dirs: merged by the site with hard links into its scratch dir
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(b"from another folder\n")
+    await client.upload(extra, "home/chris/uploads/extra/extra.txt")
+    dircopy = await client.plugin_by_name("pl-dircopy")
+    merged = await client.create_instance(
+        dircopy.id, {"dir": "home/chris/uploads/in/study/series 1,home/chris/uploads/extra"}
+    )
+    done = await client.wait(merged.id, timeout=120)
+    assert done.status is S.FINISHED_SUCCESSFULLY, (done.error_code, done.error_message)
+    got = {
+        f.fname.removeprefix(done.output_path + "/"): (storage / f.fname).read_bytes()
+        for f in await client.instance_files(merged.id)
+    }
+    assert got == {
+        "ïmage-001.dcm": TREE["study/series 1/ïmage-001.dcm"],
+        "ïmage-002.dcm": TREE["study/series 1/ïmage-002.dcm"],
+        "extra.txt": b"from another folder\n",
+    }
+    pfcon_log = (home / "logs" / "pfcon.log").read_text()
+    assert f"job chris-jid-{merged.id}: 2 input dirs merged with 3 hard links" in pfcon_log
+
+    # pfcon's per-job dirs in the shared storage are removed at cleanup; CUBE's stay
+    async with asyncio.timeout(30):
+        while list(storage.glob("key-*")):
+            await asyncio.sleep(0.2)
+    uploads = storage / "home" / "chris" / "uploads"
+    assert (uploads / "in" / "study" / "notes.txt").is_file()
+    # the hard links are gone with the scratch dir: each input file has one name again
+    assert all(p.stat().st_nlink == 1 for p in uploads.rglob("*") if p.is_file())
+
+
 @pytest.mark.docker
 async def test_feed_on_docker_backend(
     docker_stack: tuple[Stack, CubeClient], tmp_path: Path, docker_engine: Any

@@ -159,8 +159,3 @@ async def test_unexpected_errors_are_500s_without_details(
     resp = await client.get("/refused")
     assert resp.status == 409
     assert await resp.json() == {"message": "job exists", "code": "conflict"}
-
-
-def test_in_network_mode_is_refused_until_implemented() -> None:
-    with pytest.raises(ValueError, match="in-network"):
-        PfconSettings(innetwork=True)
