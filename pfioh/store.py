@@ -36,14 +36,13 @@ from pfioh.archive import (
 )
 from pfioh.errors import (
     Conflict,
-    InsufficientStorage,
     InvalidKey,
     JobNotFound,
     PayloadTooLarge,
     StorageError,
 )
 from pfioh.schema import KEY_PATTERN, IncomingReport, JobDataStatus, JobKey
-from pfioh.unzip import ExtractLimits, extract_async
+from pfioh.unzip import ExtractLimits, ensure_free_space, extract_async
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,9 @@ class JobStore:
             # Refuse before reading a possibly large body.
             if await asyncio.to_thread(os.path.lexists, incoming):
                 raise Conflict(f"job {jid!r} already has its input")
-            await asyncio.to_thread(self._check_room, declared_size or 0)
+            await asyncio.to_thread(
+                ensure_free_space, self.storebase, self.limits.reserve_bytes, declared_size or 0
+            )
             created_key = await asyncio.to_thread(self._make_key, key)
             tmp = key / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
             try:
@@ -209,18 +210,6 @@ class JobStore:
             outgoing=self.relative(key / "outgoing"),
             verified=report.verified,
         )
-
-    def _check_room(self, upcoming: int) -> None:
-        """Refuse an upload the storebase cannot hold while keeping its reserve free."""
-        if not self.limits.reserve_bytes:
-            return
-        st = os.statvfs(self.storebase)
-        free = st.f_bavail * st.f_frsize
-        if free - upcoming < self.limits.reserve_bytes:
-            raise InsufficientStorage(
-                f"not enough free space for this upload: {free} bytes free, "
-                f"{upcoming} announced, {self.limits.reserve_bytes} must stay free"
-            )
 
     @staticmethod
     def _make_key(key: Path) -> bool:

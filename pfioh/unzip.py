@@ -66,6 +66,7 @@ __all__ = [
     "InsufficientStorage",
     "IntegrityError",
     "UnsafeArchive",
+    "ensure_free_space",
     "extract_async",
     "extract_stream",
     "safe_extract",
@@ -402,8 +403,9 @@ class _Extractor:
 
         described = bool(flags & _FLAG_DESCRIPTOR)
         if method == _STORED and described and csize in (0, 0xFFFFFFFF):
-            consumed = self._stored_until_descriptor(name, zip64, emit, emitted)
-            return emitted[0] if consumed == emitted[0] else self._bad(name, "size mismatch")
+            # Only returns once the descriptor's sizes and CRC matched the data.
+            self._stored_until_descriptor(name, zip64, emit, emitted)
+            return emitted[0]
         if method == _STORED:
             consumed = self._stored(name, csize, emit)
         elif method == _DEFLATED:
@@ -540,15 +542,8 @@ class _Extractor:
     def _check_space(self, upcoming: int) -> None:
         """Refuse to go on when free space would drop under the reserve."""
         self._unchecked = 0
-        if not self.limits.reserve_bytes:
-            return
-        st = os.statvfs(self.dest)
-        free = st.f_bavail * st.f_frsize
-        if free - upcoming - _SPACE_CHECK_BYTES < self.limits.reserve_bytes:
-            raise InsufficientStorage(
-                f"not enough free space: {free} bytes left, {self.limits.reserve_bytes} "
-                "must stay free"
-            )
+        # The margin covers what is written before the next check.
+        ensure_free_space(self.dest, self.limits.reserve_bytes, upcoming + _SPACE_CHECK_BYTES)
 
     # -- end of the archive ----------------------------------------------------
 
@@ -614,6 +609,20 @@ class _Extractor:
             report.nbytes += size
         report.nfiles = len(report.files)
         return report
+
+
+def ensure_free_space(path: Path, reserve_bytes: int, upcoming: int = 0) -> None:
+    """Raise :class:`InsufficientStorage` unless ``upcoming`` bytes fit on
+    ``path``'s filesystem with ``reserve_bytes`` still free (0: no check)."""
+    if not reserve_bytes:
+        return
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free - upcoming < reserve_bytes:
+        raise InsufficientStorage(
+            f"not enough free space: {free} bytes free, {upcoming} needed, "
+            f"{reserve_bytes} must stay free"
+        )
 
 
 class _Capped:
