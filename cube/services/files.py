@@ -8,12 +8,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable
 
-from sqlmodel import select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from cube.db.models import StoredFile, User
-from cube.errors import BadRequest, NotFound
+from cube.db.models import Feed, Folder, PluginInstance, StoredFile, User
+from cube.errors import BadRequest, NotFound, PermissionDenied
+from cube.services import feeds, groups
 from cube.storage import Storage, check_storage_path
+
+#: Where DICOM files received from PACS are stored (ChRIS v6 layout).
+PACS_ROOT = "SERVICES/PACS"
+#: Members of this group (and staff) may read PACS data (ChRIS's group name).
+PACS_GROUP = "pacs_users"
+#: Suffix of link files (a pointer to another storage path).
+LINK_SUFFIX = ".chrislink"
 
 
 def check_upload_path(user: User, upload_path: str) -> str:
@@ -64,13 +73,145 @@ async def upload_file(
     return row
 
 
+async def can_read_file(session: AsyncSession, user: User, row: StoredFile) -> bool:
+    """Whether ``user`` may read a stored file: their own, public, staff, an
+    output of a feed they may read, or a PACS file for members of ``pacs_users``."""
+    if row.owner_id == user.id or row.public or user.is_staff:
+        return True
+    if row.plugin_inst_id is not None:
+        inst = await session.get(PluginInstance, row.plugin_inst_id)
+        return inst is not None and await feeds.can_read(session, user, inst.feed_id)
+    if row.fname.startswith(PACS_ROOT + "/"):
+        return await groups.is_member(session, user, PACS_GROUP)
+    return False
+
+
 async def readable_file(session: AsyncSession, user: User, file_id: int) -> StoredFile:
-    """A stored file the user may read.
+    """A stored file the user may read (see :func:`can_read_file`).
 
     Raises:
-        NotFound: no such file, or not the user's.
+        NotFound: no such file, or not readable.
     """
     row = await session.get(StoredFile, file_id)
-    if row is None or (row.owner_id != user.id and not row.public and not user.is_staff):
+    if row is None or not await can_read_file(session, user, row):
         raise NotFound("Not found.")
     return row
+
+
+async def delete_user_file(
+    session: AsyncSession, storage: Storage, user: User, file_id: int
+) -> None:
+    """Delete an uploaded file (its owner or staff).
+
+    Raises:
+        NotFound: not readable, or not an upload.
+        PermissionDenied: readable but not the user's.
+    """
+    row = await readable_file(session, user, file_id)
+    if row.plugin_inst_id is not None or row.fname.startswith(PACS_ROOT + "/"):
+        raise NotFound("Not found.")
+    if row.owner_id != user.id and not user.is_staff:
+        raise PermissionDenied("You do not have permission to perform this action.")
+    await session.delete(row)
+    await session.flush()
+    storage.local_path(row.fname).unlink(missing_ok=True)
+
+
+# -- the file browser ------------------------------------------------------------
+
+#: Top-level folders every user may open (their children are filtered).
+TOP_FOLDERS = frozenset({"", "home", "SERVICES", "PIPELINES"})
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (escape ``\\``) matching strings that start with ``prefix``."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+async def folder_visible(session: AsyncSession, user: User, path: str) -> bool:
+    """Whether ``user`` may open folder ``path`` (storage path, ``""`` the root).
+
+    Own home, the top levels, shared or public feeds' folders
+    (``home/<owner>/feeds/feed_<id>/...``), PIPELINES, and SERVICES/PACS for
+    ``pacs_users`` members; staff see everything.
+    """
+    if user.is_staff or path in TOP_FOLDERS:
+        return True
+    parts = path.split("/")
+    if parts[0] == "home":
+        if parts[1] == user.username:
+            return True
+        if len(parts) >= 4 and parts[2] == "feeds" and parts[3].startswith("feed_"):
+            feed_id = parts[3].removeprefix("feed_")
+            if not feed_id.isdigit():
+                return False
+            feed = await session.get(Feed, int(feed_id))
+            owner = await session.get(User, feed.owner_id) if feed else None
+            return (
+                owner is not None
+                and owner.username == parts[1]
+                and await feeds.can_read(session, user, int(feed_id))
+            )
+        return False
+    if parts[0] == "PIPELINES":
+        return True
+    if parts[:2] == ["SERVICES", "PACS"]:
+        return await groups.is_member(session, user, PACS_GROUP)
+    return False
+
+
+async def folder_contents(session: AsyncSession, path: str) -> tuple[list[str], list[StoredFile]]:
+    """The child folder names and the files directly in folder ``path``."""
+    prefix = f"{path}/" if path else ""
+    rows = (
+        await session.exec(
+            select(StoredFile).where(col(StoredFile.fname).like(like_prefix(prefix), escape="\\"))
+        )
+    ).all()
+    children: set[str] = set()
+    files: list[StoredFile] = []
+    for row in rows:
+        rest = row.fname[len(prefix) :]
+        head, sep, _ = rest.partition("/")
+        if sep:
+            children.add(head)
+        else:
+            files.append(row)
+    return sorted(children), sorted(files, key=lambda f: f.id or 0)
+
+
+async def folder_exists(session: AsyncSession, user: User, path: str) -> bool:
+    """Whether ``path`` is a folder: a top level, the user's home, or holds files."""
+    if path in TOP_FOLDERS or path == f"home/{user.username}":
+        return True
+    found = await session.exec(
+        select(StoredFile.id)
+        .where(col(StoredFile.fname).like(like_prefix(path + "/"), escape="\\"))
+        .limit(1)
+    )
+    return found.first() is not None
+
+
+async def folder_row(session: AsyncSession, path: str) -> Folder:
+    """The id-carrying row of folder ``path``, created on first look."""
+    row = (await session.exec(select(Folder).where(Folder.path == path))).first()
+    if row is None:
+        row = Folder(path=path)
+        session.add(row)
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except IntegrityError:
+            # created meanwhile by another request
+            row = (await session.exec(select(Folder).where(Folder.path == path))).one()
+    return row
+
+
+def read_link(storage: Storage, row: StoredFile) -> str:
+    """The storage path a ``.chrislink`` file points to (its first line)."""
+    try:
+        with storage.open(row.fname) as fh:
+            return fh.read(4096).decode("utf-8", "replace").strip().splitlines()[0]
+    except (OSError, IndexError):
+        return ""
