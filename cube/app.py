@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cube.api import feeds, files, plugins, root, users
+from cube.api import feeds, files, pacs, plugins, root, social, users
 from cube.api.common import (
     HUB,
     REGISTRY,
@@ -40,7 +40,15 @@ def create_app(settings: CubeSettings | None = None) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_registry)
     # root first: its routes (e.g. the feed list at /api/v1/) are the most general
-    for table in (root.routes, users.routes, plugins.routes, feeds.routes, files.routes):
+    for table in (
+        root.routes,
+        users.routes,
+        plugins.routes,
+        feeds.routes,
+        social.routes,
+        files.routes,
+        pacs.routes,
+    ):
         app.router.add_routes(table)
     return app
 
