@@ -117,8 +117,9 @@ async def register_files(
     now = utcnow()
     assert owner.id is not None
     if paths:
-        await session.exec(
-            insert(StoredFile),  # type: ignore[call-overload]
+        conn = await session.connection()
+        await conn.execute(
+            insert(StoredFile),
             [
                 {
                     "fname": p,
@@ -138,8 +139,8 @@ async def register_files(
                 )
             )
             ids.update((fname, ident) for fname, ident in rows.all() if ident is not None)
-        await session.exec(
-            insert(PacsFile),  # type: ignore[call-overload]
+        await conn.execute(
+            insert(PacsFile),
             [
                 {"file_id": ids[p], "series_id": series_ids[f.SeriesInstanceUID]}
                 for f, p in zip(body.files, paths, strict=True)
