@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cube.api import feeds, files, pacs, plugins, root, social, users
+from cube.api import feeds, files, openapi, pacs, plugins, root, social, users
 from cube.api.common import (
     HUB,
     REGISTRY,
@@ -48,6 +48,7 @@ def create_app(settings: CubeSettings | None = None) -> web.Application:
         social.routes,
         files.routes,
         pacs.routes,
+        openapi.routes,
     ):
         app.router.add_routes(table)
     return app

@@ -220,12 +220,19 @@ FILE_FILTERS = (
 
 def _files() -> Any:
     return (
-        select(PacsFile, StoredFile, PacsSeries, PacsService, User)
+        select(PacsFile, StoredFile, PacsSeries, PacsService)
         .join(StoredFile, col(StoredFile.id) == col(PacsFile.file_id))
         .join(PacsSeries, col(PacsSeries.id) == col(PacsFile.series_id))
         .join(PacsService, col(PacsService.id) == col(PacsSeries.pacs_id))
-        .join(User, col(User.id) == col(StoredFile.owner_id))
     )
+
+
+async def _pacs_file(
+    request: web.Request, s: AsyncSession, row: tuple[Any, ...]
+) -> schema.PacsFile:
+    pf, f, sr, p = row
+    owner = await s.get(User, f.owner_id)
+    return ser.pacs_file(origin(request), pf, f, sr, p, owner.username if owner else "")
 
 
 @routes.get("/api/v1/pacs/files/", model=schema.PacsFile, many=True, name="pacsfile-list")
@@ -238,11 +245,7 @@ async def list_files(request: web.Request) -> web.Response:
         await _reader(request, s)
         q = apply_filters(request, _files(), search_filters(request))
         page = await fetch_page(request, s, q, col(PacsFile.id))
-        base = origin(request)
-        return page.response(
-            request,
-            [ser.pacs_file(base, pf, f, sr, p, u.username) for pf, f, sr, p, u in page.rows],
-        )
+        return page.response(request, [await _pacs_file(request, s, r) for r in page.rows])
 
 
 @routes.get("/api/v1/pacs/files/{id:\\d+}/", model=schema.PacsFile)
@@ -254,8 +257,7 @@ async def get_file(request: web.Request) -> web.Response:
         row = (await s.exec(_files().where(PacsFile.id == int_param(request, "id")))).first()
         if row is None:
             raise NotFound("Not found.")
-        pf, f, sr, p, u = row
-        return model_response(ser.pacs_file(origin(request), pf, f, sr, p, u.username))
+        return model_response(await _pacs_file(request, s, tuple(row)))
 
 
 @routes.get("/api/v1/pacs/files/{id:\\d+}/{name}")

@@ -8,6 +8,7 @@ DICOM instance was the bottleneck), which inserts every file row at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import insert
 from sqlmodel import col, select
@@ -54,7 +55,7 @@ async def pacs_service(session: AsyncSession, identifier: str) -> PacsService:
     return row
 
 
-def _series_fields(f: PacsFileIn) -> dict[str, object]:
+def _series_fields(f: PacsFileIn) -> dict[str, Any]:
     return f.model_dump(exclude={"path"})
 
 
