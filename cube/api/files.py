@@ -26,6 +26,7 @@ from cube.api.common import (
     list_page,
     model_response,
     origin,
+    read_body,
     require_user,
 )
 from cube.api.render import ApiRoutes, Filter, apply_filters, search_filters
@@ -155,6 +156,22 @@ async def get_userfile(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         row = await fsvc.readable_file(s, user, int_param(request, "id"))
+        return model_response(ser.user_file(origin(request), row, await _owner_name(s, row)))
+
+
+@routes.put("/api/v1/userfiles/{id:\\d+}/", model=schema.UserFile, body=("upload_path",))
+async def move_userfile(request: web.Request) -> web.Response:
+    """Move an uploaded file to another ``upload_path`` (its owner)."""
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        if "upload_path" not in data:
+            row = await fsvc.readable_file(s, user, int_param(request, "id"))
+        else:
+            row = await fsvc.move_user_file(
+                s, request.app[STORAGE], user, int_param(request, "id"), str(data["upload_path"])
+            )
+            await s.commit()
         return model_response(ser.user_file(origin(request), row, await _owner_name(s, row)))
 
 
@@ -301,6 +318,18 @@ async def list_folders(request: web.Request) -> web.Response:
             found.append(await _folder_model(request, s, await fsvc.folder_row(s, path)))
         await s.commit()
         return list_page(request, found).response(request, found)
+
+
+@routes.post("/api/v1/filebrowser/", model=schema.Folder, body=("path",))
+async def create_folder(request: web.Request) -> web.Response:
+    """Create an empty folder (``path`` under ``home/<username>/``)."""
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        folder = await fsvc.create_folder(s, user, str(data.get("path", "")))
+        body = await _folder_model(request, s, folder)
+        await s.commit()
+        return model_response(body, status=201)
 
 
 @routes.get("/api/v1/filebrowser/{id:\\d+}/", model=schema.Folder)

@@ -117,6 +117,53 @@ async def delete_user_file(
     storage.local_path(row.fname).unlink(missing_ok=True)
 
 
+async def move_user_file(
+    session: AsyncSession, storage: Storage, user: User, file_id: int, upload_path: str
+) -> StoredFile:
+    """Move an uploaded file to ``upload_path`` (same rules as an upload).
+
+    Raises:
+        NotFound, PermissionDenied: see :func:`delete_user_file`.
+        BadRequest: a bad path, or a file already there.
+    """
+    row = await readable_file(session, user, file_id)
+    if row.plugin_inst_id is not None or row.fname.startswith(PACS_ROOT + "/"):
+        raise NotFound("Not found.")
+    if row.owner_id != user.id:
+        raise PermissionDenied("only its owner may move a file")
+    path = check_upload_path(user, upload_path)
+    if path == row.fname:
+        return row
+    if (await session.exec(select(StoredFile.id).where(StoredFile.fname == path))).first():
+        raise BadRequest.field("upload_path", f"a file already exists at {path!r}")
+    target = storage.local_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    storage.local_path(row.fname).rename(target)
+    old = row.fname
+    row.fname = path
+    session.add(row)
+    try:
+        await session.flush()
+    except Exception:
+        target.rename(storage.local_path(old))
+        raise
+    return row
+
+
+async def create_folder(session: AsyncSession, user: User, raw: str) -> Folder:
+    """Create an (empty) folder in the user's home, outside ``feeds/``.
+
+    Raises:
+        BadRequest: a bad path, or the folder exists.
+    """
+    path = check_upload_path(user, raw).rstrip("/")
+    if await folder_exists(session, user, path):
+        raise BadRequest.field("path", f"folder {path!r} exists")
+    if (await session.exec(select(StoredFile.id).where(StoredFile.fname == path))).first():
+        raise BadRequest.field("path", f"a file exists at {path!r}")
+    return await folder_row(session, path)
+
+
 # -- the file browser ------------------------------------------------------------
 
 #: Top-level folders every user may open (their children are filtered).
@@ -171,6 +218,14 @@ async def folder_contents(session: AsyncSession, path: str) -> tuple[list[str], 
     ).all()
     children: set[str] = set()
     files: list[StoredFile] = []
+    # folders made empty (POST filebrowser/) have only their row
+    made = await session.exec(
+        select(Folder.path).where(col(Folder.path).like(like_prefix(prefix), escape="\\"))
+    )
+    for made_path in made.all():
+        head, sep, _ = made_path[len(prefix) :].partition("/")
+        if head and not sep:
+            children.add(head)
     for row in rows:
         rest = row.fname[len(prefix) :]
         head, sep, _ = rest.partition("/")
@@ -184,6 +239,8 @@ async def folder_contents(session: AsyncSession, path: str) -> tuple[list[str], 
 async def folder_exists(session: AsyncSession, user: User, path: str) -> bool:
     """Whether ``path`` is a folder: a top level, the user's home, or holds files."""
     if path in TOP_FOLDERS or path == f"home/{user.username}":
+        return True
+    if (await session.exec(select(Folder.id).where(Folder.path == path))).first() is not None:
         return True
     found = await session.exec(
         select(StoredFile.id)

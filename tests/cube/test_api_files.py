@@ -119,3 +119,46 @@ async def test_instance_files_and_download_tokens(api: TestClient, world: World)
     assert (
         await api.get(f"/api/v1/downloadtokens/{token['id']}/", headers=world.carol)
     ).status == 404
+
+
+async def test_move_upload_and_create_folder(api: TestClient, world: World) -> None:
+    made = await upload(api, world.alice, "home/alice/a/x.txt", b"x")
+    moved = await ok(
+        await api.put(
+            f"/api/v1/userfiles/{made['id']}/",
+            json={"upload_path": "home/alice/b/y.txt"},
+            headers=world.alice,
+        )
+    )
+    assert moved["fname"] == "home/alice/b/y.txt"
+    got = await api.get(local(moved["file_resource"]), headers=world.alice)
+    assert await got.read() == b"x"
+    for body, who, status in (
+        ({"upload_path": "home/carol/y.txt"}, world.alice, 400),
+        ({"upload_path": "home/alice/uploads/in.txt"}, world.alice, 400),
+        ({"upload_path": "home/carol/z.txt"}, world.carol, 404),
+    ):
+        resp = await api.put(f"/api/v1/userfiles/{made['id']}/", json=body, headers=who)
+        assert resp.status == status, (body, resp.status)
+    created = await ok(
+        await api.post(
+            "/api/v1/filebrowser/", json={"path": "home/alice/empty"}, headers=world.alice
+        ),
+        201,
+    )
+    assert created["path"] == "home/alice/empty"
+    again = await api.post(
+        "/api/v1/filebrowser/", json={"path": "home/alice/empty"}, headers=world.alice
+    )
+    assert again.status == 400
+    elsewhere = await api.post(
+        "/api/v1/filebrowser/", json={"path": "home/carol/x"}, headers=world.alice
+    )
+    assert elsewhere.status == 400
+    home = await folder(api, world.alice, "home/alice")
+    assert home is not None
+    kids = await ok(await api.get(local(home["children"]), headers=world.alice))
+    assert {"home/alice/empty", "home/alice/b", "home/alice/uploads"} <= {
+        k["path"] for k in kids["results"]
+    }
+    assert "home/alice/a" not in {k["path"] for k in kids["results"]}
