@@ -54,7 +54,7 @@ async def health(request: web.Request) -> web.Response:
     public=True,
 )
 async def auth_token(request: web.Request) -> web.Response:
-    """Exchange a username and password for the user's API token."""
+    """Exchange a username and password for the user's API token (always JSON)."""
     data = await read_body(request)
     username, password = data.get("username"), data.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
@@ -68,7 +68,9 @@ async def auth_token(request: web.Request) -> web.Response:
         user = await usvc.authenticate(s, username, password)
         token = await usvc.get_or_create_token(s, user)
         await s.commit()
-    return model_response(AuthToken(token=token))
+    # always JSON, whatever the Accept header: DRF's obtain_auth_token has only
+    # the JSON renderer, and clients (python-chrisclient, curl scripts) rely on it
+    return web.json_response(AuthToken(token=token).model_dump())
 
 
 COMPUTE_FILTERS = (

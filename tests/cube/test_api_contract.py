@@ -275,3 +275,11 @@ async def test_root_links_all_resolve(api: TestClient, world: World) -> None:
             assert resp.status in allowed, (who, rel, href, resp.status)
         me = await ok(await api.get(local(links["user"]), headers={**auth, **JSON}))
         assert me["username"] == ("chris" if who == "admin" else "alice")
+
+
+async def test_auth_token_is_always_json(api: TestClient, world: World) -> None:
+    """As DRF's ``obtain_auth_token``: one renderer, JSON, whatever is accepted."""
+    creds = {"username": "alice", "password": "alice-password"}
+    resp = await api.post("/api/v1/auth-token/", json=creds, headers=CJ)
+    assert resp.content_type == "application/json"
+    assert (await resp.json())["token"] == world.alice["Authorization"].removeprefix("Token ")
