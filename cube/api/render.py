@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -66,7 +66,9 @@ class Filter:
                     raise ValueError(raw)
                 return raw.lower() in ("true", "1")
             if self.kind is datetime:
-                return datetime.fromisoformat(raw)
+                value = datetime.fromisoformat(raw)
+                # naive means UTC (CUBE's time zone); PostgreSQL compares aware values
+                return value if value.tzinfo else value.replace(tzinfo=UTC)
             return self.kind(raw)
         except ValueError:
             raise BadRequest.field(

@@ -283,3 +283,38 @@ async def test_auth_token_is_always_json(api: TestClient, world: World) -> None:
     resp = await api.post("/api/v1/auth-token/", json=creds, headers=CJ)
     assert resp.content_type == "application/json"
     assert (await resp.json())["token"] == world.alice["Authorization"].removeprefix("Token ")
+
+
+async def test_search_filters_by_kind(api: TestClient, world: World) -> None:
+    """Dates, numbers, booleans and sub-trees filter; a bad value is a 400 naming the filter."""
+    feed = world.ids["feed"]
+
+    async def ids(path: str) -> list[int]:
+        body = await ok(await api.get(path, headers={**world.alice, **JSON}))
+        return [r["id"] for r in body["results"]]
+
+    assert await ids("/api/v1/search/?min_creation_date=2000-01-01T00:00:00") == [feed]
+    assert await ids("/api/v1/search/?min_creation_date=2000-01-01T00:00:00%2B00:00") == [feed]
+    assert await ids("/api/v1/search/?max_creation_date=2000-01-01T00:00:00") == []
+    assert await ids(f"/api/v1/search/?id={feed}&name=ALICE") == [feed]
+    fs = world.ids["fs_inst"]
+    ds = await ok(
+        await api.post(
+            f"/api/v1/plugins/{world.ids['ds']}/instances/",
+            json={"previous_id": fs, "title": "child"},
+            headers=world.alice,
+        ),
+        201,
+    )
+    base = "/api/v1/plugins/instances/search/"
+    assert sorted(await ids(f"{base}?root_id={fs}")) == [fs, ds["id"]]
+    assert await ids(f"{base}?root_id={ds['id']}") == [ds["id"]]
+    assert sorted(await ids(f"{base}?active=true")) == [fs, ds["id"]]
+    assert await ids(f"{base}?active=false") == []
+    assert await ids(f"{base}?previous_id={fs}&plugin_type=ds") == [ds["id"]]
+    assert await ids(f"{base}?owner_username=alice&title=chi") == [ds["id"]]
+    assert await ids(f"{base}?plugin_name_exact=pl-dsthing&plugin_version=2.0") == [ds["id"]]
+    for bad in ("root_id=x", "active=maybe", "min_start_date=yesterday"):
+        resp = await api.get(f"{base}?{bad}", headers={**world.alice, **JSON})
+        assert resp.status == 400
+        assert bad.split("=")[0] in await resp.json()
