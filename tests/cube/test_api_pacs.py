@@ -8,6 +8,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from cube.api.common import STORAGE
+from cube.app import create_app
+from cube.client import CubeClient
+from cube.schema import PacsFileIn
+from cube.settings import CubeSettings
 from tests.cube.apiworld import JSON, World, build_world, local, ok
 
 pytestmark = pytest.mark.asyncio
@@ -157,3 +161,25 @@ async def test_bad_registrations_register_nothing(api: TestClient, world: World)
         assert resp.status == 400, (body, resp.status, await resp.text())
     listing = await ok(await api.get("/api/v1/pacs/files/", headers=world.admin))
     assert listing["count"] == 0
+
+
+async def test_typed_client_registers_pacs_files(
+    aiohttp_server: Any, cube_settings: CubeSettings
+) -> None:
+    """The DICOM bridge's path: CubeClient.register_pacs_files over a real socket."""
+    server = await aiohttp_server(create_app(cube_settings))
+    storage = server.app[STORAGE]
+    paths = [f"SERVICES/PACS/orthanc/P1/S1/{i}.dcm" for i in range(3)]
+    for p in paths:
+        target = storage.local_path(p)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"DICM")
+    client = await CubeClient.from_login(str(server.make_url("/")), "chris", "chris1234")
+    async with client:
+        done = await client.register_pacs_files(
+            "orthanc", [PacsFileIn(path=p, SeriesInstanceUID="1.2", PatientID="P1") for p in paths]
+        )
+        assert (done.registered, done.series) == (3, 1)
+        listed = await client.pacs_files(SeriesInstanceUID="1.2")
+        assert sorted(f.fname for f in listed) == paths
+        assert all(f.fsize == 4 and f.pacs_identifier == "orthanc" for f in listed)
