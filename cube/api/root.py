@@ -95,7 +95,7 @@ async def list_feeds(request: web.Request) -> web.Response:
         page = await fetch_page(request, s, q, col(Feed.id).desc())
         base = origin(request)
         return page.response(
-            request, [await ser.feed(base, s, f) for f in page.rows], root_links(request, user)
+            request, await ser.feeds(base, s, page.rows), root_links(request, user)
         )
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TypeVar
 from urllib.parse import quote
 
 from chris_sdk.descriptor import ParameterType, PluginType
-from sqlmodel import select
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube import schema
 from cube.db import models as m
 from cube.db.models import as_utc
-from cube.services.instances import status_counts
+
+T = TypeVar("T")
 
 
 def user(base: str, u: m.User) -> schema.User:
@@ -111,8 +115,27 @@ def parameter_value(base: str, v: m.ParameterValue, p: m.PluginParameter) -> sch
 
 
 async def feed(base: str, session: AsyncSession, f: m.Feed) -> schema.Feed:
-    owner = await session.get(m.User, f.owner_id)
-    counts = await status_counts(session, f.id or 0)
+    """One feed (see :func:`feeds` for a page of them)."""
+    return (await feeds(base, session, [f]))[0]
+
+
+async def feeds(base: str, session: AsyncSession, rows: Sequence[m.Feed]) -> list[schema.Feed]:
+    """Feeds with their owners and job counts, loaded in two queries for the page."""
+    ids = [f.id for f in rows]
+    owners = await _by_id(session, m.User, {f.owner_id for f in rows})
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    if ids:
+        found = await session.exec(
+            select(m.PluginInstance.feed_id, m.PluginInstance.status, func.count())
+            .where(col(m.PluginInstance.feed_id).in_(ids))
+            .group_by(col(m.PluginInstance.feed_id), col(m.PluginInstance.status))
+        )
+        for feed_id, status, n in found.all():
+            counts[feed_id][status] = n
+    return [_feed(base, f, owners.get(f.owner_id), counts[f.id or 0]) for f in rows]
+
+
+def _feed(base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int]) -> schema.Feed:
     url = f"{base}/api/v1/{f.id}/"
     return schema.Feed(
         url=url,
@@ -143,20 +166,66 @@ async def feed(base: str, session: AsyncSession, f: m.Feed) -> schema.Feed:
     )
 
 
+async def _by_id(session: AsyncSession, model: type[T], ids: set[int]) -> dict[int, T]:
+    """Rows of ``model`` with these primary keys, in one query."""
+    if not ids:
+        return {}
+    rows = await session.exec(select(model).where(col(model.id).in_(ids)))  # type: ignore[attr-defined]
+    return {r.id: r for r in rows.all()}  # type: ignore[attr-defined]
+
+
 async def instance(base: str, session: AsyncSession, i: m.PluginInstance) -> schema.PluginInstance:
-    p = await session.get(m.Plugin, i.plugin_id)
-    assert p is not None
-    meta = await session.get(m.PluginMeta, p.meta_id)
-    resource = await session.get(m.ComputeResource, i.compute_resource_id)
-    owner = await session.get(m.User, i.owner_id)
-    assert meta is not None and resource is not None and owner is not None
-    history = (
-        await session.exec(
+    """One plugin instance (see :func:`instances` for a page of them)."""
+    return (await instances(base, session, [i]))[0]
+
+
+async def instances(
+    base: str, session: AsyncSession, rows: Sequence[m.PluginInstance]
+) -> list[schema.PluginInstance]:
+    """Plugin instances with their plugins, sites, owners and status histories.
+
+    The related rows of the whole page are loaded in five queries, not five
+    per instance (a page of 100 was 500 round trips).
+    """
+    plugins = await _by_id(session, m.Plugin, {i.plugin_id for i in rows})
+    metas = await _by_id(session, m.PluginMeta, {p.meta_id for p in plugins.values()})
+    resources = await _by_id(session, m.ComputeResource, {i.compute_resource_id for i in rows})
+    owners = await _by_id(session, m.User, {i.owner_id for i in rows})
+    history: dict[int, list[m.StatusChange]] = defaultdict(list)
+    if rows:
+        found = await session.exec(
             select(m.StatusChange)
-            .where(m.StatusChange.plugin_inst_id == i.id)
+            .where(col(m.StatusChange.plugin_inst_id).in_([i.id for i in rows]))
             .order_by(m.StatusChange.id)  # type: ignore[arg-type]
         )
-    ).all()
+        for h in found.all():
+            history[h.plugin_inst_id].append(h)
+    out = []
+    for i in rows:
+        p = plugins[i.plugin_id]
+        out.append(
+            _instance(
+                base,
+                i,
+                p,
+                metas[p.meta_id],
+                resources[i.compute_resource_id],
+                owners[i.owner_id],
+                history[i.id or 0],
+            )
+        )
+    return out
+
+
+def _instance(
+    base: str,
+    i: m.PluginInstance,
+    p: m.Plugin,
+    meta: m.PluginMeta,
+    resource: m.ComputeResource,
+    owner: m.User,
+    history: Sequence[m.StatusChange],
+) -> schema.PluginInstance:
     url = f"{base}/api/v1/plugins/instances/{i.id}/"
     status = schema.InstanceStatus(i.status)
     return schema.PluginInstance(

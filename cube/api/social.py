@@ -318,7 +318,7 @@ async def tag_feeds(request: web.Request) -> web.Response:
         )
         page = await fetch_page(request, s, q, col(Feed.id).desc())
         base = origin(request)
-        return page.response(request, [await ser.feed(base, s, f) for f in page.rows])
+        return page.response(request, await ser.feeds(base, s, page.rows))
 
 
 @routes.get("/api/v1/tags/{id:\\d+}/taggings/", model=schema.Tagging, many=True)
