@@ -356,3 +356,46 @@ async def plugin_compute(request: web.Request) -> web.Response:
         page = list_page(request, rows)
         base = origin(request)
         return page.response(request, [ser.compute_resource(base, r) for r in page.rows])
+
+
+@routes.get("/chris-admin/api/v1/{id:\\d+}/", model=schema.Plugin)
+async def admin_get_plugin(request: web.Request) -> web.Response:
+    """One plugin (staff)."""
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        p, meta = await psvc.get_plugin(s, int_param(request, "id"))
+        return model_response(ser.plugin(origin(request), p, meta))
+
+
+@routes.put("/chris-admin/api/v1/{id:\\d+}/", model=schema.Plugin, body=("compute_names",))
+async def admin_add_compute(request: web.Request) -> web.Response:
+    """Make a plugin runnable on more compute resources (``compute_names``, comma-separated)."""
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        raw = data.get("compute_names", "")
+        names = raw if isinstance(raw, list) else str(raw).split(",")
+        p, meta = await psvc.add_compute_resources(
+            s, int_param(request, "id"), [str(n).strip() for n in names if str(n).strip()]
+        )
+        await s.commit()
+        return model_response(ser.plugin(origin(request), p, meta))
+
+
+@routes.get("/chris-admin/api/v1/computeresources/", model=schema.ComputeResource, many=True)
+async def admin_list_compute(request: web.Request) -> web.Response:
+    """Compute resources (staff)."""
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        page = await fetch_page(request, s, select(ComputeResource), col(ComputeResource.id))
+        base = origin(request)
+        return page.response(request, [ser.compute_resource(base, r) for r in page.rows])
+
+
+@routes.get("/chris-admin/api/v1/computeresources/{id:\\d+}/", model=schema.ComputeResource)
+async def admin_get_compute(request: web.Request) -> web.Response:
+    """One compute resource (staff)."""
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        r = await get_or_404(s, ComputeResource, int_param(request, "id"))
+        return model_response(ser.compute_resource(origin(request), r))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube import schema
 from cube.api import serialize as ser
@@ -48,9 +49,20 @@ async def create_user(request: web.Request) -> web.Response:
     return model_response(ser.user(origin(request), user), status=201)
 
 
-async def _own_user(request: web.Request, s: object) -> tuple[User, User]:
-    me = await require_user(request, s)  # type: ignore[arg-type]
-    target = await s.get(User, int_param(request, "id"))  # type: ignore[attr-defined]
+@routes.get("/api/v1/users/", model=schema.User, many=True)
+async def list_users(request: web.Request) -> web.Response:
+    """One's own account as a list (staff: every account)."""
+    async with request.app[SESSIONS]() as s:
+        me = await require_user(request, s)
+        q = select(User) if me.is_staff else select(User).where(User.id == me.id)
+        page = await fetch_page(request, s, q, col(User.id))
+        base = origin(request)
+        return page.response(request, [ser.user(base, u) for u in page.rows])
+
+
+async def _own_user(request: web.Request, s: AsyncSession) -> tuple[User, User]:
+    me = await require_user(request, s)
+    target = await s.get(User, int_param(request, "id"))
     if target is None or (target.id != me.id and not me.is_staff):
         raise NotFound("Not found.")
     return me, target

@@ -23,6 +23,7 @@ from chrisclient.request import Request
 
 from cube.cli.stack import Stack
 from cube.client import CubeClient
+from tests.cube.conftest import FS_DESCRIPTOR
 from tests.e2e.conftest import running_stack, stack_config
 
 pytestmark = pytest.mark.slow
@@ -99,6 +100,12 @@ def scenario(url: str, tmp: Path) -> None:
     assert len(hrefs) == 1 and hrefs[0].endswith("cc_hello.txt")
     got = requests.get(hrefs[0], auth=("chris", "chris1234"), timeout=30)
     assert got.status_code == 200 and got.content == source.read_bytes()
+
+    # admin: register a plugin from a descriptor, then on the same site again
+    registered = client.admin_upload_plugin("host", FS_DESCRIPTOR)
+    assert registered["name"] == FS_DESCRIPTOR["name"]
+    again = client.admin_register_plugin_with_computes(registered["id"], "host")
+    assert again["id"] == registered["id"]
 
     # token auth: every GET then goes out with Accept */* (Collection+JSON by default)
     token = Client.get_auth_token(f"{url}auth-token/", "chris", "chris1234")

@@ -265,3 +265,43 @@ async def test_feed_and_instance_deletion(api: TestClient, world: World) -> None
     assert (
         await api.get(f"/api/v1/userfiles/{world.ids['userfile']}/", headers=world.alice)
     ).status == 200
+
+
+async def test_admin_api_is_staff_only(api: TestClient, world: World) -> None:
+    fs = world.ids["fs"]
+    for method, path, body in (
+        ("GET", "/chris-admin/api/v1/", None),
+        ("GET", f"/chris-admin/api/v1/{fs}/", None),
+        ("PUT", f"/chris-admin/api/v1/{fs}/", {"compute_names": "site"}),
+        ("GET", "/chris-admin/api/v1/computeresources/", None),
+    ):
+        resp = await api.request(method, path, json=body, headers=world.alice)
+        assert resp.status == 403, (method, path, resp.status)
+    await ok(
+        await api.post(
+            "/chris-admin/api/v1/computeresources/",
+            json={
+                "name": "second",
+                "compute_url": "http://127.0.0.1:9/api/v1/",
+                "compute_user": "u",
+                "compute_password": "p",
+            },
+            headers=world.admin,
+        ),
+        201,
+    )
+    await ok(
+        await api.put(
+            f"/chris-admin/api/v1/{fs}/", json={"compute_names": "second"}, headers=world.admin
+        )
+    )
+    sites = await ok(await api.get(f"/api/v1/plugins/{fs}/computeresources/", headers=world.alice))
+    assert [r["name"] for r in sites["results"]] == ["site", "second"]
+    bad = await api.put(
+        f"/chris-admin/api/v1/{fs}/", json={"compute_names": "nowhere"}, headers=world.admin
+    )
+    assert bad.status == 400
+    users = await ok(await api.get("/api/v1/users/", headers=world.alice))
+    assert [u["username"] for u in users["results"]] == ["alice"]
+    everyone = await ok(await api.get("/api/v1/users/", headers=world.admin))
+    assert everyone["count"] == 4
