@@ -145,6 +145,12 @@ class ApiRoutes(web.RouteTableDef):
         public: bool = False,
         **kwargs: Any,
     ) -> Callable[[Any], Any]:
+        """Register a handler for ``method path`` and record what it serves.
+
+        ``model``/``many``: the wire model returned (a page of them);
+        ``filters``: search filters; ``body``: writable fields; ``public``:
+        answers without credentials. Other keywords go to aiohttp (``name``).
+        """
         register = super().route(method, path, **kwargs)
 
         def decorator(handler: Any) -> Any:
@@ -195,6 +201,7 @@ class Listing:
     links: dict[str, str] = field(default_factory=dict)
 
     def json_body(self) -> dict[str, Any]:
+        """DRF's list body (plus ``collection_links`` when the list has links)."""
         body: dict[str, Any] = {
             "count": self.count,
             "next": self.next,
