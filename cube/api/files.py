@@ -49,12 +49,12 @@ USERFILE_FILTERS = (
 )
 
 
-def _uploads(user: User) -> Any:
-    """The user's uploads: their files that no instance produced, outside SERVICES/."""
+def _uploads(s: AsyncSession, user: User) -> Any:
+    """The user's uploads: their files that no instance produced, in their home."""
     return select(StoredFile).where(
         StoredFile.owner_id == user.id,
         col(StoredFile.plugin_inst_id).is_(None),
-        col(StoredFile.fname).like(fsvc.like_prefix(f"home/{user.username}/"), escape="\\"),
+        fsvc.under(s, StoredFile.fname, f"home/{user.username}/"),
     )
 
 
@@ -64,7 +64,7 @@ async def list_userfiles(request: web.Request) -> web.Response:
     """The user's uploaded files."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        q = apply_filters(request, _uploads(user), search_filters(request))
+        q = apply_filters(request, _uploads(s, user), search_filters(request))
         page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)
         return page.response(request, [ser.user_file(base, f, user.username) for f in page.rows])
@@ -349,7 +349,7 @@ async def folder_children(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         folder = await _visible_folder(s, user, int_param(request, "id"))
-        names, _ = await fsvc.folder_contents(s, folder.path)
+        names = await fsvc.folder_children(s, folder.path)
         if folder.path == "home":
             # every user's home exists, files or not
             names = sorted(set(names) | {user.username})
@@ -370,9 +370,10 @@ async def folder_files(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         folder = await _visible_folder(s, user, int_param(request, "id"))
-        _, rows = await fsvc.folder_contents(s, folder.path)
-        rows = [r for r in rows if not r.fname.endswith(fsvc.LINK_SUFFIX)]
-        page = list_page(request, rows)
+        q = fsvc.files_in_folder(s, folder.path).where(
+            col(StoredFile.fname).not_like("%" + fsvc.LINK_SUFFIX)
+        )
+        page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)
         assert folder.id is not None
         return page.response(
@@ -388,9 +389,10 @@ async def folder_link_files(request: web.Request) -> web.Response:
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         folder = await _visible_folder(s, user, int_param(request, "id"))
-        _, rows = await fsvc.folder_contents(s, folder.path)
-        rows = [r for r in rows if r.fname.endswith(fsvc.LINK_SUFFIX)]
-        page = list_page(request, rows)
+        q = fsvc.files_in_folder(s, folder.path).where(
+            col(StoredFile.fname).like("%" + fsvc.LINK_SUFFIX)
+        )
+        page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)
         assert folder.id is not None
         results = []

@@ -7,9 +7,11 @@ start there, and may not be inside the user's ``feeds`` folder).
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
+from typing import Any
 
+from sqlalchemy import and_
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.models import Feed, Folder, PluginInstance, StoredFile, User
@@ -170,6 +172,21 @@ async def create_folder(session: AsyncSession, user: User, raw: str) -> Folder:
 TOP_FOLDERS = frozenset({"", "home", "SERVICES", "PIPELINES"})
 
 
+def under(session: AsyncSession, column: Any, prefix: str) -> Any:
+    """Condition: ``column`` starts with ``prefix`` (an index range scan on SQLite).
+
+    SQLite uses no index for ``LIKE`` on a case-sensitive column, so a
+    ``>= prefix AND < prefix'`` range is added there (byte order is its
+    collation). Not on PostgreSQL: a linguistic collation does not keep a
+    prefix's strings inside that range.
+    """
+    like = col(column).like(like_prefix(prefix), escape="\\")
+    if not prefix or session.get_bind().dialect.name != "sqlite":
+        return like
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return and_(col(column) >= prefix, col(column) < upper, like)
+
+
 def like_prefix(prefix: str) -> str:
     """A LIKE pattern (escape ``\\``) matching strings that start with ``prefix``."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -208,16 +225,33 @@ async def folder_visible(session: AsyncSession, user: User, path: str) -> bool:
     return False
 
 
-async def folder_contents(session: AsyncSession, path: str) -> tuple[list[str], list[StoredFile]]:
-    """The child folder names and the files directly in folder ``path``."""
+def files_in_folder(session: AsyncSession, path: str) -> Any:
+    """A query of the files directly in folder ``path`` (not in its sub-folders)."""
     prefix = f"{path}/" if path else ""
-    rows = (
-        await session.exec(
-            select(StoredFile).where(col(StoredFile.fname).like(like_prefix(prefix), escape="\\"))
-        )
-    ).all()
-    children: set[str] = set()
-    files: list[StoredFile] = []
+    return select(StoredFile).where(
+        under(session, StoredFile.fname, prefix),
+        col(StoredFile.fname).not_like(like_prefix(prefix) + "/%", escape="\\"),
+    )
+
+
+async def folder_children(session: AsyncSession, path: str) -> list[str]:
+    """The names of the folders directly in folder ``path``, sorted.
+
+    Computed in the database (the first path component after ``path`` of
+    every file below it), so a folder with 100,000 files below it is not
+    loaded into memory.
+    """
+    prefix = f"{path}/" if path else ""
+    rest = func.substr(col(StoredFile.fname), len(prefix) + 1)
+    dialect = session.get_bind().dialect.name
+    slash = func.strpos(rest, "/") if dialect == "postgresql" else func.instr(rest, "/")
+    heads = await session.exec(
+        select(func.substr(rest, 1, slash - 1))
+        .where(under(session, StoredFile.fname, prefix))
+        .where(col(StoredFile.fname).like(like_prefix(prefix) + "/%", escape="\\"))
+        .distinct()
+    )
+    children = set(heads.all())
     # folders made empty (POST filebrowser/) have only their row
     made = await session.exec(
         select(Folder.path).where(col(Folder.path).like(like_prefix(prefix), escape="\\"))
@@ -226,14 +260,7 @@ async def folder_contents(session: AsyncSession, path: str) -> tuple[list[str], 
         head, sep, _ = made_path[len(prefix) :].partition("/")
         if head and not sep:
             children.add(head)
-    for row in rows:
-        rest = row.fname[len(prefix) :]
-        head, sep, _ = rest.partition("/")
-        if sep:
-            children.add(head)
-        else:
-            files.append(row)
-    return sorted(children), sorted(files, key=lambda f: f.id or 0)
+    return sorted(c for c in children if c)
 
 
 async def folder_exists(session: AsyncSession, user: User, path: str) -> bool:
@@ -243,9 +270,7 @@ async def folder_exists(session: AsyncSession, user: User, path: str) -> bool:
     if (await session.exec(select(Folder.id).where(Folder.path == path))).first() is not None:
         return True
     found = await session.exec(
-        select(StoredFile.id)
-        .where(col(StoredFile.fname).like(like_prefix(path + "/"), escape="\\"))
-        .limit(1)
+        select(StoredFile.id).where(under(session, StoredFile.fname, path + "/")).limit(1)
     )
     return found.first() is not None
 
