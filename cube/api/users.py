@@ -10,6 +10,7 @@ from cube import schema
 from cube.api import serialize as ser
 from cube.api.common import (
     SESSIONS,
+    SETTINGS,
     fetch_page,
     get_or_404,
     int_param,
@@ -36,9 +37,11 @@ routes = ApiRoutes()
     public=True,
 )
 async def create_user(request: web.Request) -> web.Response:
-    """Create an account (no credentials needed, as ChRIS)."""
+    """Create an account (no credentials needed, unless sign-up is disabled)."""
     data = await read_body(request)
     async with request.app[SESSIONS]() as s:
+        if request.app[SETTINGS].disable_user_account_creation:
+            await require_staff(request, s)
         user = await usvc.create_user(
             s,
             str(data.get("username", "")),

@@ -5,11 +5,16 @@ alice owns the feed; bobby is in group ``lab``; carol is no one to it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from aiohttp.test_utils import TestClient
 
 from cube.api.common import STORAGE
+from cube.app import create_app
+from cube.settings import CubeSettings
 from tests.cube.apiworld import JSON, World, build_world, ok
+from tests.cube.conftest import ADMIN, token_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -305,3 +310,17 @@ async def test_admin_api_is_staff_only(api: TestClient, world: World) -> None:
     assert [u["username"] for u in users["results"]] == ["alice"]
     everyone = await ok(await api.get("/api/v1/users/", headers=world.admin))
     assert everyone["count"] == 4
+
+
+async def test_sign_up_can_be_reserved_to_staff(
+    aiohttp_client: Any, cube_settings: CubeSettings
+) -> None:
+    settings = cube_settings.model_copy(update={"disable_user_account_creation": True})
+    api = await aiohttp_client(create_app(settings), headers=JSON)
+    body = {"username": "eve-user", "password": "eve-password"}
+    assert (await api.post("/api/v1/users/", json=body)).status == 401
+    admin = await token_for(api, *ADMIN)
+    await ok(await api.post("/api/v1/users/", json=body, headers=admin), 201)
+    me = await token_for(api, "eve-user", "eve-password")
+    other = {"username": "eve-friend", "password": "eve-password"}
+    assert (await api.post("/api/v1/users/", json=other, headers=me)).status == 403
