@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cube.api import feeds, plugins
+from cube.api import feeds, files, openapi, pacs, plugins, root, social, users
 from cube.api.common import (
     HUB,
     REGISTRY,
@@ -19,6 +19,7 @@ from cube.api.common import (
     STORAGE,
     error_middleware,
 )
+from cube.api.render import negotiation_middleware
 from cube.db.engine import create_schema, make_engine, make_sessionmaker
 from cube.registry import RegistryClient
 from cube.scheduler import Scheduler, StatusHub
@@ -32,12 +33,24 @@ log = logging.getLogger(__name__)
 def create_app(settings: CubeSettings | None = None) -> web.Application:
     """Build CUBE's aiohttp application; resources start in ``cleanup_ctx``."""
     settings = settings or CubeSettings()
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    app = web.Application(
+        middlewares=[error_middleware, negotiation_middleware], client_max_size=1 << 20
+    )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_registry)
-    app.router.add_routes(plugins.routes)
-    app.router.add_routes(feeds.routes)
+    # root first: its routes (e.g. the feed list at /api/v1/) are the most general
+    for table in (
+        root.routes,
+        users.routes,
+        plugins.routes,
+        feeds.routes,
+        social.routes,
+        files.routes,
+        pacs.routes,
+        openapi.routes,
+    ):
+        app.router.add_routes(table)
     return app
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -220,6 +220,20 @@ class CubeClient:
             return schema.UserFile.model_validate(
                 await self._json("POST", "api/v1/userfiles/", data=form)
             )
+
+    async def register_pacs_files(
+        self, pacs_name: str, files: Sequence[schema.PacsFileIn]
+    ) -> schema.PacsFilesRegistered:
+        """Register DICOM files already written under ``SERVICES/PACS/<pacs_name>/``
+        in CUBE's storage, in one request (staff)."""
+        body = schema.PacsFilesIn(pacs_name=pacs_name, files=list(files))
+        data = await self._json("POST", "api/v1/pacs/files/", json=body.model_dump(mode="json"))
+        return schema.PacsFilesRegistered.model_validate(data)
+
+    async def pacs_files(self, **filters: Any) -> list[schema.PacsFile]:
+        """Registered PACS files, optionally filtered (``SeriesInstanceUID=...``)."""
+        path = "api/v1/pacs/files/search/" if filters else "api/v1/pacs/files/"
+        return [f async for f in self._list(schema.PacsFile, path, filters)]
 
     async def create_instance(
         self, plugin_id: int, params: Mapping[str, Any] | None = None, **fields: Any

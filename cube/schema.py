@@ -8,10 +8,24 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, NewType, TypeVar
+from typing import Annotated, Any, Generic, NewType, TypeVar
 
 from chris_sdk.descriptor import PluginType
 from pydantic import BaseModel, ConfigDict
+
+
+class HyperLink:
+    """Marks a field as a hyperlink to another resource.
+
+    Collection+JSON renders such fields as an item's ``links`` (``rel`` is the
+    field name) instead of its ``data``, as CUBE does for hyperlinked fields.
+    """
+
+
+#: An absolute URL of another resource (a Collection+JSON link).
+Link = Annotated[str, HyperLink()]
+#: A link that may be absent (``null``).
+OptLink = Annotated[str | None, HyperLink()]
 
 UserId = NewType("UserId", int)
 FeedId = NewType("FeedId", int)
@@ -20,6 +34,8 @@ PluginInstanceId = NewType("PluginInstanceId", int)
 ComputeResourceId = NewType("ComputeResourceId", int)
 FileId = NewType("FileId", int)
 ParameterId = NewType("ParameterId", int)
+GroupId = NewType("GroupId", int)
+FolderId = NewType("FolderId", int)
 
 
 class InstanceStatus(StrEnum):
@@ -84,15 +100,63 @@ class AuthToken(_Wire):
 
 
 class User(_Wire):
-    url: str
+    url: Link
     id: UserId
     username: str
     email: str
     is_staff: bool
+    groups: Link = ""
+
+
+class Group(_Wire):
+    url: Link
+    id: GroupId
+    name: str
+    users: Link
+
+
+class GroupUser(_Wire):
+    """A user's membership of a group."""
+
+    url: Link
+    id: int
+    group_id: GroupId
+    group_name: str
+    user_id: UserId
+    username: str
+    group: Link
+    user: Link
+
+
+class ChrisInstance(_Wire):
+    url: Link
+    id: int
+    creation_date: datetime
+    name: str
+    uuid: str
+    job_id_prefix: str
+    description: str
+
+
+class PluginMeta(_Wire):
+    url: Link
+    id: int
+    creation_date: datetime
+    name: str
+    title: str
+    stars: int
+    public_repo: str
+    license: str
+    type: PluginType
+    icon: str
+    category: str
+    authors: str
+    documentation: str
+    plugins: Link
 
 
 class ComputeResource(_Wire):
-    url: str
+    url: Link
     id: ComputeResourceId
     creation_date: datetime
     modification_date: datetime
@@ -109,7 +173,7 @@ class ComputeResource(_Wire):
 
 
 class Plugin(_Wire):
-    url: str
+    url: Link
     id: PluginId
     creation_date: datetime
     name: str
@@ -136,14 +200,14 @@ class Plugin(_Wire):
     max_memory_limit: int
     min_gpu_limit: int
     max_gpu_limit: int
-    meta: str
-    parameters: str
-    instances: str
-    compute_resources: str
+    meta: Link
+    parameters: Link
+    instances: Link
+    compute_resources: Link
 
 
 class PluginParameter(_Wire):
-    url: str
+    url: Link
     id: ParameterId
     name: str
     type: str  # API names: string, integer, float, boolean, path, unextpath
@@ -154,11 +218,11 @@ class PluginParameter(_Wire):
     action: str
     help: str
     ui_exposed: bool
-    plugin: str
+    plugin: Link
 
 
 class Feed(_Wire):
-    url: str
+    url: Link
     id: FeedId
     creation_date: datetime
     modification_date: datetime
@@ -174,8 +238,83 @@ class Feed(_Wire):
     finished_jobs: int = 0
     errored_jobs: int = 0
     cancelled_jobs: int = 0
-    plugin_instances: str
-    files: str
+    plugin_instances: Link
+    files: Link
+    note: Link = ""
+    comments: Link = ""
+    tags: Link = ""
+    taggings: Link = ""
+    user_permissions: Link = ""
+    group_permissions: Link = ""
+    owner: Link = ""
+
+
+class FeedUserPermission(_Wire):
+    url: Link
+    id: int
+    feed_id: FeedId
+    feed_name: str
+    user_id: UserId
+    user_username: str
+    feed: Link
+    user: Link
+
+
+class FeedGroupPermission(_Wire):
+    url: Link
+    id: int
+    feed_id: FeedId
+    feed_name: str
+    group_id: GroupId
+    group_name: str
+    feed: Link
+    group: Link
+
+
+class Note(_Wire):
+    url: Link
+    id: int
+    title: str
+    content: str
+    feed: Link
+
+
+class Comment(_Wire):
+    url: Link
+    id: int
+    creation_date: datetime
+    title: str
+    owner_username: str
+    content: str
+    feed: Link
+
+
+class Tag(_Wire):
+    url: Link
+    id: int
+    name: str
+    owner_username: str
+    color: str
+    feeds: Link
+    taggings: Link
+
+
+class Tagging(_Wire):
+    url: Link
+    id: int
+    tag_id: int
+    feed_id: FeedId
+    tag: Link
+    feed: Link
+
+
+class DownloadToken(_Wire):
+    url: Link
+    id: int
+    creation_date: datetime
+    token: str
+    owner_username: str
+    owner: Link
 
 
 class StatusChange(_Wire):
@@ -187,7 +326,7 @@ class StatusChange(_Wire):
 
 
 class PluginInstance(_Wire):
-    url: str
+    url: Link
     id: PluginInstanceId
     title: str
     previous_id: PluginInstanceId | None
@@ -216,43 +355,186 @@ class PluginInstance(_Wire):
     error_code: str
     error_message: str = ""
     status_history: list[StatusChange] = []
-    previous: str | None
-    feed: str
-    plugin: str
-    descendants: str
-    files: str
-    parameters: str
-    compute_resource: str
+    previous: OptLink
+    feed: Link
+    plugin: Link
+    descendants: Link
+    files: Link
+    parameters: Link
+    compute_resource: Link
 
 
 class ParameterValue(_Wire):
-    url: str
+    url: Link
     id: int
     param_name: str
     value: Any
     type: str
-    plugin_inst: str
-    plugin_param: str
+    plugin_inst: Link
+    plugin_param: Link
 
 
 class UserFile(_Wire):
-    url: str
+    url: Link
     id: FileId
     creation_date: datetime
     fname: str
     fsize: int
     public: bool
     owner_username: str
-    file_resource: str
+    file_resource: Link
+    parent_folder: OptLink = None
+    owner: Link = ""
 
 
 class PluginInstanceFile(_Wire):
-    url: str
+    url: Link
     id: FileId
     creation_date: datetime
     fname: str
     fsize: int
     feed_id: FeedId
     plugin_inst_id: PluginInstanceId
-    file_resource: str
-    plugin_inst: str
+    file_resource: Link
+    plugin_inst: Link
+
+
+class Folder(_Wire):
+    """A folder of the file browser."""
+
+    url: Link
+    id: FolderId
+    creation_date: datetime
+    path: str
+    parent: OptLink
+    children: Link
+    files: Link
+    link_files: Link
+
+
+class FolderFile(_Wire):
+    """A file as the file browser lists it."""
+
+    url: Link
+    id: FileId
+    creation_date: datetime
+    fname: str
+    fsize: int
+    public: bool
+    owner_username: str
+    file_resource: Link
+    parent_folder: Link
+
+
+class LinkFile(_Wire):
+    """A ``.chrislink`` file: a pointer to another storage path (``path``)."""
+
+    url: Link
+    id: FileId
+    creation_date: datetime
+    path: str
+    fname: str
+    fsize: int
+    public: bool
+    owner_username: str
+    file_resource: Link
+    parent_folder: Link
+
+
+class Pacs(_Wire):
+    url: Link
+    id: int
+    identifier: str
+    active: bool
+    folder_path: str
+    query_list: Link
+    series_list: Link
+
+
+class PacsQuery(_Wire):
+    url: Link
+    id: int
+    creation_date: datetime
+    title: str
+    query: dict[str, Any]
+    description: str
+    status: str
+    result: str
+    execute: bool
+    owner_username: str
+    pacs_id: int
+    pacs_identifier: str
+    pacs: Link
+
+
+class PacsSeries(_Wire):
+    url: Link
+    id: int
+    creation_date: datetime
+    PatientID: str
+    PatientName: str
+    PatientBirthDate: str
+    PatientAge: int | None
+    PatientSex: str
+    StudyDate: str
+    AccessionNumber: str
+    Modality: str
+    ProtocolName: str
+    StudyInstanceUID: str
+    StudyDescription: str
+    SeriesInstanceUID: str
+    SeriesDescription: str
+    pacs_identifier: str
+    folder_path: str
+    pacs: Link
+    files: Link
+
+
+class PacsFile(_Wire):
+    url: Link
+    id: FileId
+    creation_date: datetime
+    fname: str
+    fsize: int
+    public: bool
+    owner_username: str
+    PatientID: str
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    pacs_identifier: str
+    file_resource: Link
+    series: Link
+    pacs: Link
+
+
+class PacsFileIn(_Wire):
+    """One file of a bulk PACS registration: a path under ``SERVICES/PACS/`` already in storage."""
+
+    path: str
+    PatientID: str = ""
+    PatientName: str = ""
+    PatientBirthDate: str = ""
+    PatientAge: int | None = None
+    PatientSex: str = ""
+    StudyDate: str = ""
+    AccessionNumber: str = ""
+    Modality: str = ""
+    ProtocolName: str = ""
+    StudyInstanceUID: str = ""
+    StudyDescription: str = ""
+    SeriesInstanceUID: str
+    SeriesDescription: str = ""
+
+
+class PacsFilesIn(_Wire):
+    """Bulk registration of stored DICOM files of one PACS (``POST pacs/files/``)."""
+
+    pacs_name: str
+    files: list[PacsFileIn]
+
+
+class PacsFilesRegistered(_Wire):
+    """What a bulk registration did."""
+
+    registered: int
+    series: int

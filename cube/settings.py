@@ -37,6 +37,9 @@ class CubeSettings(BaseSettings):
     admin_username: str = "chris"
     admin_password: SecretStr = SecretStr("chris1234")
     admin_email: str = "chris@localhost"
+    #: Only staff may create accounts (ChRIS's DISABLE_USER_ACCOUNT_CREATION);
+    #: by default anyone may sign up, as in ChRIS.
+    disable_user_account_creation: bool = False
     #: Prefix of job ids given to compute sites (ChRIS: ``chris-jid-``).
     job_id_prefix: str = "chris-jid-"
     page_size: int = Field(default=10, ge=1)

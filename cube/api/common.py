@@ -17,6 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from cube.api.render import (
+    COLLECTION_JSON,
+    ItemResponse,
+    Listing,
+    ListResponse,
+    error_document,
+    wants_collection,
+)
 from cube.db.engine import SessionMaker
 from cube.db.models import User
 from cube.errors import (
@@ -47,25 +55,52 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
+def error_response(
+    request: web.Request,
+    body: dict[str, object],
+    status: int,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An error in the negotiated media type: DRF JSON, or a Collection+JSON ``error``."""
+    if wants_collection(request):
+        message = body.get("detail") or body.get("error") or _field_message(body)
+        return web.json_response(
+            error_document(request, str(message)),
+            status=status,
+            headers=headers,
+            content_type=COLLECTION_JSON,
+        )
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _field_message(body: dict[str, object]) -> str:
+    """DRF field errors (``{"field": ["msg"]}``) as one line."""
+    parts = []
+    for name, msgs in body.items():
+        text = "; ".join(str(m) for m in msgs) if isinstance(msgs, list) else str(msgs)
+        parts.append(f"{name}: {text}")
+    return " ".join(parts)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render CUBE errors in the DRF shape; hide internals of unexpected ones."""
+    """Render CUBE errors in the DRF shape (or Collection+JSON); hide internals."""
     try:
         return await handler(request)
     except CubeError as exc:
         headers = {"WWW-Authenticate": 'Token realm="api"'} if exc.status == 401 else None
-        return web.json_response(exc.body(), status=exc.status, headers=headers)
+        return error_response(request, exc.body(), exc.status, headers)
     except IntegrityError as exc:
         log.info("integrity error: %s", exc)
         err = Conflict("conflicts with existing data")
-        return web.json_response(err.body(), status=err.status)
+        return error_response(request, err.body(), err.status)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            return web.json_response({"detail": exc.reason}, status=exc.status)
+            return error_response(request, {"detail": exc.reason}, exc.status)
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response({"error": "Internal server error"}, status=500)
+        return error_response(request, {"error": "Internal server error"}, 500)
 
 
 async def current_user(request: web.Request, session: AsyncSession) -> User | None:
@@ -115,6 +150,9 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         BadRequest: unparseable body.
     """
     ctype = request.content_type
+    if not request.body_exists:
+        # an empty PUT returns the resource unchanged (ChRIS clients send one)
+        return {}
     if ctype in ("application/json", "application/vnd.collection+json"):
         try:
             data = await request.json()
@@ -156,9 +194,14 @@ def page_bounds(request: web.Request, settings: CubeSettings) -> tuple[int, int]
 
 
 def page_response(
-    request: web.Request, count: int, limit: int, offset: int, results: Sequence[BaseModel]
-) -> web.Response:
-    """The ``count/next/previous/results`` body of a list."""
+    request: web.Request,
+    count: int,
+    limit: int,
+    offset: int,
+    results: Sequence[BaseModel],
+    links: dict[str, str] | None = None,
+) -> ListResponse:
+    """The ``count/next/previous/results`` body of a list (any media type)."""
     base = origin(request) + request.path
 
     def link(off: int) -> str:
@@ -166,13 +209,15 @@ def page_response(
         query.update(limit=str(limit), offset=str(off))
         return f"{base}?{urlencode(query)}"
 
-    body = {
-        "count": count,
-        "next": link(offset + limit) if offset + limit < count else None,
-        "previous": link(max(0, offset - limit)) if offset > 0 else None,
-        "results": [r.model_dump(mode="json") for r in results],
-    }
-    return web.json_response(body)
+    return ListResponse(
+        Listing(
+            count=count,
+            next=link(offset + limit) if offset + limit < count else None,
+            previous=link(max(0, offset - limit)) if offset > 0 else None,
+            results=results,
+            links=links or {},
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -184,9 +229,14 @@ class PageSlice:
     limit: int
     offset: int
 
-    def response(self, request: web.Request, results: Sequence[BaseModel]) -> web.Response:
-        """The JSON list body for these rows, serialised as ``results``."""
-        return page_response(request, self.total, self.limit, self.offset, results)
+    def response(
+        self,
+        request: web.Request,
+        results: Sequence[BaseModel],
+        links: dict[str, str] | None = None,
+    ) -> ListResponse:
+        """The list body for these rows, serialised as ``results``."""
+        return page_response(request, self.total, self.limit, self.offset, results, links)
 
 
 async def fetch_page(
@@ -225,9 +275,9 @@ async def get_or_404(session: AsyncSession, model: type[T], ident: int) -> T:
     return row
 
 
-def model_response(model: BaseModel, status: int = 200) -> web.Response:
-    """A single resource as JSON."""
-    return web.json_response(model.model_dump(mode="json"), status=status)
+def model_response(model: BaseModel, status: int = 200) -> ItemResponse:
+    """A single resource (JSON or Collection+JSON as negotiated)."""
+    return ItemResponse(model, status=status)
 
 
 def int_param(request: web.Request, name: str) -> int:

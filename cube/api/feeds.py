@@ -1,23 +1,22 @@
-"""Handlers: feeds, plugin instances (create, read, long-poll, cancel) and files."""
+"""Handlers: feeds (list, search, rename, delete) and plugin instances."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
-from aiohttp import BodyPartReader, web
-from sqlmodel import col, or_, select
+import sqlalchemy as sa
+from aiohttp import web
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from cube import schema
 from cube.api import serialize as ser
 from cube.api.common import (
     HUB,
     SCHEDULER,
     SESSIONS,
-    SETTINGS,
     STORAGE,
     fetch_page,
     get_or_404,
@@ -28,83 +27,174 @@ from cube.api.common import (
     read_body,
     require_user,
 )
-from cube.db.models import Feed, ParameterValue, PluginInstance, StoredFile, User
+from cube.api.render import ApiRoutes, Filter, apply_filters, search_filters
+from cube.db.models import (
+    Feed,
+    ParameterValue,
+    Plugin,
+    PluginInstance,
+    PluginMeta,
+    StoredFile,
+    User,
+)
 from cube.errors import BadRequest, NotFound
 from cube.schema import InstanceStatus
-from cube.services import files as fsvc
+from cube.services import feeds as fsvc
 from cube.services import instances as isvc
 
-routes = web.RouteTableDef()
+routes = ApiRoutes()
 
 #: Longest long-poll a client may ask for on an instance (s).
 MAX_WAIT = 60.0
 
+FEED_FILTERS = (
+    Filter("id", Feed.id, int),
+    Filter("name", Feed.name, op="icontains"),
+    Filter("name_exact", Feed.name),
+    Filter("name_startswith", Feed.name, op="startswith"),
+    Filter("min_id", Feed.id, int, "gte"),
+    Filter("max_id", Feed.id, int, "lte"),
+    Filter("min_creation_date", Feed.creation_date, datetime, "gte"),
+    Filter("max_creation_date", Feed.creation_date, datetime, "lte"),
+    Filter("owner_username", User.username),
+)
 
-def _visible_feeds(user: User) -> Any:
-    q = select(Feed)
-    if not user.is_staff:
-        q = q.where(or_(Feed.owner_id == user.id, col(Feed.public).is_(True)))
-    return q
+
+def _subtree(root_id: int) -> Any:
+    """Condition: the instance is ``root_id`` or one of its descendants (recursive CTE)."""
+    tree = (
+        sa.select(col(PluginInstance.id).label("id"))
+        .where(col(PluginInstance.id) == root_id)
+        .cte("tree", recursive=True)
+    )
+    tree = tree.union_all(
+        sa.select(col(PluginInstance.id)).where(col(PluginInstance.previous_id) == tree.c.id)
+    )
+    return col(PluginInstance.id).in_(sa.select(tree.c.id))
 
 
-@routes.get("/api/v1/")
-async def list_feeds(request: web.Request) -> web.Response:
-    """The feed list (the API root of ChRIS)."""
+INSTANCE_FILTERS = (
+    Filter("id", PluginInstance.id, int),
+    Filter("min_start_date", PluginInstance.start_date, datetime, "gte"),
+    Filter("max_start_date", PluginInstance.start_date, datetime, "lte"),
+    Filter("min_end_date", PluginInstance.end_date, datetime, "gte"),
+    Filter("max_end_date", PluginInstance.end_date, datetime, "lte"),
+    Filter("root_id", kind=int, where=_subtree),
+    Filter("previous_id", PluginInstance.previous_id, int),
+    Filter("title", PluginInstance.title, op="icontains"),
+    Filter("status", PluginInstance.status),
+    Filter(
+        "active",
+        kind=bool,
+        where=lambda active: (
+            col(PluginInstance.status).in_(isvc.ACTIVE)
+            if active
+            else col(PluginInstance.status).not_in(isvc.ACTIVE)
+        ),
+    ),
+    Filter("owner_username", User.username),
+    Filter("feed_id", PluginInstance.feed_id, int),
+    Filter("plugin_id", PluginInstance.plugin_id, int),
+    Filter("plugin_name", PluginMeta.name, op="icontains"),
+    Filter("plugin_name_exact", PluginMeta.name),
+    Filter("plugin_version", Plugin.version),
+    Filter("plugin_type", PluginMeta.type),
+)
+
+#: Instance filters on the owner, plugin and meta tables (joined when used).
+JOINED_FILTERS = frozenset(
+    {"owner_username", "plugin_name", "plugin_name_exact", "plugin_version", "plugin_type"}
+)
+
+#: Writable fields of an instance POST besides the plugin's own parameters.
+INSTANCE_BODY = (
+    "title",
+    "previous_id",
+    "compute_resource_name",
+    "cpu_limit",
+    "memory_limit",
+    "number_of_workers",
+    "gpu_limit",
+)
+
+
+def _feed_query(user: User) -> Any:
+    return fsvc.visible_feeds(user).join(User, col(User.id) == col(Feed.owner_id))
+
+
+@routes.get("/api/v1/search/", model=schema.Feed, many=True, filters=FEED_FILTERS)
+async def search_feeds(request: web.Request) -> web.Response:
+    """Search the feeds the user may read (own, shared with them, public)."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        q = select(Feed).where(Feed.owner_id == user.id)
+        q = apply_filters(request, _feed_query(user), search_filters(request))
         page = await fetch_page(request, s, q, col(Feed.id).desc())
         base = origin(request)
-        return page.response(request, [await ser.feed(base, s, f) for f in page.rows])
+        return page.response(request, await ser.feeds(base, s, page.rows))
 
 
-async def _feed(s: AsyncSession, user: User, feed_id: int) -> Feed:
-    feed = (await s.exec(_visible_feeds(user).where(Feed.id == feed_id))).first()
-    if feed is None:
-        raise NotFound("Not found.")
-    return feed  # type: ignore[no-any-return]
+@routes.get(
+    "/api/v1/publicfeeds/", model=schema.Feed, many=True, public=True, name="publicfeed-list"
+)
+@routes.get(
+    "/api/v1/publicfeeds/search/", model=schema.Feed, many=True, filters=FEED_FILTERS, public=True
+)
+async def public_feeds(request: web.Request) -> web.Response:
+    """Public feeds; anyone, even anonymous, may list them."""
+    async with request.app[SESSIONS]() as s:
+        q = select(Feed).join(User, col(User.id) == col(Feed.owner_id))
+        q = apply_filters(request, q.where(col(Feed.public).is_(True)), search_filters(request))
+        page = await fetch_page(request, s, q, col(Feed.id).desc())
+        base = origin(request)
+        return page.response(request, await ser.feeds(base, s, page.rows))
 
 
-@routes.get("/api/v1/{id:\\d+}/")
+@routes.get("/api/v1/{id:\\d+}/", model=schema.Feed, name="feed-detail")
 async def get_feed(request: web.Request) -> web.Response:
+    """A feed the user may read."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        feed = await _feed(s, user, int_param(request, "id"))
+        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
         return model_response(await ser.feed(origin(request), s, feed))
 
 
-@routes.put("/api/v1/{id:\\d+}/")
+@routes.put("/api/v1/{id:\\d+}/", model=schema.Feed, body=("name", "public"))
 async def rename_feed(request: web.Request) -> web.Response:
+    """Rename a feed (``name``) or make it public (``public``); owner only."""
     data = await read_body(request)
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        feed = await _feed(s, user, int_param(request, "id"))
-        if feed.owner_id != user.id and not user.is_staff:
-            raise NotFound("Not found.")
-        if "name" in data:
-            name = str(data["name"])
-            if len(name) > 200:
-                raise BadRequest.field("name", "at most 200 characters")
-            feed.name = name
-        s.add(feed)
+        feed = await fsvc.rename(s, user, int_param(request, "id"), data)
         await s.commit()
         return model_response(await ser.feed(origin(request), s, feed))
 
 
-@routes.get("/api/v1/{id:\\d+}/plugininstances/")
-async def feed_instances(request: web.Request) -> web.Response:
+@routes.delete("/api/v1/{id:\\d+}/")
+async def delete_feed(request: web.Request) -> web.Response:
+    """Delete a feed with its instances and files; owner only, no active instance."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        feed = await _feed(s, user, int_param(request, "id"))
+        await fsvc.delete_feed(s, request.app[STORAGE], user, int_param(request, "id"))
+        await s.commit()
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/{id:\\d+}/plugininstances/", model=schema.PluginInstance, many=True)
+async def feed_instances(request: web.Request) -> web.Response:
+    """The instances of a feed the user may read."""
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
         q = select(PluginInstance).where(PluginInstance.feed_id == feed.id)
         return await _instance_page(request, s, q)
 
 
-@routes.get("/api/v1/{id:\\d+}/files/")
+@routes.get("/api/v1/{id:\\d+}/files/", model=schema.PluginInstanceFile, many=True)
 async def feed_files(request: web.Request) -> web.Response:
+    """The output files of every instance of a feed (legacy v5 link)."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        feed = await _feed(s, user, int_param(request, "id"))
+        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
         q = (
             select(StoredFile)
             .join(PluginInstance, col(PluginInstance.id) == col(StoredFile.plugin_inst_id))
@@ -119,11 +209,14 @@ async def feed_files(request: web.Request) -> web.Response:
 async def _instance_page(request: web.Request, s: AsyncSession, q: Any) -> web.Response:
     page = await fetch_page(request, s, q, col(PluginInstance.id).desc())
     base = origin(request)
-    return page.response(request, [await ser.instance(base, s, i) for i in page.rows])
+    return page.response(request, await ser.instances(base, s, page.rows))
 
 
-@routes.post("/api/v1/plugins/{id:\\d+}/instances/")
+@routes.post(
+    "/api/v1/plugins/{id:\\d+}/instances/", model=schema.PluginInstance, body=INSTANCE_BODY
+)
 async def create_instance(request: web.Request) -> web.Response:
+    """Run a plugin: the standard fields plus one key per parameter name."""
     data = await read_body(request)
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
@@ -135,8 +228,9 @@ async def create_instance(request: web.Request) -> web.Response:
     return model_response(body, status=201)
 
 
-@routes.get("/api/v1/plugins/{id:\\d+}/instances/")
+@routes.get("/api/v1/plugins/{id:\\d+}/instances/", model=schema.PluginInstance, many=True)
 async def plugin_instances(request: web.Request) -> web.Response:
+    """The user's own instances of a plugin."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         q = select(PluginInstance).where(
@@ -145,35 +239,39 @@ async def plugin_instances(request: web.Request) -> web.Response:
         return await _instance_page(request, s, q)
 
 
-@routes.get("/api/v1/plugins/instances/")
-@routes.get("/api/v1/plugins/instances/search/")
+@routes.get(
+    "/api/v1/plugins/instances/",
+    model=schema.PluginInstance,
+    many=True,
+    name="plugininstance-list",
+)
+@routes.get(
+    "/api/v1/plugins/instances/search/",
+    model=schema.PluginInstance,
+    many=True,
+    filters=INSTANCE_FILTERS,
+)
 async def list_instances(request: web.Request) -> web.Response:
-    """Instances of the user; ``search/`` filters by id, status, feed_id,
-    previous_id, plugin_id, plugin_name, title."""
+    """Instances of the feeds the user may read; ``search/`` takes the reference's filters."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         q = select(PluginInstance)
         if not user.is_staff:
-            q = q.where(PluginInstance.owner_id == user.id)
-        if request.path.endswith("/search/"):
-            for key, column in (
-                ("id", PluginInstance.id),
-                ("feed_id", PluginInstance.feed_id),
-                ("previous_id", PluginInstance.previous_id),
-                ("plugin_id", PluginInstance.plugin_id),
-            ):
-                if (v := request.query.get(key)) is not None:
-                    if not v.isdigit():
-                        raise BadRequest.field(key, "must be an integer")
-                    q = q.where(column == int(v))
-            if v := request.query.get("status"):
-                q = q.where(PluginInstance.status == v)
-            if v := request.query.get("title"):
-                q = q.where(col(PluginInstance.title).contains(v))
+            readable = select(Feed.id).where(fsvc.visible_condition(user))
+            q = q.where(col(PluginInstance.feed_id).in_(readable))
+        filters = search_filters(request)
+        if any(request.query.get(f.name) for f in filters if f.name in JOINED_FILTERS):
+            # joined only when filtered on: the joins cost a page of 100,000 instances
+            q = (
+                q.join(User, col(User.id) == col(PluginInstance.owner_id))
+                .join(Plugin, col(Plugin.id) == col(PluginInstance.plugin_id))
+                .join(PluginMeta, col(PluginMeta.id) == col(Plugin.meta_id))
+            )
+        q = apply_filters(request, q, filters)
         return await _instance_page(request, s, q)
 
 
-@routes.get("/api/v1/plugins/instances/{id:\\d+}/")
+@routes.get("/api/v1/plugins/instances/{id:\\d+}/", model=schema.PluginInstance)
 async def get_instance(request: web.Request) -> web.Response:
     """An instance. ``?wait=S&status=X`` long-polls: it answers as soon as the
     status differs from ``X``, or after ``S`` seconds (at most 60)."""
@@ -196,8 +294,11 @@ async def get_instance(request: web.Request) -> web.Response:
         await hub.wait(min(remaining, 1.0))
 
 
-@routes.put("/api/v1/plugins/instances/{id:\\d+}/")
+@routes.put(
+    "/api/v1/plugins/instances/{id:\\d+}/", model=schema.PluginInstance, body=("title", "status")
+)
 async def update_instance(request: web.Request) -> web.Response:
+    """Change the title, or cancel with ``status: cancelled``; an empty body returns it."""
     data = await read_body(request)
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
@@ -210,25 +311,24 @@ async def update_instance(request: web.Request) -> web.Response:
     return model_response(body)
 
 
-@routes.get("/api/v1/plugins/instances/{id:\\d+}/descendants/")
+@routes.get(
+    "/api/v1/plugins/instances/{id:\\d+}/descendants/", model=schema.PluginInstance, many=True
+)
 async def descendants(request: web.Request) -> web.Response:
+    """The instance and every instance below it."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         root = await isvc.visible_instance(s, user, int_param(request, "id"))
-        ids, frontier = [], [root.id]
-        while frontier:
-            current = frontier.pop(0)
-            ids.append(current)
-            kids = await s.exec(
-                select(PluginInstance.id).where(PluginInstance.previous_id == current)
-            )
-            frontier.extend(kids.all())
-        q = select(PluginInstance).where(col(PluginInstance.id).in_(ids))
+        assert root.id is not None
+        q = select(PluginInstance).where(_subtree(root.id))
         return await _instance_page(request, s, q)
 
 
-@routes.get("/api/v1/plugins/instances/{id:\\d+}/parameters/")
+@routes.get(
+    "/api/v1/plugins/instances/{id:\\d+}/parameters/", model=schema.ParameterValue, many=True
+)
 async def instance_parameters(request: web.Request) -> web.Response:
+    """The parameter values an instance was given."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         inst = await isvc.visible_instance(s, user, int_param(request, "id"))
@@ -240,9 +340,11 @@ async def instance_parameters(request: web.Request) -> web.Response:
 
 
 @routes.get(
-    "/api/v1/plugins/{type:(string|integer|float|boolean|path|unextpath)}-parameter/{id:\\d+}/"
+    "/api/v1/plugins/{type:(string|integer|float|boolean|path|unextpath)}-parameter/{id:\\d+}/",
+    model=schema.ParameterValue,
 )
 async def get_parameter_value(request: web.Request) -> web.Response:
+    """One parameter value of an instance."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         value = await get_or_404(s, ParameterValue, int_param(request, "id"))
@@ -253,8 +355,11 @@ async def get_parameter_value(request: web.Request) -> web.Response:
         raise NotFound("Not found.")
 
 
-@routes.get("/api/v1/plugins/instances/{id:\\d+}/files/")
+@routes.get(
+    "/api/v1/plugins/instances/{id:\\d+}/files/", model=schema.PluginInstanceFile, many=True
+)
 async def instance_files(request: web.Request) -> web.Response:
+    """The output files of an instance."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         inst = await isvc.visible_instance(s, user, int_param(request, "id"))
@@ -264,136 +369,14 @@ async def instance_files(request: web.Request) -> web.Response:
         return page.response(request, [ser.instance_file(base, f, inst.feed_id) for f in page.rows])
 
 
-# -- user files ------------------------------------------------------------------
-
-
-@routes.get("/api/v1/userfiles/")
-async def list_userfiles(request: web.Request) -> web.Response:
+@routes.delete("/api/v1/plugins/instances/{id:\\d+}/")
+async def delete_instance(request: web.Request) -> web.Response:
+    """Delete a ds/ts instance with its descendants and their files (fs: delete the feed)."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        q = select(StoredFile).where(
-            StoredFile.owner_id == user.id, col(StoredFile.plugin_inst_id).is_(None)
-        )
-        page = await fetch_page(request, s, q, col(StoredFile.id))
-        base = origin(request)
-        return page.response(request, [ser.user_file(base, f, user.username) for f in page.rows])
-
-
-@routes.post("/api/v1/userfiles/")
-async def upload_userfile(request: web.Request) -> web.Response:
-    """Multipart upload: ``upload_path`` (a field) and ``fname`` (the file),
-    in either order; the file is streamed to storage, never held in memory."""
-    if request.content_type != "multipart/form-data":
-        raise BadRequest("use multipart/form-data with 'upload_path' and 'fname'")
-    settings = request.app[SETTINGS]
-    storage = request.app[STORAGE]
-    async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        reader = await request.multipart()
-        upload_path: str | None = None
-        row = None
-        spooled: str | None = None
-        try:
-            async for part in reader:
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "upload_path":
-                    upload_path = (await part.text()).strip()
-                elif part.name == "fname":
-                    if row is not None or spooled is not None:
-                        raise BadRequest.field("fname", "only one file per upload")
-                    if upload_path is not None:
-                        row = await fsvc.upload_file(
-                            s,
-                            storage,
-                            user,
-                            upload_path,
-                            _chunks(part),
-                            max_bytes=settings.max_upload_bytes,
-                        )
-                    else:
-                        # the path comes after the file: park the bytes in the user's area
-                        spooled = (
-                            f"home/{user.username}/.uploads-in-progress/{id(part)}-{time.time_ns()}"
-                        )
-                        await storage.write_stream(
-                            spooled, _chunks(part), max_bytes=settings.max_upload_bytes
-                        )
-            if row is None and spooled is not None:
-                if upload_path is None:
-                    raise BadRequest.field("upload_path", "This field is required.")
-                row = await fsvc.upload_file(
-                    s,
-                    storage,
-                    user,
-                    upload_path,
-                    _file_chunks(storage.local_path(spooled)),
-                    max_bytes=settings.max_upload_bytes,
-                )
-            if row is None:
-                raise BadRequest.field("fname", "No file was submitted.")
-            await s.commit()
-        finally:
-            if spooled is not None:
-                storage.local_path(spooled).unlink(missing_ok=True)
-        return model_response(ser.user_file(origin(request), row, user.username), status=201)
-
-
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(1 << 20):
-        yield chunk
-
-
-async def _file_chunks(path: Any) -> AsyncIterator[bytes]:
-    fh = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(fh.read, 1 << 20):
-            yield chunk
-    finally:
-        fh.close()
-
-
-@routes.get("/api/v1/userfiles/{id:\\d+}/")
-async def get_userfile(request: web.Request) -> web.Response:
-    async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        row = await fsvc.readable_file(s, user, int_param(request, "id"))
-        owner = await s.get(User, row.owner_id)
-        assert owner is not None
-        return model_response(ser.user_file(origin(request), row, owner.username))
-
-
-@routes.get("/api/v1/files/{id:\\d+}/")
-async def get_file(request: web.Request) -> web.Response:
-    async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        row = await fsvc.readable_file(s, user, int_param(request, "id"))
-        if row.plugin_inst_id is None:
-            owner = await s.get(User, row.owner_id)
-            assert owner is not None
-            return model_response(ser.user_file(origin(request), row, owner.username))
-        inst = await s.get(PluginInstance, row.plugin_inst_id)
-        assert inst is not None
-        return model_response(ser.instance_file(origin(request), row, inst.feed_id))
-
-
-@routes.get("/api/v1/userfiles/{id:\\d+}/{name}")
-@routes.get("/api/v1/files/{id:\\d+}/{name}")
-async def download(request: web.Request) -> web.StreamResponse:
-    """Stream a file's bytes (``file_resource`` links)."""
-    async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        row = await fsvc.readable_file(s, user, int_param(request, "id"))
-    path = request.app[STORAGE].local_path(row.fname)
-    if not path.is_file():
-        raise NotFound("the file's contents are missing from storage")
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Disposition": "attachment; filename*=UTF-8''"
-            + quote(row.fname.rsplit("/", 1)[-1])
-        },
-    )
+        await fsvc.delete_instance(s, request.app[STORAGE], user, int_param(request, "id"))
+        await s.commit()
+    return web.Response(status=204)
 
 
 __all__ = ["InstanceStatus", "routes"]

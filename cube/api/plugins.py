@@ -1,13 +1,15 @@
-"""Handlers: auth token, users, compute resources, plugins and the admin API."""
+"""Handlers: auth token, compute resources, plugins, plugin metas and the admin API."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 from sqlmodel import col, select
 
+from cube import schema
 from cube.api import serialize as ser
 from cube.api.common import (
     REGISTRY,
@@ -22,14 +24,15 @@ from cube.api.common import (
     require_staff,
     require_user,
 )
-from cube.db.models import ComputeResource, Plugin, PluginMeta, PluginParameter, User
-from cube.errors import BadRequest, NotFound
+from cube.api.render import ApiRoutes, Filter, apply_filters, search_filters
+from cube.db.models import ComputeResource, Plugin, PluginMeta, PluginParameter
+from cube.errors import BadRequest
 from cube.schema import AuthToken
 from cube.services import plugins as psvc
 from cube.services import users as usvc
 from cube.services.plugin_images import descriptor_from_image
 
-routes = web.RouteTableDef()
+routes = ApiRoutes()
 
 #: A descriptor is small JSON; anything larger is refused while reading.
 MAX_DESCRIPTOR_BYTES = 1 << 20
@@ -37,14 +40,21 @@ MAX_DESCRIPTOR_BYTES = 1 << 20
 MAX_IMAGE_REFERENCE = 512
 
 
-@routes.get("/api/v1/health/")
+@routes.get("/api/v1/health/", public=True)
 async def health(request: web.Request) -> web.Response:
     """Liveness: the process serves requests (no database round trip)."""
     return web.json_response({"health": "OK"})
 
 
-@routes.post("/api/v1/auth-token/")
+@routes.post(
+    "/api/v1/auth-token/",
+    model=AuthToken,
+    body=("username", "password"),
+    name="auth-token",
+    public=True,
+)
 async def auth_token(request: web.Request) -> web.Response:
+    """Exchange a username and password for the user's API token (always JSON)."""
     data = await read_body(request)
     username, password = data.get("username"), data.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
@@ -58,52 +68,65 @@ async def auth_token(request: web.Request) -> web.Response:
         user = await usvc.authenticate(s, username, password)
         token = await usvc.get_or_create_token(s, user)
         await s.commit()
-    return model_response(AuthToken(token=token))
+    # always JSON, whatever the Accept header: DRF's obtain_auth_token has only
+    # the JSON renderer, and clients (python-chrisclient, curl scripts) rely on it
+    return web.json_response(AuthToken(token=token).model_dump())
 
 
-@routes.post("/api/v1/users/")
-async def create_user(request: web.Request) -> web.Response:
-    data = await read_body(request)
-    async with request.app[SESSIONS]() as s:
-        user = await usvc.create_user(
-            s,
-            str(data.get("username", "")),
-            str(data.get("password", "")),
-            str(data.get("email", "")),
-        )
-        await s.commit()
-    return model_response(ser.user(origin(request), user), status=201)
+COMPUTE_FILTERS = (
+    Filter("id", ComputeResource.id, int),
+    Filter("name", ComputeResource.name, op="icontains"),
+    Filter("name_exact", ComputeResource.name),
+    Filter("description", ComputeResource.description, op="icontains"),
+)
 
 
-@routes.get("/api/v1/users/{id:\\d+}/")
-async def get_user(request: web.Request) -> web.Response:
-    async with request.app[SESSIONS]() as s:
-        me = await require_user(request, s)
-        target = await s.get(User, int_param(request, "id"))
-        if target is None or (target.id != me.id and not me.is_staff):
-            raise NotFound("Not found.")
-        return model_response(ser.user(origin(request), target))
-
-
-@routes.get("/api/v1/computeresources/")
+@routes.get(
+    "/api/v1/computeresources/",
+    model=schema.ComputeResource,
+    many=True,
+    name="computeresource-list",
+)
+@routes.get(
+    "/api/v1/computeresources/search/",
+    model=schema.ComputeResource,
+    many=True,
+    filters=COMPUTE_FILTERS,
+)
 async def list_compute(request: web.Request) -> web.Response:
+    """Compute resources plugins can run on."""
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
-        page = await fetch_page(request, s, select(ComputeResource), col(ComputeResource.id))
+        q = apply_filters(request, select(ComputeResource), search_filters(request))
+        page = await fetch_page(request, s, q, col(ComputeResource.id))
         base = origin(request)
         return page.response(request, [ser.compute_resource(base, r) for r in page.rows])
 
 
-@routes.get("/api/v1/computeresources/{id:\\d+}/")
+@routes.get("/api/v1/computeresources/{id:\\d+}/", model=schema.ComputeResource)
 async def get_compute(request: web.Request) -> web.Response:
+    """One compute resource."""
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
         r = await get_or_404(s, ComputeResource, int_param(request, "id"))
         return model_response(ser.compute_resource(origin(request), r))
 
 
-@routes.post("/chris-admin/api/v1/computeresources/")
+@routes.post(
+    "/chris-admin/api/v1/computeresources/",
+    model=schema.ComputeResource,
+    body=(
+        "name",
+        "compute_url",
+        "compute_auth_url",
+        "compute_user",
+        "compute_password",
+        "description",
+        "max_job_exec_seconds",
+    ),
+)
 async def admin_create_compute(request: web.Request) -> web.Response:
+    """Add a compute resource (staff)."""
     data = await read_body(request)
     async with request.app[SESSIONS]() as s:
         await require_staff(request, s)
@@ -187,7 +210,7 @@ async def read_plugin_form(request: web.Request) -> PluginForm:
     return PluginForm(descriptor, image, names_list)
 
 
-@routes.post("/chris-admin/api/v1/")
+@routes.post("/chris-admin/api/v1/", model=schema.Plugin, body=("fname", "image", "compute_names"))
 async def admin_register_plugin(request: web.Request) -> web.Response:
     """Register a plugin: multipart ``fname`` (descriptor file) + ``compute_names``,
     or JSON ``{"descriptor": {...}, "compute_names": "a,b"}``; instead of a
@@ -216,39 +239,95 @@ def _plugin_query() -> Any:
     return select(Plugin, PluginMeta).join(PluginMeta, col(PluginMeta.id) == col(Plugin.meta_id))
 
 
-@routes.get("/api/v1/plugins/")
-@routes.get("/api/v1/plugins/search/")
+PLUGIN_FILTERS = (
+    Filter("id", Plugin.id, int),
+    Filter("name", PluginMeta.name, op="icontains"),
+    Filter("name_exact", PluginMeta.name),
+    Filter("version", Plugin.version),
+    Filter("dock_image", Plugin.dock_image),
+    Filter("type", PluginMeta.type),
+    Filter("category", PluginMeta.category, op="icontains"),
+    Filter("title", PluginMeta.title, op="icontains"),
+    Filter("description", Plugin.description, op="icontains"),
+    Filter("min_creation_date", Plugin.creation_date, datetime, "gte"),
+    Filter("max_creation_date", Plugin.creation_date, datetime, "lte"),
+)
+
+
+@routes.get("/api/v1/plugins/", model=schema.Plugin, many=True, name="plugin-list")
+@routes.get("/api/v1/plugins/search/", model=schema.Plugin, many=True, filters=PLUGIN_FILTERS)
+@routes.get("/chris-admin/api/v1/", model=schema.Plugin, many=True, name="admin-plugin-list")
 async def list_plugins(request: web.Request) -> web.Response:
-    """Plugins; ``search/`` filters by ``name``, ``name_exact``, ``version``, ``type``."""
-    q = _plugin_query()
-    if request.path.endswith("/search/"):
-        if v := request.query.get("name_exact"):
-            q = q.where(PluginMeta.name == v)
-        if v := request.query.get("name"):
-            q = q.where(col(PluginMeta.name).contains(v))
-        if v := request.query.get("version"):
-            q = q.where(Plugin.version == v)
-        if v := request.query.get("type"):
-            q = q.where(PluginMeta.type == v)
-        if v := request.query.get("id"):
-            q = q.where(Plugin.id == int(v) if v.isdigit() else False)
+    """Registered plugins (the admin URL lists them to staff only)."""
+    q = apply_filters(request, _plugin_query(), search_filters(request))
     async with request.app[SESSIONS]() as s:
-        await require_user(request, s)
+        if request.path.startswith("/chris-admin/"):
+            await require_staff(request, s)
+        else:
+            await require_user(request, s)
         page = await fetch_page(request, s, q, col(Plugin.id))
         base = origin(request)
         return page.response(request, [ser.plugin(base, p, m) for p, m in page.rows])
 
 
-@routes.get("/api/v1/plugins/{id:\\d+}/")
+META_FILTERS = (
+    Filter("id", PluginMeta.id, int),
+    Filter("name", PluginMeta.name, op="icontains"),
+    Filter("name_exact", PluginMeta.name),
+    Filter("type", PluginMeta.type),
+    Filter("category", PluginMeta.category, op="icontains"),
+    Filter("title", PluginMeta.title, op="icontains"),
+    Filter("authors", PluginMeta.authors, op="icontains"),
+)
+
+
+@routes.get("/api/v1/plugins/metas/", model=schema.PluginMeta, many=True, name="pluginmeta-list")
+@routes.get(
+    "/api/v1/plugins/metas/search/", model=schema.PluginMeta, many=True, filters=META_FILTERS
+)
+async def list_metas(request: web.Request) -> web.Response:
+    """Plugin metas: what all versions of a plugin share."""
+    q = apply_filters(request, select(PluginMeta), search_filters(request))
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        page = await fetch_page(request, s, q, col(PluginMeta.id))
+        base = origin(request)
+        return page.response(request, [ser.plugin_meta(base, m) for m in page.rows])
+
+
+@routes.get("/api/v1/plugins/metas/{id:\\d+}/", model=schema.PluginMeta)
+async def get_meta(request: web.Request) -> web.Response:
+    """One plugin meta."""
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        meta = await get_or_404(s, PluginMeta, int_param(request, "id"))
+        return model_response(ser.plugin_meta(origin(request), meta))
+
+
+@routes.get("/api/v1/plugins/metas/{id:\\d+}/plugins/", model=schema.Plugin, many=True)
+async def meta_plugins(request: web.Request) -> web.Response:
+    """Every version of the plugin of a meta."""
+    async with request.app[SESSIONS]() as s:
+        await require_user(request, s)
+        meta = await get_or_404(s, PluginMeta, int_param(request, "id"))
+        q = _plugin_query().where(Plugin.meta_id == meta.id)
+        page = await fetch_page(request, s, q, col(Plugin.id))
+        base = origin(request)
+        return page.response(request, [ser.plugin(base, p, m) for p, m in page.rows])
+
+
+@routes.get("/api/v1/plugins/{id:\\d+}/", model=schema.Plugin)
 async def get_plugin(request: web.Request) -> web.Response:
+    """One plugin."""
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
         p, meta = await psvc.get_plugin(s, int_param(request, "id"))
         return model_response(ser.plugin(origin(request), p, meta))
 
 
-@routes.get("/api/v1/plugins/{id:\\d+}/parameters/")
+@routes.get("/api/v1/plugins/{id:\\d+}/parameters/", model=schema.PluginParameter, many=True)
 async def plugin_parameters(request: web.Request) -> web.Response:
+    """The parameters of a plugin."""
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
         await psvc.get_plugin(s, int_param(request, "id"))
@@ -258,16 +337,18 @@ async def plugin_parameters(request: web.Request) -> web.Response:
         return page.response(request, [ser.parameter(base, p) for p in page.rows])
 
 
-@routes.get("/api/v1/plugins/parameters/{id:\\d+}/")
+@routes.get("/api/v1/plugins/parameters/{id:\\d+}/", model=schema.PluginParameter)
 async def get_parameter(request: web.Request) -> web.Response:
+    """One plugin parameter."""
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
         p = await get_or_404(s, PluginParameter, int_param(request, "id"))
         return model_response(ser.parameter(origin(request), p))
 
 
-@routes.get("/api/v1/plugins/{id:\\d+}/computeresources/")
+@routes.get("/api/v1/plugins/{id:\\d+}/computeresources/", model=schema.ComputeResource, many=True)
 async def plugin_compute(request: web.Request) -> web.Response:
+    """The compute resources a plugin may run on."""
     async with request.app[SESSIONS]() as s:
         await require_user(request, s)
         await psvc.get_plugin(s, int_param(request, "id"))
@@ -275,3 +356,46 @@ async def plugin_compute(request: web.Request) -> web.Response:
         page = list_page(request, rows)
         base = origin(request)
         return page.response(request, [ser.compute_resource(base, r) for r in page.rows])
+
+
+@routes.get("/chris-admin/api/v1/{id:\\d+}/", model=schema.Plugin)
+async def admin_get_plugin(request: web.Request) -> web.Response:
+    """One plugin (staff)."""
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        p, meta = await psvc.get_plugin(s, int_param(request, "id"))
+        return model_response(ser.plugin(origin(request), p, meta))
+
+
+@routes.put("/chris-admin/api/v1/{id:\\d+}/", model=schema.Plugin, body=("compute_names",))
+async def admin_add_compute(request: web.Request) -> web.Response:
+    """Make a plugin runnable on more compute resources (``compute_names``, comma-separated)."""
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        raw = data.get("compute_names", "")
+        names = raw if isinstance(raw, list) else str(raw).split(",")
+        p, meta = await psvc.add_compute_resources(
+            s, int_param(request, "id"), [str(n).strip() for n in names if str(n).strip()]
+        )
+        await s.commit()
+        return model_response(ser.plugin(origin(request), p, meta))
+
+
+@routes.get("/chris-admin/api/v1/computeresources/", model=schema.ComputeResource, many=True)
+async def admin_list_compute(request: web.Request) -> web.Response:
+    """Compute resources (staff)."""
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        page = await fetch_page(request, s, select(ComputeResource), col(ComputeResource.id))
+        base = origin(request)
+        return page.response(request, [ser.compute_resource(base, r) for r in page.rows])
+
+
+@routes.get("/chris-admin/api/v1/computeresources/{id:\\d+}/", model=schema.ComputeResource)
+async def admin_get_compute(request: web.Request) -> web.Response:
+    """One compute resource (staff)."""
+    async with request.app[SESSIONS]() as s:
+        await require_staff(request, s)
+        r = await get_or_404(s, ComputeResource, int_param(request, "id"))
+        return model_response(ser.compute_resource(origin(request), r))

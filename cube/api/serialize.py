@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TypeVar
 from urllib.parse import quote
 
 from chris_sdk.descriptor import ParameterType, PluginType
-from sqlmodel import select
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube import schema
 from cube.db import models as m
 from cube.db.models import as_utc
-from cube.services.instances import status_counts
+
+T = TypeVar("T")
 
 
 def user(base: str, u: m.User) -> schema.User:
@@ -21,6 +25,7 @@ def user(base: str, u: m.User) -> schema.User:
         username=u.username,
         email=u.email,
         is_staff=u.is_staff,
+        groups=f"{base}/api/v1/users/{u.id}/groups/",
     )
 
 
@@ -110,8 +115,27 @@ def parameter_value(base: str, v: m.ParameterValue, p: m.PluginParameter) -> sch
 
 
 async def feed(base: str, session: AsyncSession, f: m.Feed) -> schema.Feed:
-    owner = await session.get(m.User, f.owner_id)
-    counts = await status_counts(session, f.id or 0)
+    """One feed (see :func:`feeds` for a page of them)."""
+    return (await feeds(base, session, [f]))[0]
+
+
+async def feeds(base: str, session: AsyncSession, rows: Sequence[m.Feed]) -> list[schema.Feed]:
+    """Feeds with their owners and job counts, loaded in two queries for the page."""
+    ids = [f.id for f in rows]
+    owners = await _by_id(session, m.User, {f.owner_id for f in rows})
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    if ids:
+        found = await session.exec(
+            select(m.PluginInstance.feed_id, m.PluginInstance.status, func.count())
+            .where(col(m.PluginInstance.feed_id).in_(ids))
+            .group_by(col(m.PluginInstance.feed_id), col(m.PluginInstance.status))
+        )
+        for feed_id, status, n in found.all():
+            counts[feed_id][status] = n
+    return [_feed(base, f, owners.get(f.owner_id), counts[f.id or 0]) for f in rows]
+
+
+def _feed(base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int]) -> schema.Feed:
     url = f"{base}/api/v1/{f.id}/"
     return schema.Feed(
         url=url,
@@ -132,23 +156,76 @@ async def feed(base: str, session: AsyncSession, f: m.Feed) -> schema.Feed:
         cancelled_jobs=counts.get("cancelled", 0),
         plugin_instances=f"{url}plugininstances/",
         files=f"{url}files/",
+        note=f"{base}/api/v1/note{f.id}/",
+        comments=f"{url}comments/",
+        tags=f"{url}tags/",
+        taggings=f"{url}taggings/",
+        user_permissions=f"{url}userpermissions/",
+        group_permissions=f"{url}grouppermissions/",
+        owner=f"{base}/api/v1/users/{f.owner_id}/",
     )
 
 
+async def _by_id(session: AsyncSession, model: type[T], ids: set[int]) -> dict[int, T]:
+    """Rows of ``model`` with these primary keys, in one query."""
+    if not ids:
+        return {}
+    rows = await session.exec(select(model).where(col(model.id).in_(ids)))  # type: ignore[attr-defined]
+    return {r.id: r for r in rows.all()}  # type: ignore[attr-defined]
+
+
 async def instance(base: str, session: AsyncSession, i: m.PluginInstance) -> schema.PluginInstance:
-    p = await session.get(m.Plugin, i.plugin_id)
-    assert p is not None
-    meta = await session.get(m.PluginMeta, p.meta_id)
-    resource = await session.get(m.ComputeResource, i.compute_resource_id)
-    owner = await session.get(m.User, i.owner_id)
-    assert meta is not None and resource is not None and owner is not None
-    history = (
-        await session.exec(
+    """One plugin instance (see :func:`instances` for a page of them)."""
+    return (await instances(base, session, [i]))[0]
+
+
+async def instances(
+    base: str, session: AsyncSession, rows: Sequence[m.PluginInstance]
+) -> list[schema.PluginInstance]:
+    """Plugin instances with their plugins, sites, owners and status histories.
+
+    The related rows of the whole page are loaded in five queries, not five
+    per instance (a page of 100 was 500 round trips).
+    """
+    plugins = await _by_id(session, m.Plugin, {i.plugin_id for i in rows})
+    metas = await _by_id(session, m.PluginMeta, {p.meta_id for p in plugins.values()})
+    resources = await _by_id(session, m.ComputeResource, {i.compute_resource_id for i in rows})
+    owners = await _by_id(session, m.User, {i.owner_id for i in rows})
+    history: dict[int, list[m.StatusChange]] = defaultdict(list)
+    if rows:
+        found = await session.exec(
             select(m.StatusChange)
-            .where(m.StatusChange.plugin_inst_id == i.id)
+            .where(col(m.StatusChange.plugin_inst_id).in_([i.id for i in rows]))
             .order_by(m.StatusChange.id)  # type: ignore[arg-type]
         )
-    ).all()
+        for h in found.all():
+            history[h.plugin_inst_id].append(h)
+    out = []
+    for i in rows:
+        p = plugins[i.plugin_id]
+        out.append(
+            _instance(
+                base,
+                i,
+                p,
+                metas[p.meta_id],
+                resources[i.compute_resource_id],
+                owners[i.owner_id],
+                history[i.id or 0],
+            )
+        )
+    return out
+
+
+def _instance(
+    base: str,
+    i: m.PluginInstance,
+    p: m.Plugin,
+    meta: m.PluginMeta,
+    resource: m.ComputeResource,
+    owner: m.User,
+    history: Sequence[m.StatusChange],
+) -> schema.PluginInstance:
     url = f"{base}/api/v1/plugins/instances/{i.id}/"
     status = schema.InstanceStatus(i.status)
     return schema.PluginInstance(
@@ -210,6 +287,7 @@ def user_file(base: str, f: m.StoredFile, owner_username: str) -> schema.UserFil
         public=f.public,
         owner_username=owner_username,
         file_resource=f"{url}{_basename(f.fname)}",
+        owner=f"{base}/api/v1/users/{f.owner_id}/",
     )
 
 
@@ -224,4 +302,271 @@ def instance_file(base: str, f: m.StoredFile, feed_id: int) -> schema.PluginInst
         plugin_inst_id=schema.PluginInstanceId(f.plugin_inst_id or 0),
         file_resource=f"{base}/api/v1/files/{f.id}/{_basename(f.fname)}",
         plugin_inst=f"{base}/api/v1/plugins/instances/{f.plugin_inst_id}/",
+    )
+
+
+def group(base: str, g: m.Group) -> schema.Group:
+    url = f"{base}/api/v1/groups/{g.id}/"
+    return schema.Group(url=url, id=schema.GroupId(g.id or 0), name=g.name, users=f"{url}users/")
+
+
+def group_user(base: str, gm: m.GroupMember, g: m.Group, u: m.User) -> schema.GroupUser:
+    return schema.GroupUser(
+        url=f"{base}/api/v1/groups/users/{gm.id}/",
+        id=gm.id or 0,
+        group_id=schema.GroupId(g.id or 0),
+        group_name=g.name,
+        user_id=schema.UserId(u.id or 0),
+        username=u.username,
+        group=f"{base}/api/v1/groups/{g.id}/",
+        user=f"{base}/api/v1/users/{u.id}/",
+    )
+
+
+def chris_instance(base: str, c: m.ChrisInstance) -> schema.ChrisInstance:
+    return schema.ChrisInstance(
+        url=f"{base}/api/v1/chrisinstance/{c.id}/",
+        id=c.id or 0,
+        creation_date=as_utc(c.creation_date),  # type: ignore[arg-type]
+        name=c.name,
+        uuid=c.uuid,
+        job_id_prefix=c.job_id_prefix,
+        description=c.description,
+    )
+
+
+def plugin_meta(base: str, meta: m.PluginMeta) -> schema.PluginMeta:
+    url = f"{base}/api/v1/plugins/metas/{meta.id}/"
+    return schema.PluginMeta(
+        url=url,
+        id=meta.id or 0,
+        creation_date=as_utc(meta.creation_date),  # type: ignore[arg-type]
+        name=meta.name,
+        title=meta.title,
+        stars=meta.stars,
+        public_repo=meta.public_repo,
+        license=meta.license,
+        type=PluginType(meta.type),
+        icon=meta.icon,
+        category=meta.category,
+        authors=meta.authors,
+        documentation=meta.documentation,
+        plugins=f"{url}plugins/",
+    )
+
+
+def user_permission(
+    base: str, p: m.FeedUserPermission, f: m.Feed, u: m.User
+) -> schema.FeedUserPermission:
+    return schema.FeedUserPermission(
+        url=f"{base}/api/v1/userpermissions/{p.id}/",
+        id=p.id or 0,
+        feed_id=schema.FeedId(f.id or 0),
+        feed_name=f.name,
+        user_id=schema.UserId(u.id or 0),
+        user_username=u.username,
+        feed=f"{base}/api/v1/{f.id}/",
+        user=f"{base}/api/v1/users/{u.id}/",
+    )
+
+
+def group_permission(
+    base: str, p: m.FeedGroupPermission, f: m.Feed, g: m.Group
+) -> schema.FeedGroupPermission:
+    return schema.FeedGroupPermission(
+        url=f"{base}/api/v1/grouppermissions/{p.id}/",
+        id=p.id or 0,
+        feed_id=schema.FeedId(f.id or 0),
+        feed_name=f.name,
+        group_id=schema.GroupId(g.id or 0),
+        group_name=g.name,
+        feed=f"{base}/api/v1/{f.id}/",
+        group=f"{base}/api/v1/groups/{g.id}/",
+    )
+
+
+def note(base: str, n: m.Note) -> schema.Note:
+    return schema.Note(
+        url=f"{base}/api/v1/note{n.feed_id}/",
+        id=n.id or 0,
+        title=n.title,
+        content=n.content,
+        feed=f"{base}/api/v1/{n.feed_id}/",
+    )
+
+
+def comment(base: str, c: m.Comment, owner_username: str) -> schema.Comment:
+    return schema.Comment(
+        url=f"{base}/api/v1/comments/{c.id}/",
+        id=c.id or 0,
+        creation_date=as_utc(c.creation_date),  # type: ignore[arg-type]
+        title=c.title,
+        owner_username=owner_username,
+        content=c.content,
+        feed=f"{base}/api/v1/{c.feed_id}/",
+    )
+
+
+def tag(base: str, t: m.Tag, owner_username: str) -> schema.Tag:
+    url = f"{base}/api/v1/tags/{t.id}/"
+    return schema.Tag(
+        url=url,
+        id=t.id or 0,
+        name=t.name,
+        owner_username=owner_username,
+        color=t.color,
+        feeds=f"{url}feeds/",
+        taggings=f"{url}taggings/",
+    )
+
+
+def tagging(base: str, t: m.Tagging) -> schema.Tagging:
+    return schema.Tagging(
+        url=f"{base}/api/v1/taggings/{t.id}/",
+        id=t.id or 0,
+        tag_id=t.tag_id,
+        feed_id=schema.FeedId(t.feed_id),
+        tag=f"{base}/api/v1/tags/{t.tag_id}/",
+        feed=f"{base}/api/v1/{t.feed_id}/",
+    )
+
+
+def download_token(base: str, t: m.DownloadToken, owner_username: str) -> schema.DownloadToken:
+    return schema.DownloadToken(
+        url=f"{base}/api/v1/downloadtokens/{t.id}/",
+        id=t.id or 0,
+        creation_date=as_utc(t.creation_date),  # type: ignore[arg-type]
+        token=t.token,
+        owner_username=owner_username,
+        owner=f"{base}/api/v1/users/{t.owner_id}/",
+    )
+
+
+def folder(base: str, f: m.Folder, parent_id: int | None) -> schema.Folder:
+    url = f"{base}/api/v1/filebrowser/{f.id}/"
+    return schema.Folder(
+        url=url,
+        id=schema.FolderId(f.id or 0),
+        creation_date=as_utc(f.creation_date),  # type: ignore[arg-type]
+        path=f.path,
+        parent=f"{base}/api/v1/filebrowser/{parent_id}/" if parent_id else None,
+        children=f"{url}children/",
+        files=f"{url}files/",
+        link_files=f"{url}linkfiles/",
+    )
+
+
+def folder_file(
+    base: str, f: m.StoredFile, owner_username: str, folder_id: int
+) -> schema.FolderFile:
+    url = f"{base}/api/v1/filebrowser/files/{f.id}/"
+    return schema.FolderFile(
+        url=url,
+        id=schema.FileId(f.id or 0),
+        creation_date=as_utc(f.creation_date),  # type: ignore[arg-type]
+        fname=f.fname,
+        fsize=f.fsize,
+        public=f.public,
+        owner_username=owner_username,
+        file_resource=f"{url}{_basename(f.fname)}",
+        parent_folder=f"{base}/api/v1/filebrowser/{folder_id}/",
+    )
+
+
+def link_file(
+    base: str, f: m.StoredFile, target: str, owner_username: str, folder_id: int
+) -> schema.LinkFile:
+    url = f"{base}/api/v1/filebrowser/linkfiles/{f.id}/"
+    return schema.LinkFile(
+        url=url,
+        id=schema.FileId(f.id or 0),
+        creation_date=as_utc(f.creation_date),  # type: ignore[arg-type]
+        path=target,
+        fname=f.fname,
+        fsize=f.fsize,
+        public=f.public,
+        owner_username=owner_username,
+        file_resource=f"{url}{_basename(f.fname)}",
+        parent_folder=f"{base}/api/v1/filebrowser/{folder_id}/",
+    )
+
+
+def pacs(base: str, p: m.PacsService) -> schema.Pacs:
+    url = f"{base}/api/v1/pacs/{p.id}/"
+    return schema.Pacs(
+        url=url,
+        id=p.id or 0,
+        identifier=p.identifier,
+        active=p.active,
+        folder_path=f"SERVICES/PACS/{p.identifier}",
+        query_list=f"{url}queries/",
+        series_list=f"{url}series/",
+    )
+
+
+def pacs_query(
+    base: str, q: m.PacsQuery, p: m.PacsService, owner_username: str
+) -> schema.PacsQuery:
+    return schema.PacsQuery(
+        url=f"{base}/api/v1/pacs/queries/{q.id}/",
+        id=q.id or 0,
+        creation_date=as_utc(q.creation_date),  # type: ignore[arg-type]
+        title=q.title,
+        query=q.query,
+        description=q.description,
+        status=q.status,
+        result=q.result,
+        execute=q.execute,
+        owner_username=owner_username,
+        pacs_id=p.id or 0,
+        pacs_identifier=p.identifier,
+        pacs=f"{base}/api/v1/pacs/{p.id}/",
+    )
+
+
+def pacs_series(base: str, s: m.PacsSeries, p: m.PacsService) -> schema.PacsSeries:
+    url = f"{base}/api/v1/pacs/series/{s.id}/"
+    return schema.PacsSeries(
+        url=url,
+        id=s.id or 0,
+        creation_date=as_utc(s.creation_date),  # type: ignore[arg-type]
+        PatientID=s.PatientID,
+        PatientName=s.PatientName,
+        PatientBirthDate=s.PatientBirthDate,
+        PatientAge=s.PatientAge,
+        PatientSex=s.PatientSex,
+        StudyDate=s.StudyDate,
+        AccessionNumber=s.AccessionNumber,
+        Modality=s.Modality,
+        ProtocolName=s.ProtocolName,
+        StudyInstanceUID=s.StudyInstanceUID,
+        StudyDescription=s.StudyDescription,
+        SeriesInstanceUID=s.SeriesInstanceUID,
+        SeriesDescription=s.SeriesDescription,
+        pacs_identifier=p.identifier,
+        folder_path=s.folder_path,
+        pacs=f"{base}/api/v1/pacs/{p.id}/",
+        files=f"{base}/api/v1/pacs/files/search/?series_id={s.id}",
+    )
+
+
+def pacs_file(
+    base: str, pf: m.PacsFile, f: m.StoredFile, s: m.PacsSeries, p: m.PacsService, owner: str
+) -> schema.PacsFile:
+    url = f"{base}/api/v1/pacs/files/{pf.id}/"
+    return schema.PacsFile(
+        url=url,
+        id=schema.FileId(pf.id or 0),
+        creation_date=as_utc(f.creation_date),  # type: ignore[arg-type]
+        fname=f.fname,
+        fsize=f.fsize,
+        public=f.public,
+        owner_username=owner,
+        PatientID=s.PatientID,
+        StudyInstanceUID=s.StudyInstanceUID,
+        SeriesInstanceUID=s.SeriesInstanceUID,
+        pacs_identifier=p.identifier,
+        file_resource=f"{url}{_basename(f.fname)}",
+        series=f"{base}/api/v1/pacs/series/{s.id}/",
+        pacs=f"{base}/api/v1/pacs/{p.id}/",
     )

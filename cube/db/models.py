@@ -206,3 +206,180 @@ class StoredFile(SQLModel, table=True):
     plugin_inst_id: int | None = Field(default=None, foreign_key="plugin_instance.id", index=True)
     public: bool = False
     creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+# -- API compatibility (issue 5): groups, sharing, notes, comments, tags, -----------
+# -- download tokens, the ChRIS instance and PACS ------------------------------------
+
+
+class Group(SQLModel, table=True):
+    """A named set of users (staff-managed); feeds can be shared with one."""
+
+    __tablename__ = "user_group"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=150)
+
+
+class GroupMember(SQLModel, table=True):
+    __tablename__ = "group_member"
+    __table_args__ = (UniqueConstraint("group_id", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    group_id: int = Field(foreign_key="user_group.id", index=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+
+
+class FeedUserPermission(SQLModel, table=True):
+    """A feed shared with one user: read access to it, its instances and files."""
+
+    __tablename__ = "feed_user_permission"
+    __table_args__ = (UniqueConstraint("feed_id", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed_id: int = Field(foreign_key="feed.id", index=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+
+
+class FeedGroupPermission(SQLModel, table=True):
+    """A feed shared with every member of a group (read access)."""
+
+    __tablename__ = "feed_group_permission"
+    __table_args__ = (UniqueConstraint("feed_id", "group_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed_id: int = Field(foreign_key="feed.id", index=True)
+    group_id: int = Field(foreign_key="user_group.id", index=True)
+
+
+class Note(SQLModel, table=True):
+    """The one note of a feed (created with the feed's first read)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    feed_id: int = Field(foreign_key="feed.id", index=True, unique=True)
+    title: str = Field(default="", max_length=100)
+    content: str = ""
+
+
+class Comment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    feed_id: int = Field(foreign_key="feed.id", index=True)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    title: str = Field(default="", max_length=100)
+    content: str = ""
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class Tag(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    color: str = Field(max_length=20)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+
+
+class Tagging(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("tag_id", "feed_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    tag_id: int = Field(foreign_key="tag.id", index=True)
+    feed_id: int = Field(foreign_key="feed.id", index=True)
+
+
+class DownloadToken(SQLModel, table=True):
+    """A short-lived token that lets its owner download by URL (``?download_token=``)."""
+
+    __tablename__ = "download_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token: str = Field(index=True, unique=True, max_length=64)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class ChrisInstance(SQLModel, table=True):
+    """This CUBE's identity (one row): name, a stable uuid, the job id prefix."""
+
+    __tablename__ = "chris_instance"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = "ChRIS instance"
+    uuid: str = Field(max_length=36)
+    job_id_prefix: str = "chris-jid-"
+    description: str = ""
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PacsService(SQLModel, table=True):
+    """A PACS that the DICOM bridge talks to (ChRIS ``PACS``)."""
+
+    __tablename__ = "pacs_service"
+
+    id: int | None = Field(default=None, primary_key=True)
+    identifier: str = Field(index=True, unique=True, max_length=20)
+    active: bool = True
+
+
+class PacsQuery(SQLModel, table=True):
+    """A query a user sent to a PACS and what it answered."""
+
+    __tablename__ = "pacs_query"
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(max_length=300)
+    query: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    description: str = ""
+    pacs_id: int = Field(foreign_key="pacs_service.id", index=True)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    status: str = "created"
+    result: str = ""
+    execute: bool = True
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PacsSeries(SQLModel, table=True):
+    """A DICOM series received from a PACS, stored under ``SERVICES/PACS/<pacs>/``."""
+
+    __tablename__ = "pacs_series"
+    __table_args__ = (UniqueConstraint("pacs_id", "SeriesInstanceUID"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pacs_id: int = Field(foreign_key="pacs_service.id", index=True)
+    PatientID: str = Field(default="", max_length=100, index=True)
+    PatientName: str = Field(default="", max_length=150)
+    PatientBirthDate: str = Field(default="", max_length=8)
+    PatientAge: int | None = None
+    PatientSex: str = Field(default="", max_length=2)
+    StudyDate: str = Field(default="", max_length=8)
+    AccessionNumber: str = Field(default="", max_length=100)
+    Modality: str = Field(default="", max_length=15)
+    ProtocolName: str = Field(default="", max_length=64)
+    StudyInstanceUID: str = Field(default="", max_length=100, index=True)
+    StudyDescription: str = Field(default="", max_length=400)
+    SeriesInstanceUID: str = Field(max_length=100, index=True)
+    SeriesDescription: str = Field(default="", max_length=400)
+    #: Storage folder of the series' files.
+    folder_path: str = Field(max_length=1024)
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PacsFile(SQLModel, table=True):
+    """A stored DICOM file of a PACS series."""
+
+    __tablename__ = "pacs_file"
+
+    id: int | None = Field(default=None, primary_key=True)
+    file_id: int = Field(foreign_key="stored_file.id", index=True, unique=True)
+    series_id: int = Field(foreign_key="pacs_series.id", index=True)
+
+
+class Folder(SQLModel, table=True):
+    """A folder of the file browser, given an id when first looked at.
+
+    Folders are implied by stored files' paths; a row only pins the id that
+    the ``filebrowser/<id>/`` URLs carry.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: Storage path of the folder (``""`` is the root).
+    path: str = Field(index=True, unique=True, max_length=1024)
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

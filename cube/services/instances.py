@@ -36,7 +36,7 @@ from cube.db.models import (
 )
 from cube.errors import BadRequest, NotFound, PermissionDenied
 from cube.schema import TERMINAL_STATUSES, InstanceStatus
-from cube.services import placement
+from cube.services import feeds, placement
 from cube.services.plugins import get_plugin, plugin_parameters
 from cube.storage import check_storage_path
 
@@ -92,7 +92,7 @@ async def transition(
 
 
 async def visible_instance(session: AsyncSession, user: User, inst_id: int) -> PluginInstance:
-    """An instance the user may see (owner, staff, or public feed).
+    """An instance the user may see (owner, staff, public or shared feed).
 
     Raises:
         NotFound: no such instance, or not visible.
@@ -100,10 +100,8 @@ async def visible_instance(session: AsyncSession, user: User, inst_id: int) -> P
     inst = await session.get(PluginInstance, inst_id)
     if inst is None:
         raise NotFound("Not found.")
-    if inst.owner_id != user.id and not user.is_staff:
-        feed = await session.get(Feed, inst.feed_id)
-        if feed is None or not feed.public:
-            raise NotFound("Not found.")
+    if inst.owner_id != user.id and not await feeds.can_read(session, user, inst.feed_id):
+        raise NotFound("Not found.")
     return inst
 
 

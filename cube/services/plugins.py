@@ -234,6 +234,28 @@ async def register_plugin(
     return plugin
 
 
+async def add_compute_resources(
+    session: AsyncSession, plugin_id: int, compute_names: Sequence[str]
+) -> tuple[Plugin, PluginMeta]:
+    """Make a registered plugin runnable on more compute resources (admin PUT).
+
+    Raises:
+        NotFound: no such plugin.
+        BadRequest: no name, or an unknown compute resource.
+    """
+    plugin, meta = await get_plugin(session, plugin_id)
+    if not compute_names:
+        raise BadRequest.field("compute_names", "at least one compute resource is required")
+    linked = {r.id for r in await plugin_resources(session, plugin_id)}
+    for r in await resources_by_names(session, compute_names):
+        if r.id not in linked:
+            assert r.id is not None
+            session.add(PluginComputeResource(plugin_id=plugin_id, compute_resource_id=r.id))
+            linked.add(r.id)
+    await session.flush()
+    return plugin, meta
+
+
 async def get_plugin(session: AsyncSession, plugin_id: int) -> tuple[Plugin, PluginMeta]:
     """A plugin and its meta.
 

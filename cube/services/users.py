@@ -11,11 +11,12 @@ import hashlib
 import hmac
 import re
 import secrets
+from datetime import timedelta
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from cube.db.models import Token, User
+from cube.db.models import DownloadToken, Token, User, as_utc, utcnow
 from cube.errors import BadRequest, Conflict, NotAuthenticated
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -112,4 +113,37 @@ async def user_for_token(session: AsyncSession, key: str) -> User:
     user = await session.get(User, row.user_id) if row else None
     if user is None:
         raise NotAuthenticated("Invalid token.")
+    return user
+
+
+#: How long a download token lets its owner fetch files by URL (s).
+DOWNLOAD_TOKEN_SECONDS = 600
+
+
+async def create_download_token(session: AsyncSession, user: User) -> DownloadToken:
+    """A new download token of ``user`` (for ``?download_token=`` on file URLs)."""
+    assert user.id is not None
+    row = DownloadToken(token=secrets.token_urlsafe(32), owner_id=user.id)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def user_for_download_token(session: AsyncSession, key: str) -> User:
+    """The owner of an unexpired download token.
+
+    Raises:
+        NotAuthenticated: no such token, or it expired.
+    """
+    row = (await session.exec(select(DownloadToken).where(DownloadToken.token == key))).first()
+    created = as_utc(row.creation_date) if row else None
+    if (
+        row is None
+        or created is None
+        or utcnow() - created > timedelta(seconds=DOWNLOAD_TOKEN_SECONDS)
+    ):
+        raise NotAuthenticated("Invalid or expired download token.")
+    user = await session.get(User, row.owner_id)
+    if user is None:
+        raise NotAuthenticated("Invalid or expired download token.")
     return user

@@ -13,6 +13,9 @@ from cube.app import create_app
 from cube.settings import CubeSettings
 
 ADMIN = ("chris", "chris1234")
+#: Test clients ask for DRF JSON; with no Accept (or ``*/*``) CUBE answers in
+#: Collection+JSON, ChRIS's default.
+JSON_ACCEPT = {"Accept": "application/json"}
 
 FS_DESCRIPTOR: dict[str, Any] = {
     "name": "pl-fscopy",
@@ -58,7 +61,7 @@ def cube_settings(tmp_path: Path) -> CubeSettings:
 
 @pytest.fixture
 async def api(aiohttp_client: Callable[..., Any], cube_settings: CubeSettings) -> TestClient:
-    return await aiohttp_client(create_app(cube_settings))  # type: ignore[no-any-return]
+    return await aiohttp_client(create_app(cube_settings), headers=JSON_ACCEPT)  # type: ignore[no-any-return]
 
 
 async def token_for(api: TestClient, username: str, password: str) -> dict[str, str]:

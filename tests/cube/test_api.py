@@ -32,7 +32,9 @@ async def test_auth_token_and_missing_token(api: TestClient) -> None:
     good = await token_for(api, "chris", "chris1234")
     feeds = await api.get("/api/v1/", headers=good)
     assert feeds.status == 200
-    assert (await feeds.json()) == {"count": 0, "next": None, "previous": None, "results": []}
+    body = await feeds.json()
+    assert "plugins" in body.pop("collection_links")
+    assert body == {"count": 0, "next": None, "previous": None, "results": []}
 
 
 async def test_basic_auth_is_accepted(api: TestClient) -> None:

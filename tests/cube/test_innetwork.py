@@ -32,7 +32,7 @@ from pfcon.schema import (
     OutputListing,
     PfconServerInfo,
 )
-from tests.cube.conftest import ADMIN, DS_DESCRIPTOR, FS_DESCRIPTOR, token_for
+from tests.cube.conftest import ADMIN, DS_DESCRIPTOR, FS_DESCRIPTOR, JSON_ACCEPT, token_for
 from tests.cube.test_api import upload
 from tests.cube.test_placement import FakeSite, jid, register, run, until
 from tests.support.components import free_port
@@ -268,7 +268,7 @@ async def test_the_scheduler_sends_paths_and_registers_files_in_place(
     aiohttp_client: Callable[..., Any], tmp_path: Path, sites: Any
 ) -> None:
     settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False, sweep_seconds=30)
-    api: TestClient = await aiohttp_client(create_app(settings))
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
     admin = await token_for(api, *ADMIN)
     root = api.app[STORAGE].local_path("x").parent
     shared: dict[str, FakeSharedSite] = {}

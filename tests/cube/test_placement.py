@@ -36,7 +36,7 @@ from pfcon.schema import (
     JobSubmitted,
     PfconServerInfo,
 )
-from tests.cube.conftest import ADMIN, FS_DESCRIPTOR, token_for
+from tests.cube.conftest import ADMIN, FS_DESCRIPTOR, JSON_ACCEPT, token_for
 from tests.cube.test_api import upload
 
 GPU_DESCRIPTOR: dict[str, Any] = dict(
@@ -332,7 +332,7 @@ async def fabric(
     work is kicked and waiting instances are woken by an end, not polled.
     """
     settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False, sweep_seconds=30)
-    api: TestClient = await aiohttp_client(create_app(settings))
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
     admin = await token_for(api, *ADMIN)
     sites: dict[str, FakeSite] = {}
 

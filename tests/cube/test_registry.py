@@ -41,7 +41,7 @@ from cube.registry import (
 from cube.registry.schema import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from cube.services.plugin_images import descriptor_from_image
 from cube.settings import CubeSettings
-from tests.cube.conftest import DS_DESCRIPTOR, token_for
+from tests.cube.conftest import DS_DESCRIPTOR, JSON_ACCEPT, token_for
 from tests.support.busybox import ensure_busybox_image
 from tests.support.components import free_port
 from tests.support.registry import Registry, build_labelled_image, push
@@ -536,7 +536,7 @@ async def reg_api(
     settings = CubeSettings(
         home=tmp_path / "cube", run_scheduler=False, registry_credentials=reg_client_creds
     )
-    api: TestClient = await aiohttp_client(create_app(settings))
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
     admin = await token_for(api, "chris", "chris1234")
     resp = await api.post(
         "/chris-admin/api/v1/computeresources/",

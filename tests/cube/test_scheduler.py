@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from cube.app import create_app
 from cube.settings import CubeSettings
-from tests.cube.conftest import ADMIN, FS_DESCRIPTOR, token_for
+from tests.cube.conftest import ADMIN, FS_DESCRIPTOR, JSON_ACCEPT, token_for
 from tests.cube.test_api import upload
 from tests.support.components import free_port
 
@@ -23,7 +23,7 @@ async def test_unreachable_site_is_retried_visibly_and_cancellable(
     settings = CubeSettings(
         home=tmp_path / "cube", run_scheduler=True, retry_min_seconds=0.1, retry_max_seconds=0.5
     )
-    api: TestClient = await aiohttp_client(create_app(settings))
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
     admin = await token_for(api, *ADMIN)
     dead = f"http://127.0.0.1:{free_port()}/api/v1/"  # nothing listens there
     resp = await api.post(
