@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cube.api import feeds, plugins
+from cube.api import feeds, pipelines, plugins
 from cube.api.common import (
     HUB,
     REGISTRY,
@@ -38,6 +38,7 @@ def create_app(settings: CubeSettings | None = None) -> web.Application:
     app.cleanup_ctx.append(_registry)
     app.router.add_routes(plugins.routes)
     app.router.add_routes(feeds.routes)
+    app.router.add_routes(pipelines.routes)
     return app
 
 

@@ -257,3 +257,111 @@ class PluginInstanceFile(_Wire):
     plugin_inst_id: PluginInstanceId
     file_resource: str
     plugin_inst: str
+
+
+# -- pipelines and workflows (reference §1.3, §6) ----------------------------------
+
+PipelineId = NewType("PipelineId", int)
+PipingId = NewType("PipingId", int)
+WorkflowId = NewType("WorkflowId", int)
+
+
+class Pipeline(_Wire):
+    url: str
+    id: PipelineId
+    name: str
+    locked: bool
+    authors: str
+    category: str
+    description: str
+    owner_username: str
+    creation_date: datetime
+    modification_date: datetime
+    plugins: str
+    plugin_pipings: str
+    default_parameters: str
+    workflows: str
+    json_repr: str
+
+
+class PipelineExport(_Wire):
+    """A pipeline as ``pipelines/<id>/json/`` gives it (``plugin_tree`` a JSON string)."""
+
+    url: str = ""
+    name: str
+    locked: bool
+    authors: str
+    category: str
+    description: str
+    plugin_tree: str
+
+
+class PluginPiping(_Wire):
+    """One node of a pipeline."""
+
+    url: str
+    id: PipingId
+    title: str
+    previous_id: PipingId | None
+    plugin_id: PluginId
+    plugin_name: str
+    plugin_version: str
+    pipeline_id: PipelineId
+    cpu_limit: int
+    memory_limit: int
+    number_of_workers: int
+    gpu_limit: int
+    previous: str | None
+    plugin: str
+    pipeline: str
+
+
+class PipingDefaultParameter(_Wire):
+    """The default a pipeline node gives one plugin parameter."""
+
+    url: str
+    id: int
+    value: Any
+    type: str  # API names: string, integer, float, boolean, path, unextpath
+    plugin_piping_id: PipingId
+    plugin_piping_title: str
+    param_name: str
+    param_id: ParameterId
+    plugin_name: str
+    plugin_version: str
+    plugin_piping: str
+    plugin_param: str
+
+
+class Workflow(_Wire):
+    url: str
+    id: WorkflowId
+    creation_date: datetime
+    title: str
+    pipeline_id: PipelineId
+    pipeline_name: str
+    owner_username: str
+    created_jobs: int = 0
+    waiting_jobs: int = 0
+    scheduled_jobs: int = 0
+    started_jobs: int = 0
+    registering_jobs: int = 0
+    finished_jobs: int = 0
+    errored_jobs: int = 0
+    cancelled_jobs: int = 0
+    pipeline: str
+    plugin_instances: str
+
+
+class PipelineSourceFile(_Wire):
+    url: str
+    id: int
+    creation_date: datetime
+    fname: str
+    fsize: int
+    type: str
+    owner_username: str
+    pipeline_id: PipelineId
+    pipeline_name: str
+    file_resource: str
+    pipeline: str
