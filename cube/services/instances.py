@@ -17,6 +17,7 @@ from chris_sdk.descriptor import (
     parse_cpu_millicores,
     parse_memory_mib,
 )
+from chris_sdk.topology import parse_filters, parse_instance_ids
 from sqlalchemy import update
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -327,12 +328,14 @@ async def _ts_parents(
         errors["previous_id"] = ["ts plugins need a previous_id or plugininstances"]
         return None, []
     try:
-        ids = topology.check_ts_options(
-            raw_ids or str(prev_raw), str(data.get(topology.TS_FILTER) or "")
-        )
+        ids = parse_instance_ids(raw_ids or str(prev_raw))
     except ValueError as exc:
-        key = topology.TS_FILTER if "filter" in str(exc) else topology.TS_PLUGININSTANCES
-        errors[key] = [str(exc)]
+        errors[topology.TS_PLUGININSTANCES] = [str(exc)]
+        return None, []
+    try:
+        parse_filters(str(data.get(topology.TS_FILTER) or ""), len(ids))
+    except ValueError as exc:
+        errors[topology.TS_FILTER] = [str(exc)]
         return None, []
     if prev_raw in (None, ""):
         prev_id = ids[0]

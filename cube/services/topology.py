@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from chris_sdk.descriptor import PluginType
-from chris_sdk.topology import join_plan, parse_filters, parse_instance_ids
+from chris_sdk.topology import join_plan, parse_filters
 from sqlalchemy.orm import aliased
 from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -179,17 +179,6 @@ async def ts_options(session: AsyncSession, inst_id: int) -> dict[str, Any]:
         TS_FILTER: str(given.get(TS_FILTER) or ""),
         TS_GROUP_BY_INSTANCE: given.get(TS_GROUP_BY_INSTANCE) is True,
     }
-
-
-def check_ts_options(plugininstances: str, filters: str) -> list[int]:
-    """The parent ids of a ts instance's parameters, checked with the join's rules.
-
-    Raises:
-        ValueError: malformed ids or filters (the message names which).
-    """
-    ids = parse_instance_ids(plugininstances)
-    parse_filters(filters, len(ids))
-    return ids
 
 
 async def instance_inputs(session: AsyncSession, inst: PluginInstance) -> list[tuple[str, str]]:

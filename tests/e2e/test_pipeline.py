@@ -63,7 +63,17 @@ def renamed(rel: str, prefix: str) -> str:
 async def test_workflow_with_ts_joins_on_local_backend(
     local_stack: tuple[Stack, CubeClient], tmp_path: Path
 ) -> None:
-    _stack, client = local_stack
+    await _run_workflow(local_stack[1], tmp_path)
+
+
+async def test_workflow_with_ts_joins_in_network(
+    innetwork_stack: tuple[Stack, CubeClient], tmp_path: Path
+) -> None:
+    """The same with the site sharing CUBE's storage (no zip either way)."""
+    await _run_workflow(innetwork_stack[1], tmp_path)
+
+
+async def _run_workflow(client: CubeClient, tmp_path: Path) -> None:
     folder = "home/chris/uploads/wf"
     for rel, data in TREE.items():
         local = tmp_path / "upload" / rel
