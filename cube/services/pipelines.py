@@ -5,7 +5,8 @@ A pipeline is defined as in ChRIS: ``name``, ``authors``, ``category``,
 list as a JSON string, as ChRIS clients send it), each with:
 
 * ``title`` (unique in the pipeline) and ``previous`` (the title of its
-  parent node; ``null`` for the one root);
+  parent node; ``null`` for the one root), or, in ChRIS's format before May
+  2023, ``previous_index`` (the parent's position in the list);
 * the plugin: ``plugin_name`` and ``plugin_version``, or ``plugin: "<name>
   v<version>"`` (YAML source files), or ``plugin_id``;
 * ``plugin_parameter_defaults``: ``[{"name": ..., "default": ...}]`` or a
@@ -23,6 +24,9 @@ comma-separated list of node titles that includes its ``previous`` (and its
 ``filter`` has one expression per listed node, or none); no cycle through
 ``previous`` and ``plugininstances`` links. A name already taken is a
 :class:`~cube.errors.Conflict`.
+
+Instead of ``plugin_tree``, ``plugin_inst_id`` snapshots an existing
+instance and its descendants (:func:`tree_of_instance`), as in ChRIS.
 
 Stored, every parameter of every node gets a default (the plugin's when the
 pipeline gives none), so the export (:func:`export_pipeline`, ChRIS's
@@ -52,6 +56,7 @@ from cube.db.models import (
     PipelineSourceFile,
     PipingDefaultParameter,
     Plugin,
+    PluginInstance,
     PluginMeta,
     PluginParameter,
     PluginPiping,
@@ -59,8 +64,9 @@ from cube.db.models import (
     utcnow,
 )
 from cube.errors import BadRequest, Conflict, NotFound, PermissionDenied
+from cube.services.instances import parameter_values, visible_instance
 from cube.services.plugins import plugin_parameters
-from cube.services.topology import TS_FILTER, TS_PLUGININSTANCES
+from cube.services.topology import TS_FILTER, TS_PLUGININSTANCES, children_of, ts_parent_ids
 from cube.storage import Storage, check_storage_path
 
 TREE = "plugin_tree"
@@ -121,10 +127,35 @@ class PipelineSpec(BaseModel):
         # ChRIS clients send the tree as a JSON string
         if isinstance(value, str):
             try:
-                return json.loads(value)
+                value = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"plugin_tree is not valid JSON: {exc}") from exc
-        return value
+        return _from_previous_index(value)
+
+
+def _from_previous_index(tree: Any) -> Any:
+    """Nodes in ChRIS's format before May 2023 name their parent by its position
+    in the list (``previous_index``); give them the parent's ``previous`` title."""
+    if not isinstance(tree, list) or not any(
+        isinstance(n, dict) and "previous_index" in n for n in tree
+    ):
+        return tree
+    converted = []
+    for n, node in enumerate(tree):
+        if not isinstance(node, dict) or "previous_index" not in node:
+            converted.append(node)
+            continue
+        node = dict(node)
+        index = node.pop("previous_index")
+        if index is None:
+            node.setdefault("previous", None)
+        elif isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(tree):
+            parent = tree[index]
+            node.setdefault("previous", parent.get("title") if isinstance(parent, dict) else None)
+        else:
+            raise ValueError(f"node {n}: previous_index {index!r} is not the index of a node")
+        converted.append(node)
+    return converted
 
 
 def parse_spec(data: dict[str, Any]) -> PipelineSpec:
@@ -387,6 +418,8 @@ async def create_pipeline(session: AsyncSession, user: User, data: dict[str, Any
         BadRequest: the definition breaks a rule.
         Conflict: a pipeline of that name exists.
     """
+    if data.get("plugin_inst_id") not in (None, "") and not data.get(TREE):
+        data = {**data, TREE: await tree_of_instance(session, user, data["plugin_inst_id"])}
     spec = parse_spec(data)
     nodes = await validate(session, spec)
     taken = (await session.exec(select(Pipeline.id).where(Pipeline.name == spec.name))).first()
@@ -430,6 +463,77 @@ async def create_pipeline(session: AsyncSession, user: User, data: dict[str, Any
             )
     await session.flush()
     return pipeline
+
+
+async def tree_of_instance(session: AsyncSession, user: User, raw_id: Any) -> list[dict[str, Any]]:
+    """The ``plugin_tree`` of an existing instance and its descendants (ChRIS's
+    ``plugin_inst_id``): each node gets the instance's parameters as defaults and
+    its limits; titles are the instances' (``<plugin>_<id>`` when empty or taken).
+
+    Raises:
+        BadRequest: not an instance the user may read, or a ts descendant with
+            a parent outside the subtree.
+    """
+    try:
+        root = await visible_instance(session, user, int(raw_id))
+    except (TypeError, ValueError):
+        raise BadRequest.field("plugin_inst_id", f"not an instance id: {raw_id!r}") from None
+    except NotFound:
+        raise BadRequest.field("plugin_inst_id", f"no plugin instance {raw_id}") from None
+    order: list[PluginInstance] = []
+    frontier = [root]
+    seen: set[int] = set()
+    while frontier:  # breadth-first: parents before children along previous links
+        inst = frontier.pop(0)
+        assert inst.id is not None
+        if inst.id in seen:
+            continue
+        seen.add(inst.id)
+        order.append(inst)
+        for child_id in await children_of(session, inst.id):
+            child = await session.get(PluginInstance, child_id)
+            if child is not None and child.previous_id == inst.id:
+                frontier.append(child)
+    titles: dict[int, str] = {}
+    for inst in order:
+        assert inst.id is not None
+        plugin = await session.get(Plugin, inst.plugin_id)
+        assert plugin is not None
+        meta = await session.get(PluginMeta, plugin.meta_id)
+        assert meta is not None
+        title = inst.title or f"{meta.name}_{inst.id}"
+        titles[inst.id] = title if title not in titles.values() else f"{title}_{inst.id}"
+    tree: list[dict[str, Any]] = []
+    for inst in order:
+        assert inst.id is not None
+        plugin = await session.get(Plugin, inst.plugin_id)
+        assert plugin is not None
+        meta = await session.get(PluginMeta, plugin.meta_id)
+        assert meta is not None
+        defaults = {p.name: v.value for v, p in await parameter_values(session, inst.id)}
+        if parents := await ts_parent_ids(session, inst.id):
+            if outside := [p for p in parents if p not in titles]:
+                raise BadRequest.field(
+                    "plugin_inst_id",
+                    f"instance {inst.id} joins instances {outside}, outside the subtree",
+                )
+            defaults[TS_PLUGININSTANCES] = ",".join(titles[p] for p in parents)
+        tree.append(
+            {
+                "title": titles[inst.id],
+                "previous": None if inst is root else titles[inst.previous_id or 0],
+                "plugin_name": meta.name,
+                "plugin_version": plugin.version,
+                "plugin_parameter_defaults": [
+                    {"name": k, "default": v} for k, v in defaults.items()
+                ],
+                "cpu_limit": inst.cpu_limit,
+                "memory_limit": inst.memory_limit,
+                "number_of_workers": inst.number_of_workers,
+                "gpu_limit": inst.gpu_limit,
+            }
+        )
+    return tree
 
 
 def can_see(user: User, pipeline: Pipeline) -> bool:

@@ -467,3 +467,72 @@ async def test_a_workflow_needs_access_to_the_previous_instance(
     )
     assert resp.status == 400
     assert "no plugin instance" in json.dumps(await resp.json())
+
+
+async def test_legacy_previous_index_nodes(
+    api: TestClient, admin: dict[str, str], plugins: dict[str, int]
+) -> None:
+    """ChRIS's tree format before May 2023: parents by position (``previous_index``)."""
+    tree = [
+        {
+            "title": "a",
+            "plugin_name": "pl-dsthing",
+            "plugin_version": "2.0",
+            "previous_index": None,
+        },
+        {"title": "b", "plugin_name": "pl-dsthing", "plugin_version": "2.0", "previous_index": 0},
+        {"title": "c", "plugin_name": "pl-dsthing", "plugin_version": "2.0", "previous_index": 1},
+    ]
+    resp = await create(api, admin, {"name": "legacy", "plugin_tree": json.dumps(tree)})
+    assert resp.status == 201, await resp.text()
+    exported = await export(api, admin, (await resp.json())["id"])
+    assert [(n["title"], n["previous"]) for n in exported["plugin_tree"]] == [
+        ("a", None),
+        ("b", "a"),
+        ("c", "b"),
+    ]
+    tree[2]["previous_index"] = 7
+    resp = await create(api, admin, {"name": "legacy 2", "plugin_tree": tree})
+    assert resp.status == 400
+    assert "previous_index 7 is not the index of a node" in json.dumps(await resp.json())
+
+
+async def test_pipeline_from_an_existing_instance_subtree(
+    api: TestClient, admin: dict[str, str], plugins: dict[str, int]
+) -> None:
+    """``plugin_inst_id`` snapshots an instance and its descendants, ts joins included."""
+    folder = f"home/chris/uploads/{uuid.uuid4().hex}"
+    assert (await upload(api, admin, f"{folder}/a.txt", b"a")).status == 201
+
+    async def post(plugin: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = await api.post(
+            f"/api/v1/plugins/{plugins[plugin]}/instances/", json=body, headers=admin
+        )
+        assert resp.status == 201, await resp.text()
+        return await resp.json()  # type: ignore[no-any-return]
+
+    root = await post("fs", {"dir": folder})
+    top = await post("ds", {"previous_id": root["id"], "title": "top", "prefix": "t_"})
+    low = await post("needs", {"previous_id": top["id"], "level": 5, "cpu_limit": "1500m"})
+    await post(
+        "ts",
+        {"previous_id": low["id"], "plugininstances": f"{top['id']},{low['id']}", "title": "both"},
+    )
+    resp = await create(api, admin, {"name": "snapshot", "plugin_inst_id": top["id"]})
+    assert resp.status == 201, await resp.text()
+    tree = (await export(api, admin, (await resp.json())["id"]))["plugin_tree"]
+    low_title = f"pl-needs_{low['id']}"
+    assert [(n["title"], n["previous"]) for n in tree] == [
+        ("top", None),
+        (low_title, "top"),
+        ("both", low_title),
+    ]
+    defaults = {
+        n["title"]: {d["name"]: d["default"] for d in n["plugin_parameter_defaults"]} for n in tree
+    }
+    assert defaults["top"]["prefix"] == "t_" and defaults[low_title] == {"level": 5}
+    assert defaults["both"]["plugininstances"] == f"top,{low_title}"
+    assert tree[1]["cpu_limit"] == 1500
+    # a root whose subtree joins an instance outside it cannot be a pipeline
+    resp = await create(api, admin, {"name": "partial", "plugin_inst_id": low["id"]})
+    assert resp.status == 400 and "outside the subtree" in json.dumps(await resp.json())
