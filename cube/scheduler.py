@@ -39,7 +39,7 @@ from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
 from cube.errors import ComputeError, OutputMismatch, TsInputMissing
 from cube.schema import ErrorCode, InstanceStatus
-from cube.services import innetwork, placement, topology
+from cube.services import innetwork, placement, topology, workflows
 from cube.services import instances as svc
 from cube.settings import CubeSettings
 from cube.storage import Storage
@@ -716,6 +716,7 @@ class Scheduler:
                     f"CHRIS_PREV_PLG_INST_ID={prev.id}",
                     f"CHRIS_PREV_JID={job_id(self.settings, inst.previous_id)}",
                 ]
+            env += await workflows.job_env(s, inst.id)
             # ts hook: what the job gets from its parents (ds: the previous output)
             for fname, arc in await topology.instance_inputs(s, inst):
                 entries.setdefault(arc, self.storage.local_path(fname))

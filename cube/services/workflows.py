@@ -238,3 +238,21 @@ async def workflow_of_instance(
         )
     ).first()
     return None if row is None else (row[0], row[1])
+
+
+async def job_env(session: AsyncSession, inst_id: int) -> list[str]:
+    """The environment ChRIS gives the job of a workflow's instance (reference §1.7):
+    ``CHRIS_WORKFLOW_ID``, ``CHRIS_PIPELINE_ID`` and ``CHRIS_WORKFLOW_PLG_INSTANCES``
+    (``title:id`` of every instance of the workflow); none outside a workflow."""
+    found = await workflow_of_instance(session, inst_id)
+    if found is None:
+        return []
+    workflow, pipeline = found
+    assert workflow.id is not None
+    rows = await session.exec(instances_query(workflow.id).order_by(col(PluginInstance.id)))
+    members = ",".join(f"{i.title}:{i.id}" for i in rows.all())
+    return [
+        f"CHRIS_WORKFLOW_ID={workflow.id}",
+        f"CHRIS_PIPELINE_ID={pipeline.id}",
+        f"CHRIS_WORKFLOW_PLG_INSTANCES={members}",
+    ]
