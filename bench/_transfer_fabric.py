@@ -215,6 +215,16 @@ class Counted:
             yield chunk
 
 
+def _zip_body(entries: list[tuple[Path, str]]) -> AsyncIterable[bytes]:
+    """The input zip as CUBE's scheduler streams it (with a link meter where the code has one)."""
+    try:
+        from pfioh.archive import LinkMeter
+    except ImportError:  # code from before adaptive compression
+        return aiter_sync(zip_stream(entries))
+    meter = LinkMeter()
+    return aiter_sync(zip_stream(entries, meter=meter), meter=meter)
+
+
 async def push(client: PfconClient, jid: str, root: Path) -> tuple[float, int]:
     """Submit a job with ``root``'s files as input; return (seconds, zip bytes sent).
 
@@ -223,7 +233,7 @@ async def push(client: PfconClient, jid: str, root: Path) -> tuple[float, int]:
     is built on the fly from the files, as CUBE's scheduler builds it.
     """
     entries = [(path, name) for path, name in iter_tree(root) if not name.endswith("/")]
-    body = Counted(aiter_sync(zip_stream(entries)))
+    body = Counted(_zip_body(entries))
     started = time.perf_counter()
     await client.submit(job_descriptor(jid), body)
     return time.perf_counter() - started, body.nbytes

@@ -46,7 +46,7 @@ from cube.storage import Storage
 from pfcon.client import PfconClient
 from pfcon.errors import JobNotFound, PfconError, PfconUnavailable, SiteStorageFull
 from pfcon.schema import JobDescriptor, JobInfo, JobStatus, JobSubmitted
-from pfioh.archive import CompressionPolicy, aiter_sync, zip_stream
+from pfioh.archive import CompressionPolicy, LinkMeter, aiter_sync, zip_stream
 from pfioh.errors import ArchiveError, InsufficientStorage
 from pfioh.unzip import ExtractLimits, extract_async
 
@@ -113,7 +113,10 @@ class Scheduler:
         self._room = asyncio.Condition()
         self._room_generation = 0
         self._stopping = False
-        self._policy = CompressionPolicy(level=settings.transfer_compression_level)
+        self._policy = CompressionPolicy(
+            level=settings.transfer_compression_level,
+            adaptive=settings.transfer_adaptive_compression,
+        )
         self._limits = ExtractLimits(
             max_bytes=settings.transfer_max_output_bytes,
             max_ratio=settings.transfer_max_ratio,
@@ -435,7 +438,10 @@ class Scheduler:
                     submitted = await self._submit_innetwork(inst, client)
                 else:
                     descriptor, entries = await self._job_of(inst)
-                    body = aiter_sync(zip_stream(entries, policy=self._policy))
+                    meter = LinkMeter()
+                    body = aiter_sync(
+                        zip_stream(entries, policy=self._policy, meter=meter), meter=meter
+                    )
                     submitted = await client.submit(descriptor, body)
                 info = submitted.compute
             except PfconUnavailable as exc:

@@ -61,6 +61,9 @@ class CubeSettings(BaseSettings):
     #: Deflate level of input archives sent to compute sites: 0 stores
     #: everything, 1 (fastest) to 9; already-compressed data is always stored.
     transfer_compression_level: int = Field(default=1, ge=0, le=9)
+    #: Deflate only while deflate outpaces the link to the site (measured
+    #: per transfer); false deflates every compressible member.
+    transfer_adaptive_compression: bool = True
     #: Largest expansion (unpacked ÷ received) of an output archive past 1 GiB.
     transfer_max_ratio: float = Field(default=1000.0, gt=1)
     #: Largest total size of one instance's output archive, unpacked.

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
-from aiohttp import web
+from aiohttp import StreamReader, hdrs, web
 from pydantic import BaseModel, ValidationError
 
 from pfcon.errors import AuthError, InvalidJob, JobNotFound
+from pfcon.formdata import FormReader
 from pfcon.keys import AUTHORITY_KEY, COORDINATOR_KEY, SETTINGS_KEY
 from pfcon.schema import (
     JID_PATTERN,
@@ -75,16 +77,25 @@ async def submit_job(request: web.Request) -> web.Response:
     """POST /api/v1/jobs/ (multipart form) → 201 :class:`JobSubmitted`, 200 for a retry."""
     if not request.content_type.startswith("multipart/"):
         raise InvalidJob("expected a multipart/form-data body", status=415)
-    try:
-        reader = await request.multipart()
-    except ValueError as exc:  # e.g. no boundary in the Content-Type
-        raise InvalidJob(f"malformed multipart body: {exc}") from exc
+    reader = FormReader.for_content_type(
+        _pieces_of(request.content), request.headers.get(hdrs.CONTENT_TYPE, "")
+    )
     outcome = await submit_multipart(
         reader,
         request.app[COORDINATOR_KEY],
         spool_dir=request.app[SETTINGS_KEY].spool_dir,
     )
     return _json(outcome.reply, status=201 if outcome.created else 200)
+
+
+def _pieces_of(content: StreamReader) -> Callable[[], Awaitable[bytes]]:
+    """Read the body piece by piece as it arrived (``readany`` would join what is buffered)."""
+
+    async def read() -> bytes:
+        data, _ = await content.readchunk()
+        return data
+
+    return read
 
 
 async def job_status(request: web.Request) -> web.Response:

@@ -199,7 +199,7 @@ class Coordinator:
             compute_volume_type=COMPUTE_VOLUME_TYPE,
         )
 
-    async def push_input(self, jid: str, archive: AsyncIterable[bytes]) -> PushedInput:
+    async def push_input(self, jid: str, archive: AsyncIterable[bytes | memoryview]) -> PushedInput:
         """Stream a job's input zip to pfioh, which unpacks it.
 
         Returns ``created=False`` (without raising) when pfioh already holds

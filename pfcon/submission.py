@@ -23,13 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from aiohttp import BodyPartReader, ClientPayloadError, MultipartReader
+from aiohttp import ClientPayloadError
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from pfcon.coordinator import Coordinator, PushedInput, SubmitOutcome
 from pfcon.errors import InvalidJob, PfconError
+from pfcon.formdata import FormPart, FormReader
 from pfcon.schema import (
     DATA_FILE_FIELD,
     INNETWORK_FIELDS,
@@ -134,7 +135,7 @@ def _describe(error: ErrorDetails) -> str:
 
 
 async def submit_multipart(
-    reader: MultipartReader, coordinator: Coordinator, *, spool_dir: Path | None = None
+    reader: FormReader, coordinator: Coordinator, *, spool_dir: Path | None = None
 ) -> SubmitOutcome:
     """Read a submission form from ``reader``, push its data and schedule the job.
 
@@ -156,11 +157,7 @@ async def submit_multipart(
             nparts += 1
             if nparts > MAX_PARTS:
                 raise InvalidJob(f"too many form parts (at most {MAX_PARTS})")
-            if not isinstance(part, BodyPartReader):
-                raise InvalidJob("nested multipart bodies are not accepted")
-            name = part.name
-            if not name:
-                raise InvalidJob("a form part has no name")
+            name = _part_name(part)
             if name in INNETWORK_FIELDS:
                 raise InvalidJob(
                     f"{name}: this site is not in-network (storage_env zipfile); "
@@ -201,7 +198,7 @@ async def submit_multipart(
             await asyncio.to_thread(spool.unlink, True)
 
 
-async def _submit_innetwork(reader: MultipartReader, coordinator: Coordinator) -> SubmitOutcome:
+async def _submit_innetwork(reader: FormReader, coordinator: Coordinator) -> SubmitOutcome:
     """Read an in-network submission (fields only) and schedule the job.
 
     A ``data_file`` part is refused as soon as it arrives, unread. Raises
@@ -213,11 +210,7 @@ async def _submit_innetwork(reader: MultipartReader, coordinator: Coordinator) -
         nparts += 1
         if nparts > MAX_PARTS:
             raise InvalidJob(f"too many form parts (at most {MAX_PARTS})")
-        if not isinstance(part, BodyPartReader):
-            raise InvalidJob("nested multipart bodies are not accepted")
-        name = part.name
-        if not name:
-            raise InvalidJob("a form part has no name")
+        name = _part_name(part)
         if name == DATA_FILE_FIELD:
             raise InvalidJob(
                 f"{DATA_FILE_FIELD}: this site is in-network (storage_env filesystem); "
@@ -233,8 +226,9 @@ async def _submit_innetwork(reader: MultipartReader, coordinator: Coordinator) -
 def _malformed_as_invalid() -> Iterator[None]:
     """Report a malformed or truncated multipart body as :class:`InvalidJob` (400).
 
-    aiohttp's multipart reader raises ValueError for a body that breaks the
-    format, and connection or payload errors when the upload stops short.
+    :class:`FormReader` raises :class:`MalformedForm` (a 400 already) for a
+    body that breaks the format; aiohttp raises connection or payload errors
+    when the upload stops short.
     """
     try:
         yield
@@ -242,17 +236,26 @@ def _malformed_as_invalid() -> Iterator[None]:
         raise InvalidJob(f"malformed or incomplete multipart body: {exc}") from exc
 
 
-async def _next_part(reader: MultipartReader) -> MultipartReader | BodyPartReader | None:
+async def _next_part(reader: FormReader) -> FormPart | None:
     with _malformed_as_invalid():
-        return await reader.next()
+        return await reader.next_part()
 
 
-async def _read_chunk(part: BodyPartReader) -> bytes:
+def _part_name(part: FormPart) -> str:
+    """The form field a part carries; a nameless or nested-multipart part is a 400."""
+    if part.is_multipart:
+        raise InvalidJob("nested multipart bodies are not accepted")
+    if not part.name:
+        raise InvalidJob("a form part has no name")
+    return part.name
+
+
+async def _read_chunk(part: FormPart) -> bytes | memoryview:
     with _malformed_as_invalid():
-        return await part.read_chunk(CHUNK_SIZE)
+        return await part.read_chunk()
 
 
-async def _read_field(part: BodyPartReader, name: str) -> str:
+async def _read_field(part: FormPart, name: str) -> str:
     """The text of a small form field; longer than :data:`MAX_FIELD_BYTES` is a 400."""
     buf = bytearray()
     while chunk := await _read_chunk(part):
@@ -260,7 +263,7 @@ async def _read_field(part: BodyPartReader, name: str) -> str:
         if len(buf) > MAX_FIELD_BYTES:
             raise InvalidJob(f"{name}: longer than {MAX_FIELD_BYTES} bytes")
     try:
-        return buf.decode(part.get_charset(default="utf-8"))
+        return buf.decode(part.charset(default="utf-8"))
     except (UnicodeDecodeError, LookupError) as exc:
         raise InvalidJob(f"{name}: not valid text") from exc
 
@@ -272,13 +275,13 @@ class _PartStream:
     can be told apart from pfioh's own failures once the push returns.
     """
 
-    def __init__(self, part: BodyPartReader) -> None:
+    def __init__(self, part: FormPart) -> None:
         self._part = part
         self._error: BaseException | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         try:
-            while chunk := await self._part.read_chunk(CHUNK_SIZE):
+            while chunk := await self._part.read_chunk():
                 yield chunk
         except Exception as exc:
             self._error = exc
@@ -292,7 +295,7 @@ class _PartStream:
             ) from self._error
 
 
-async def _spool(part: BodyPartReader, spool_dir: Path | None) -> Path:
+async def _spool(part: FormPart, spool_dir: Path | None) -> Path:
     """Write a part to a new temporary file, chunk by chunk; return its path."""
     fd, name = await asyncio.to_thread(
         tempfile.mkstemp, prefix="pfcon-upload-", suffix=".zip", dir=spool_dir

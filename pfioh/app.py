@@ -217,7 +217,9 @@ def create_app(settings: PfiohSettings | None = None) -> web.Application:
         storebase,
         max_upload_bytes=settings.max_upload_bytes,
         limits=settings.extract_limits(),
-        policy=CompressionPolicy(level=settings.compression_level),
+        policy=CompressionPolicy(
+            level=settings.compression_level, adaptive=settings.adaptive_compression
+        ),
         chunk_size=settings.chunk_size,
     )
     app.cleanup_ctx.append(_open_store)

@@ -180,7 +180,9 @@ class PfiohClient:
         raw = await self._request_json("GET", self._base)
         return ServerInfo.model_validate_json(raw)
 
-    async def push_incoming(self, jid: str, body: AsyncIterable[bytes]) -> IncomingReport:
+    async def push_incoming(
+        self, jid: str, body: AsyncIterable[bytes | memoryview]
+    ) -> IncomingReport:
         """Upload a job's input: ``body`` yields the zip archive's bytes.
 
         The body is streamed with chunked transfer encoding, never held in

@@ -43,6 +43,9 @@ class PfiohSettings(BaseSettings):
     require_manifest: bool = False
     #: Deflate level of outgoing archives: 0 stores everything, 1 (fastest) to 9.
     compression_level: int = Field(default=1, ge=0, le=9)
+    #: Deflate only while deflate outpaces the link (measured per transfer);
+    #: false deflates every compressible member whatever the link.
+    adaptive_compression: bool = True
     #: Bytes read or written at a time while streaming.
     chunk_size: int = Field(default=MIB, ge=4096)
 

@@ -30,6 +30,7 @@ from typing import TypeVar
 from pfioh.archive import (
     DEFAULT_CHUNK_SIZE,
     CompressionPolicy,
+    LinkMeter,
     aiter_sync,
     iter_tree,
     zip_directory,
@@ -280,13 +281,14 @@ class JobStore:
         :class:`OSError` if the tree cannot be read while streaming.
         """
         outgoing = self.key_dir(jid) / "outgoing"
+        meter = LinkMeter()
         try:
             chunks: Iterator[bytes] = await asyncio.to_thread(
-                zip_directory, outgoing, policy=self.policy
+                zip_directory, outgoing, policy=self.policy, meter=meter
             )
         except FileNotFoundError as exc:
             raise JobNotFound(f"no output for job {jid!r}") from exc
-        return aiter_sync(chunks, batch_bytes=self.chunk_size)
+        return aiter_sync(chunks, batch_bytes=self.chunk_size, meter=meter)
 
     async def delete(self, jid: JobKey) -> bool:
         """Remove everything stored for ``jid``; True if there was something.

@@ -212,6 +212,13 @@ class _Reader:
         i = self._buf.find(needle, self._pos)
         return -1 if i < 0 else i - self._pos
 
+    def partial_suffix(self, needle: bytes) -> int:
+        """Length of the longest end of the buffered bytes that begins ``needle`` (< its length)."""
+        for k in range(min(len(needle) - 1, self.available()), 0, -1):
+            if self._buf.endswith(needle[:k]):
+                return k
+        return 0
+
     def drain(self) -> None:
         """Consume the rest of the source (bytes after the end record are ignored)."""
         self._pos = len(self._buf)
@@ -489,9 +496,12 @@ class _Extractor:
         while True:
             at = self.r.find(_SIG_DESCRIPTOR)
             if at < 0:
-                # All but the last 3 bytes are data (they may begin a signature).
-                if self.r.available() > 3:
-                    emit(self.r.take(self.r.available() - 3))
+                # All is data but a tail that may begin a signature; holding
+                # back only that (rarely anything) lets the next chunk in
+                # without copying it onto the tail.
+                keep = self.r.partial_suffix(_SIG_DESCRIPTOR)
+                if self.r.available() > keep:
+                    emit(self.r.take(self.r.available() - keep))
                 if not self.r.fill():
                     raise CorruptArchive(f"the archive ends inside member {name!r}", entry=name)
                 continue

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import random
 import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from pfioh.archive import (
     ArchiveError,
     CompressionPolicy,
     CorruptArchive,
+    LinkMeter,
     UnsafeArchive,
     aiter_sync,
     check_member,
@@ -239,6 +242,113 @@ def test_compression_policy(
 def test_compression_level_is_checked() -> None:
     with pytest.raises(ValueError, match="0 to 9"):
         CompressionPolicy(level=10)
+
+
+def test_link_meter_rates() -> None:
+    meter = LinkMeter()
+    meter.record_sent(LinkMeter.min_bytes - 1, 1.0)
+    assert meter.link_rate() is None  # too little seen to judge
+    meter.record_sent(1, 0.0)
+    assert meter.link_rate() == pytest.approx(LinkMeter.min_bytes)
+    assert meter.deflate_rate() is None
+    meter.record_deflate(100, 1.0)
+    meter.record_deflate(500, 1.0)
+    assert meter.deflate_rate() == pytest.approx(0.75 * 100 + 0.25 * 500)
+    meter.record_deflate(0, 0.0)  # nothing measured: no change
+    assert meter.deflate_rate() == pytest.approx(200)
+
+
+@pytest.mark.parametrize(
+    ("link", "deflate", "adaptive", "deflated"),
+    [
+        (None, None, True, True),  # nothing measured yet: deflate where it shrinks
+        (10e6, 50e6, True, True),  # slow link: deflate pays
+        (1e9, 50e6, True, False),  # fast link: deflate would be the bottleneck
+        (45e6, 50e6, True, False),  # within the margin: store
+        (1e9, 50e6, False, True),  # not adaptive: always deflate what shrinks
+    ],
+)
+def test_adaptive_policy_follows_the_rates(
+    link: float | None, deflate: float | None, adaptive: bool, deflated: bool
+) -> None:
+    meter = LinkMeter()
+    if link is not None:
+        meter.record_sent(LinkMeter.min_bytes, LinkMeter.min_bytes / link)
+    if deflate is not None:
+        meter.record_deflate(1_000_000, 1_000_000 / deflate)
+    policy = CompressionPolicy(adaptive=adaptive)
+    text = b"0123456789," * 1000
+    assert policy.compresses("a.csv", text, meter) is deflated
+    assert not policy.compresses("a.bin", os.urandom(8192), meter)  # never what does not shrink
+
+
+def _csv(rng: random.Random, size: int) -> bytes:
+    """Numeric CSV: deflates to about half, at a few hundred MB/s."""
+    rows = []
+    n = 0
+    while n < size:
+        row = ",".join(f"{rng.random():.6f}" for _ in range(8)) + "\n"
+        rows.append(row)
+        n += len(row)
+    return "".join(rows).encode()[:size]
+
+
+def _methods(data: bytes) -> list[int]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return [i.compress_type for i in zf.infolist() if i.filename.endswith(".csv")]
+
+
+@pytest.mark.parametrize("slow", [True, False])
+async def test_adaptive_compression_measures_the_link(tmp_path: Path, slow: bool) -> None:
+    """A slow consumer gets deflated members; a fast one, once measured, stored ones."""
+    rng = random.Random(7)
+    entries = []
+    for i in range(24):
+        f = tmp_path / f"f{i:02}.csv"
+        f.write_bytes(_csv(rng, 256 * 1024))
+        entries.append((f, f.name))
+    meter = LinkMeter()
+    meter.min_bytes = 512 * 1024  # judge early, so the test stays small
+    chunks = []
+    async for chunk in aiter_sync(
+        zip_stream(entries, meter=meter), meter=meter, batch_bytes=64 * 1024, prefetch=1
+    ):
+        chunks.append(bytes(chunk))
+        if slow:
+            await asyncio.sleep(0.01)  # about 6 MB/s
+    methods = _methods(b"".join(chunks))
+    assert methods[0] == zipfile.ZIP_DEFLATED  # before any measurement
+    rate = meter.link_rate()
+    assert rate is not None
+    if slow:
+        assert rate < 20e6
+        assert methods == [zipfile.ZIP_DEFLATED] * 24
+    else:
+        assert rate > 5 * (meter.deflate_rate() or float("inf"))
+        assert methods[-8:] == [zipfile.ZIP_STORED] * 8
+
+
+async def test_aiter_sync_reads_ahead_while_the_consumer_is_busy() -> None:
+    produced = 0
+    lock = threading.Lock()
+
+    def pieces() -> Iterator[bytes]:
+        nonlocal produced
+        for _ in range(100):
+            with lock:
+                produced += 1
+            yield b"x" * 1000
+
+    agen = aiter_sync(pieces(), batch_bytes=1000, prefetch=3)
+    assert await anext(agen) == b"x" * 1000
+    for _ in range(100):  # the producer fills its slots while we hold the first chunk
+        if produced >= 4:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert produced == 4  # the chunk handed over, and 3 read ahead: no more
+    rest = [c async for c in agen]
+    assert len(rest) == 99
 
 
 def test_zip_stream_refuses_the_reserved_name(tmp_path: Path) -> None:
