@@ -11,7 +11,9 @@ import yaml
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
+from cube.api.common import SESSIONS
 from cube.schema import InstanceStatus
+from cube.services import workflows
 from tests.cube.conftest import token_for
 from tests.cube.test_api import upload
 from tests.cube.test_ts import end, register_ts
@@ -433,6 +435,17 @@ async def test_workflow_creates_the_instances_in_order(
         await api.get("/api/v1/pipelines/workflows/search/?title=run", headers=admin)
     ).json()
     assert [w["id"] for w in found["results"]] == [workflow["id"]]
+
+    # the jobs get ChRIS's workflow environment
+    async with api.app[SESSIONS]() as s:
+        env = await workflows.job_env(s, join)
+        assert await workflows.job_env(s, root["id"]) == []
+    first_id = by_title["first"]["id"]
+    assert env == [
+        f"CHRIS_WORKFLOW_ID={workflow['id']}",
+        f"CHRIS_PIPELINE_ID={pipeline['id']}",
+        f"CHRIS_WORKFLOW_PLG_INSTANCES=first:{first_id},left side:{left},right:{right},join:{join}",
+    ]
 
     # the scheduler's rules apply: the ts node waits for both of its parents
     await end(api, root["id"], S.FINISHED_SUCCESSFULLY)
