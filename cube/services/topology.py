@@ -227,20 +227,21 @@ async def join_outputs(
         )
     plan = join_plan(parents, filters, options[TS_GROUP_BY_INSTANCE])
     pairs = [
-        (
-            storage.local_path(f"{prefixes[pid]}/{rel}"),
-            storage.local_path(f"{inst.output_path}/{dest}"),
-            f"{inst.output_path}/{dest}",
-        )
+        (f"{prefixes[pid]}/{rel}", f"{inst.output_path}/{dest}")
         for dest, (pid, rel) in plan.items()
     ]
-    return await asyncio.to_thread(_place_all, pairs)
+    return await asyncio.to_thread(_place_all, storage, pairs)
 
 
-def _place_all(pairs: list[tuple[Path, Path, str]]) -> list[tuple[str, int]]:
-    """Link (or copy) each source to its target; blocking."""
+def _place_all(storage: Storage, pairs: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    """Link (or copy) each stored source file to its target; blocking."""
     placed: list[tuple[str, int]] = []
-    for source, target, fname in pairs:
+    made: set[Path] = set()
+    for source_name, fname in pairs:
+        source, target = storage.local_path(source_name), storage.local_path(fname)
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
         try:
             size = _place(source, target)
         except FileNotFoundError as exc:
@@ -250,9 +251,18 @@ def _place_all(pairs: list[tuple[Path, Path, str]]) -> list[tuple[str, int]]:
 
 
 def _place(source: Path, target: Path) -> int:
-    """Make ``target`` a hard link of ``source`` (a copy across file systems),
-    replacing what is there in one rename; returns the size."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Make ``target`` a hard link of ``source`` (a copy across file systems);
+    returns the size. An existing ``target`` (a join redone after a crash, or
+    a plugin output of that name) is replaced in one rename."""
+    try:
+        os.link(source, target)
+        return source.stat().st_size
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise
+    except OSError:
+        pass  # another file system, or no links there: the slow path copies
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.part"
     try:
         try:
@@ -260,7 +270,6 @@ def _place(source: Path, target: Path) -> int:
         except OSError as exc:
             if isinstance(exc, FileNotFoundError):
                 raise
-            # another file system, or links not allowed there: copy the bytes
             shutil.copyfile(source, tmp)
         os.replace(tmp, target)
     except BaseException:
