@@ -134,3 +134,11 @@ async def _run_workflow(client: CubeClient, tmp_path: Path) -> None:
     exported = await client.export_pipeline(pipeline.id)
     titles = [n["title"] for n in json.loads(exported.plugin_tree)]
     assert titles == ["left", "right", "join", "pick"]
+
+
+@pytest.mark.docker
+async def test_workflow_with_ts_joins_on_docker_backend(
+    docker_stack: tuple[Stack, CubeClient], tmp_path: Path
+) -> None:
+    """The same with every plugin in its locally built image on the Docker engine."""
+    await _run_workflow(docker_stack[1], tmp_path)
