@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cube.api import feeds, files, openapi, pacs, plugins, root, social, users
+from cube.api import feeds, files, openapi, pacs, pipelines, plugins, root, social, users
 from cube.api.common import (
     HUB,
     REGISTRY,
@@ -45,6 +45,7 @@ def create_app(settings: CubeSettings | None = None) -> web.Application:
         users.routes,
         plugins.routes,
         feeds.routes,
+        pipelines.routes,
         social.routes,
         files.routes,
         pacs.routes,

@@ -316,3 +316,89 @@ class CubeClient:
         except aiohttp.ClientError as exc:
             raise CubeUnavailable(f"download failed: {exc}") from exc
         return size
+
+    # -- pipelines and workflows ---------------------------------------------------
+
+    async def pipelines(self, **filters: Any) -> list[schema.Pipeline]:
+        """Pipelines you may see, matching ``search/`` filters (id, name, name_exact,
+        category, owner_username)."""
+        path = "api/v1/pipelines/search/" if filters else "api/v1/pipelines/"
+        return [p async for p in self._list(schema.Pipeline, path, filters)]
+
+    async def pipeline(self, pipeline_id: int) -> schema.Pipeline:
+        return await self._get(schema.Pipeline, f"api/v1/pipelines/{pipeline_id}/")
+
+    async def pipeline_by_name(self, name: str) -> schema.Pipeline:
+        """The pipeline with exactly this name.
+
+        Raises:
+            CubeClientError: 404 when there is none you may see.
+        """
+        found = await self.pipelines(name_exact=name)
+        if not found:
+            raise CubeClientError(404, {"detail": f"no pipeline named {name!r}"})
+        return found[0]
+
+    async def create_pipeline(self, definition: Mapping[str, Any]) -> schema.Pipeline:
+        """Create a pipeline from a definition (``name``, ``plugin_tree``, ...)."""
+        data = await self._json("POST", "api/v1/pipelines/", json=dict(definition))
+        return schema.Pipeline.model_validate(data)
+
+    async def upload_pipeline(
+        self, local: Path, kind: str | None = None
+    ) -> schema.PipelineSourceFile:
+        """Upload a YAML or JSON pipeline file (``kind``: ``yaml``/``json``, by
+        default from the file name); CUBE creates the pipeline it defines."""
+        form = aiohttp.FormData()
+        if kind:
+            form.add_field("type", kind)
+        form.add_field("fname", local.read_bytes(), filename=local.name)
+        data = await self._json("POST", "api/v1/pipelines/sourcefiles/", data=form)
+        return schema.PipelineSourceFile.model_validate(data)
+
+    async def export_pipeline(self, pipeline_id: int) -> schema.PipelineExport:
+        """A pipeline as ChRIS exports it (``plugin_tree`` is a JSON string)."""
+        return await self._get(schema.PipelineExport, f"api/v1/pipelines/{pipeline_id}/json/")
+
+    async def pipeline_pipings(self, pipeline_id: int) -> list[schema.PluginPiping]:
+        path = f"api/v1/pipelines/{pipeline_id}/pipings/"
+        return [p async for p in self._list(schema.PluginPiping, path)]
+
+    async def pipeline_defaults(self, pipeline_id: int) -> list[schema.PipingDefaultParameter]:
+        path = f"api/v1/pipelines/{pipeline_id}/parameters/"
+        return [p async for p in self._list(schema.PipingDefaultParameter, path)]
+
+    async def create_workflow(
+        self,
+        pipeline_id: int,
+        previous_id: int,
+        *,
+        title: str | None = None,
+        nodes_info: list[Mapping[str, Any]] | None = None,
+    ) -> schema.Workflow:
+        """Run a pipeline on instance ``previous_id``; ``nodes_info`` overrides
+        per node (``piping_id`` with ``title``, ``plugin_parameter_defaults``,
+        limits, ``compute_resource_name``)."""
+        body: dict[str, Any] = {"previous_plugin_inst_id": previous_id}
+        if title is not None:
+            body["title"] = title
+        if nodes_info:
+            body["nodes_info"] = json.dumps([dict(n) for n in nodes_info])
+        data = await self._json("POST", f"api/v1/pipelines/{pipeline_id}/workflows/", json=body)
+        return schema.Workflow.model_validate(data)
+
+    async def workflow(self, workflow_id: int) -> schema.Workflow:
+        return await self._get(schema.Workflow, f"api/v1/pipelines/workflows/{workflow_id}/")
+
+    async def workflows(self, pipeline_id: int | None = None) -> list[schema.Workflow]:
+        """Your workflows, or those of one pipeline."""
+        path = (
+            f"api/v1/pipelines/{pipeline_id}/workflows/"
+            if pipeline_id is not None
+            else "api/v1/pipelines/workflows/"
+        )
+        return [w async for w in self._list(schema.Workflow, path)]
+
+    async def workflow_instances(self, workflow_id: int) -> list[schema.PluginInstance]:
+        path = f"api/v1/pipelines/workflows/{workflow_id}/plugininstances/"
+        return [i async for i in self._list(schema.PluginInstance, path)]

@@ -12,7 +12,8 @@
      ├── Conflict (409)
      ├── PayloadTooLarge (413)
      ├── ComputeError (502)          a compute site failed permanently
-     │    └── OutputMismatch         an in-network site's output is not in CUBE's storage
+     │    ├── OutputMismatch         an in-network site's output is not in CUBE's storage
+     │    └── TsInputMissing         a parent of a ts instance is gone (CODE05)
      └── RegistryError (502)         a container registry failed or answered nonsense
           ├── RegistryUnreachable (502)   connection refused, TLS failure, timeout
           ├── RegistryUnauthorized (403)  the registry refused CUBE's credentials
@@ -93,6 +94,12 @@ class OutputMismatch(ComputeError):
     def __init__(self, detail: str, *, error_code: str) -> None:
         super().__init__(detail)
         self.error_code = error_code
+
+
+class TsInputMissing(ComputeError):
+    """A parent instance whose output a ts instance joins no longer exists (ChRIS CODE05)."""
+
+    code = "ts_input_missing"
 
 
 class InvalidImageReference(BadRequest):

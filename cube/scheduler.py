@@ -37,9 +37,9 @@ from sqlmodel import col, or_, select
 
 from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
-from cube.errors import ComputeError, OutputMismatch
+from cube.errors import ComputeError, OutputMismatch, TsInputMissing
 from cube.schema import ErrorCode, InstanceStatus
-from cube.services import innetwork, placement
+from cube.services import innetwork, placement, topology, workflows
 from cube.services import instances as svc
 from cube.settings import CubeSettings
 from cube.storage import Storage
@@ -145,6 +145,7 @@ class Scheduler:
             while not self._stopping:
                 self._kick.clear()
                 try:
+                    await self._settle_waiting()
                     await self._claim_all()
                 except Exception:
                     log.exception("claiming work failed; trying again")
@@ -183,6 +184,17 @@ class Scheduler:
                 continue
             if await self._claim(inst_id):
                 self._tasks[inst_id] = asyncio.create_task(self._drive(inst_id))
+
+    async def _settle_waiting(self) -> None:
+        """Schedule or cancel waiting instances whose parents all ended: a safety
+        net for parents ending at once in two workers (each may miss the other)."""
+        async with self.sessions() as s:
+            scheduled: list[int] = []
+            for inst_id in await topology.waiting_with_parents_done(s):
+                scheduled += await svc.settle_waiting(s, inst_id)
+            await s.commit()
+        if scheduled:
+            self.kick()
 
     async def _claim(self, inst_id: int) -> bool:
         now = utcnow()
@@ -619,6 +631,17 @@ class Scheduler:
         assert inst.id is not None
         succeeded = inst.job_status == JobStatus.FINISHED_SUCCESSFULLY.value
         final = S.FINISHED_SUCCESSFULLY if succeeded else S.FINISHED_WITH_ERROR
+        if succeeded:
+            # ts hook: CUBE joins the parents' outputs into a ts instance's (as ChRIS)
+            try:
+                async with self.sessions() as s:
+                    joined = await topology.join_outputs(s, self.storage, inst)
+            except TsInputMissing as exc:
+                await self._end(
+                    inst.id, S.FINISHED_WITH_ERROR, ErrorCode.TS_INPUT_MISSING, str(exc)
+                )
+                return
+            files = list(dict([*files, *joined]).items())  # a joined file replaces its namesake
         summary = dict(inst.summary)
         summary["pullPath"] = {"status": True}
         async with self.sessions() as s:
@@ -699,10 +722,10 @@ class Scheduler:
                     f"CHRIS_PREV_PLG_INST_ID={prev.id}",
                     f"CHRIS_PREV_JID={job_id(self.settings, inst.previous_id)}",
                 ]
-                rows = await s.exec(select(StoredFile).where(StoredFile.plugin_inst_id == prev.id))
-                for f in rows.all():
-                    arc = f.fname.removeprefix(prev.output_path + "/")
-                    entries.setdefault(arc, self.storage.local_path(f.fname))
+            env += await workflows.job_env(s, inst.id)
+            # ts hook: what the job gets from its parents (ds: the previous output)
+            for fname, arc in await topology.instance_inputs(s, inst):
+                entries.setdefault(arc, self.storage.local_path(fname))
         entrypoint = [plugin.execshell] if plugin.execshell else []
         entrypoint.append(
             f"{plugin.selfpath.rstrip('/')}/{plugin.selfexec}"

@@ -72,6 +72,7 @@ class ErrorCode(StrEnum):
     STATUS = "CODE02"
     FETCH_OUTPUT = "CODE03"
     BAD_ZIP = "CODE04"
+    TS_INPUT_MISSING = "CODE05"
     UNDEFINED_STATUS = "CODE10"
     MAX_EXEC_TIME = "CODE13"
     OUTPUT_MISSING = "CODE14"
@@ -538,3 +539,111 @@ class PacsFilesRegistered(_Wire):
 
     registered: int
     series: int
+
+
+# -- pipelines and workflows (reference §1.3, §6) ----------------------------------
+
+PipelineId = NewType("PipelineId", int)
+PipingId = NewType("PipingId", int)
+WorkflowId = NewType("WorkflowId", int)
+
+
+class Pipeline(_Wire):
+    url: Link
+    id: PipelineId
+    name: str
+    locked: bool
+    authors: str
+    category: str
+    description: str
+    owner_username: str
+    creation_date: datetime
+    modification_date: datetime
+    plugins: Link
+    plugin_pipings: Link
+    default_parameters: Link
+    workflows: Link
+    json_repr: Link
+
+
+class PipelineExport(_Wire):
+    """A pipeline as ``pipelines/<id>/json/`` gives it (``plugin_tree`` a JSON string)."""
+
+    url: Link = ""
+    name: str
+    locked: bool
+    authors: str
+    category: str
+    description: str
+    plugin_tree: str
+
+
+class PluginPiping(_Wire):
+    """One node of a pipeline."""
+
+    url: Link
+    id: PipingId
+    title: str
+    previous_id: PipingId | None
+    plugin_id: PluginId
+    plugin_name: str
+    plugin_version: str
+    pipeline_id: PipelineId
+    cpu_limit: int
+    memory_limit: int
+    number_of_workers: int
+    gpu_limit: int
+    previous: OptLink
+    plugin: Link
+    pipeline: Link
+
+
+class PipingDefaultParameter(_Wire):
+    """The default a pipeline node gives one plugin parameter."""
+
+    url: Link
+    id: int
+    value: Any
+    type: str  # API names: string, integer, float, boolean, path, unextpath
+    plugin_piping_id: PipingId
+    plugin_piping_title: str
+    param_name: str
+    param_id: ParameterId
+    plugin_name: str
+    plugin_version: str
+    plugin_piping: Link
+    plugin_param: Link
+
+
+class Workflow(_Wire):
+    url: Link
+    id: WorkflowId
+    creation_date: datetime
+    title: str
+    pipeline_id: PipelineId
+    pipeline_name: str
+    owner_username: str
+    created_jobs: int = 0
+    waiting_jobs: int = 0
+    scheduled_jobs: int = 0
+    started_jobs: int = 0
+    registering_jobs: int = 0
+    finished_jobs: int = 0
+    errored_jobs: int = 0
+    cancelled_jobs: int = 0
+    pipeline: Link
+    plugin_instances: Link
+
+
+class PipelineSourceFile(_Wire):
+    url: Link
+    id: int
+    creation_date: datetime
+    fname: str
+    fsize: int
+    type: str
+    owner_username: str
+    pipeline_id: PipelineId
+    pipeline_name: str
+    file_resource: Link
+    pipeline: Link

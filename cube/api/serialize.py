@@ -14,6 +14,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from cube import schema
 from cube.db import models as m
 from cube.db.models import as_utc
+from cube.services.workflows import status_counts as workflow_counts
+from cube.services.workflows import workflows_of_instances
 
 T = TypeVar("T")
 
@@ -184,7 +186,7 @@ async def instances(
 ) -> list[schema.PluginInstance]:
     """Plugin instances with their plugins, sites, owners and status histories.
 
-    The related rows of the whole page are loaded in five queries, not five
+    The related rows of the whole page are loaded in six queries, not six
     per instance (a page of 100 was 500 round trips).
     """
     plugins = await _by_id(session, m.Plugin, {i.plugin_id for i in rows})
@@ -200,6 +202,7 @@ async def instances(
         )
         for h in found.all():
             history[h.plugin_inst_id].append(h)
+    in_workflows = await workflows_of_instances(session, [i.id or 0 for i in rows])
     out = []
     for i in rows:
         p = plugins[i.plugin_id]
@@ -212,6 +215,7 @@ async def instances(
                 resources[i.compute_resource_id],
                 owners[i.owner_id],
                 history[i.id or 0],
+                in_workflows.get(i.id or 0),
             )
         )
     return out
@@ -225,6 +229,7 @@ def _instance(
     resource: m.ComputeResource,
     owner: m.User,
     history: Sequence[m.StatusChange],
+    in_workflow: tuple[m.Workflow, m.Pipeline] | None,
 ) -> schema.PluginInstance:
     url = f"{base}/api/v1/plugins/instances/{i.id}/"
     status = schema.InstanceStatus(i.status)
@@ -244,6 +249,9 @@ def _instance(
         output_path=i.output_path,
         status=status,
         active=status.is_active,
+        pipeline_id=in_workflow[1].id if in_workflow else None,
+        pipeline_name=in_workflow[1].name if in_workflow else "",
+        workflow_id=in_workflow[0].id if in_workflow else None,
         summary=i.summary,
         raw=i.raw,
         owner_username=owner.username,
@@ -569,4 +577,128 @@ def pacs_file(
         file_resource=f"{url}{_basename(f.fname)}",
         series=f"{base}/api/v1/pacs/series/{s.id}/",
         pacs=f"{base}/api/v1/pacs/{p.id}/",
+    )
+
+
+# -- pipelines and workflows -------------------------------------------------------
+
+
+async def pipeline(base: str, session: AsyncSession, p: m.Pipeline) -> schema.Pipeline:
+    owner = await session.get(m.User, p.owner_id)
+    url = f"{base}/api/v1/pipelines/{p.id}/"
+    return schema.Pipeline(
+        url=url,
+        id=schema.PipelineId(p.id or 0),
+        name=p.name,
+        locked=p.locked,
+        authors=p.authors,
+        category=p.category,
+        description=p.description,
+        owner_username=owner.username if owner else "",
+        creation_date=as_utc(p.creation_date),  # type: ignore[arg-type]
+        modification_date=as_utc(p.modification_date),  # type: ignore[arg-type]
+        plugins=f"{url}plugins/",
+        plugin_pipings=f"{url}pipings/",
+        default_parameters=f"{url}parameters/",
+        workflows=f"{url}workflows/",
+        json_repr=f"{url}json/",
+    )
+
+
+async def piping(base: str, session: AsyncSession, n: m.PluginPiping) -> schema.PluginPiping:
+    p = await session.get(m.Plugin, n.plugin_id)
+    assert p is not None
+    meta = await session.get(m.PluginMeta, p.meta_id)
+    assert meta is not None
+    return schema.PluginPiping(
+        url=f"{base}/api/v1/pipelines/pipings/{n.id}/",
+        id=schema.PipingId(n.id or 0),
+        title=n.title,
+        previous_id=schema.PipingId(n.previous_id) if n.previous_id else None,
+        plugin_id=schema.PluginId(n.plugin_id),
+        plugin_name=meta.name,
+        plugin_version=p.version,
+        pipeline_id=schema.PipelineId(n.pipeline_id),
+        cpu_limit=n.cpu_limit,
+        memory_limit=n.memory_limit,
+        number_of_workers=n.number_of_workers,
+        gpu_limit=n.gpu_limit,
+        previous=f"{base}/api/v1/pipelines/pipings/{n.previous_id}/" if n.previous_id else None,
+        plugin=f"{base}/api/v1/plugins/{n.plugin_id}/",
+        pipeline=f"{base}/api/v1/pipelines/{n.pipeline_id}/",
+    )
+
+
+async def piping_default(
+    base: str,
+    session: AsyncSession,
+    d: m.PipingDefaultParameter,
+    param: m.PluginParameter,
+    n: m.PluginPiping,
+) -> schema.PipingDefaultParameter:
+    p = await session.get(m.Plugin, n.plugin_id)
+    assert p is not None
+    meta = await session.get(m.PluginMeta, p.meta_id)
+    assert meta is not None
+    api_type = ParameterType(param.type).api_name
+    return schema.PipingDefaultParameter(
+        url=f"{base}/api/v1/pipelines/{api_type}-parameter/{d.id}/",
+        id=d.id or 0,
+        value=d.value,
+        type=api_type,
+        plugin_piping_id=schema.PipingId(n.id or 0),
+        plugin_piping_title=n.title,
+        param_name=param.name,
+        param_id=schema.ParameterId(param.id or 0),
+        plugin_name=meta.name,
+        plugin_version=p.version,
+        plugin_piping=f"{base}/api/v1/pipelines/pipings/{n.id}/",
+        plugin_param=f"{base}/api/v1/plugins/parameters/{param.id}/",
+    )
+
+
+async def workflow(base: str, session: AsyncSession, w: m.Workflow) -> schema.Workflow:
+    owner = await session.get(m.User, w.owner_id)
+    pipe = await session.get(m.Pipeline, w.pipeline_id)
+    counts = await workflow_counts(session, w.id or 0)
+    url = f"{base}/api/v1/pipelines/workflows/{w.id}/"
+    return schema.Workflow(
+        url=url,
+        id=schema.WorkflowId(w.id or 0),
+        creation_date=as_utc(w.creation_date),  # type: ignore[arg-type]
+        title=w.title,
+        pipeline_id=schema.PipelineId(w.pipeline_id),
+        pipeline_name=pipe.name if pipe else "",
+        owner_username=owner.username if owner else "",
+        created_jobs=counts.get("created", 0),
+        waiting_jobs=counts.get("waiting", 0),
+        scheduled_jobs=counts.get("scheduled", 0),
+        started_jobs=counts.get("started", 0),
+        registering_jobs=counts.get("registeringFiles", 0),
+        finished_jobs=counts.get("finishedSuccessfully", 0),
+        errored_jobs=counts.get("finishedWithError", 0),
+        cancelled_jobs=counts.get("cancelled", 0),
+        pipeline=f"{base}/api/v1/pipelines/{w.pipeline_id}/",
+        plugin_instances=f"{url}plugininstances/",
+    )
+
+
+async def pipeline_source_file(
+    base: str, session: AsyncSession, f: m.PipelineSourceFile
+) -> schema.PipelineSourceFile:
+    owner = await session.get(m.User, f.owner_id)
+    pipe = await session.get(m.Pipeline, f.pipeline_id)
+    url = f"{base}/api/v1/pipelines/sourcefiles/{f.id}/"
+    return schema.PipelineSourceFile(
+        url=url,
+        id=f.id or 0,
+        creation_date=as_utc(f.creation_date),  # type: ignore[arg-type]
+        fname=f.fname,
+        fsize=f.fsize,
+        type=f.type,
+        owner_username=owner.username if owner else "",
+        pipeline_id=schema.PipelineId(f.pipeline_id),
+        pipeline_name=pipe.name if pipe else "",
+        file_resource=f"{url}{_basename(f.fname)}",
+        pipeline=f"{base}/api/v1/pipelines/{f.pipeline_id}/",
     )

@@ -26,14 +26,16 @@ from cube.cli.publish import publish_image
 from cube.cli.stack import SiteBackend, Stack, StackConfig, StackError
 from cube.client import CubeClient
 from cube.errors import CubeError
-from cube.schema import InstanceStatus, PluginInstance
+from cube.schema import InstanceStatus, Pipeline, PluginInstance
 from cube.settings import default_home
 
 app = typer.Typer(help="Use and run the ChRIS-compatible compute fabric.", no_args_is_help=True)
 plugin_app = typer.Typer(help="Plugins: list, register and publish.", no_args_is_help=True)
 feed_app = typer.Typer(help="Feeds: list and show.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Pipelines: add, list, show and run.", no_args_is_help=True)
 app.add_typer(plugin_app, name="plugin")
 app.add_typer(feed_app, name="feed")
+app.add_typer(pipeline_app, name="pipeline")
 console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -567,6 +569,102 @@ def download(
                 console.print(f"{target} ({n} bytes)")
 
     _run(go())
+
+
+# -- pipelines -----------------------------------------------------------------------
+
+
+async def _pipeline(c: CubeClient, name_or_id: str) -> Pipeline:
+    """A pipeline by id (all digits) or exact name."""
+    return await (
+        c.pipeline(int(name_or_id)) if name_or_id.isdigit() else c.pipeline_by_name(name_or_id)
+    )
+
+
+@pipeline_app.command("add")
+def pipeline_add(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A YAML or JSON pipeline."),
+    kind: str | None = typer.Option(None, "--type", help="yaml or json (default: from the name)."),
+) -> None:
+    """Upload a pipeline file; CUBE validates it and creates the pipeline."""
+
+    async def go() -> None:
+        async with client() as c:
+            source = await c.upload_pipeline(file, kind)
+            nodes = await c.pipeline_pipings(source.pipeline_id)
+            console.print(
+                f"pipeline {source.pipeline_id} [bold]{source.pipeline_name}[/bold]: "
+                f"{len(nodes)} node(s), stored as {source.fname}"
+            )
+
+    _run(go())
+
+
+@pipeline_app.command("list")
+def pipeline_list() -> None:
+    """List the pipelines you may run."""
+
+    async def go() -> None:
+        async with client() as c:
+            table = Table("id", "name", "category", "locked", "owner")
+            for p in await c.pipelines():
+                table.add_row(str(p.id), p.name, p.category, str(p.locked), p.owner_username)
+            console.print(table)
+
+    _run(go())
+
+
+@pipeline_app.command("show")
+def pipeline_show(pipeline: str = typer.Argument(..., help="Pipeline name or id.")) -> None:
+    """Show a pipeline as a tree of nodes with their plugins, limits and defaults."""
+
+    async def go() -> None:
+        async with client() as c:
+            p = await _pipeline(c, pipeline)
+            defaults: dict[int, list[str]] = {}
+            for d in await c.pipeline_defaults(p.id):
+                defaults.setdefault(d.plugin_piping_id, []).append(f"{d.param_name}={d.value!r}")
+            tree = Tree(f"[bold]pipeline {p.id}[/bold] {p.name}")
+            branches: dict[int, Tree] = {}
+            for n in await c.pipeline_pipings(p.id):
+                parent = branches.get(n.previous_id or -1, tree)
+                label = (
+                    f"{n.title}: {n.plugin_name} {n.plugin_version} "
+                    f"[dim](piping {n.id}, cpu {n.cpu_limit}m, memory {n.memory_limit}Mi)[/dim]"
+                )
+                branches[n.id] = node = parent.add(label)
+                if defaults.get(n.id):
+                    node.add("[dim]" + ", ".join(defaults[n.id]) + "[/dim]")
+            console.print(tree)
+
+    _run(go())
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    pipeline: str = typer.Argument(..., help="Pipeline name or id."),
+    previous_id: int = typer.Option(..., "--previous-id", help="Instance the pipeline runs on."),
+    title: str | None = typer.Option(None, help="Workflow title (default: the pipeline's name)."),
+    wait: bool = typer.Option(False, help="Wait until every instance ended."),
+) -> None:
+    """Run a pipeline as a workflow on an existing plugin instance."""
+
+    async def go() -> bool:
+        async with client() as c:
+            p = await _pipeline(c, pipeline)
+            workflow = await c.create_workflow(p.id, previous_id, title=title)
+            instances = await c.workflow_instances(workflow.id)
+            console.print(
+                f"workflow {workflow.id} of {p.name}: instances "
+                + ", ".join(f"{i.id} ({i.title})" for i in sorted(instances, key=lambda i: i.id))
+            )
+            if not wait:
+                return True
+            final = [await c.wait(i.id) for i in instances]
+            console.print(_status_table(final))
+            return all(i.status == InstanceStatus.FINISHED_SUCCESSFULLY for i in final)
+
+    raise typer.Exit(0 if _run(go()) else 1)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import aiohttp
 from cube.client import CubeClient, CubeClientError
 
 #: The reference plugins registered on every embedded install (console scripts).
-REFERENCE_PLUGINS = ("dircopy", "simpledsapp")
+REFERENCE_PLUGINS = ("dircopy", "simpledsapp", "topologicalcopy")
 #: Where plugin images carry their descriptor.
 DESCRIPTOR_LABEL = "org.chrisproject.descriptor"
 

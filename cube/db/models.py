@@ -383,3 +383,110 @@ class Folder(SQLModel, table=True):
     #: Storage path of the folder (``""`` is the root).
     path: str = Field(index=True, unique=True, max_length=1024)
     creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+# -- ts instances, pipelines and workflows (issue 5) ---------------------------------
+
+
+class PluginInstanceParent(SQLModel, table=True):
+    """A parent of a ts instance (its ``plugininstances``), in the order given.
+
+    The ``previous`` of a ts instance is one of them; a ts instance runs once
+    every parent finished successfully (reference §1.5).
+    """
+
+    __tablename__ = "plugin_instance_parent"
+
+    plugin_inst_id: int = Field(
+        foreign_key="plugin_instance.id", primary_key=True, ondelete="CASCADE"
+    )
+    parent_id: int = Field(
+        foreign_key="plugin_instance.id", primary_key=True, index=True, ondelete="CASCADE"
+    )
+    position: int
+
+
+class Pipeline(SQLModel, table=True):
+    """A reusable tree of plugins with default parameters (reference §6).
+
+    A ``locked`` pipeline is visible to every user; an unlocked one only to its
+    owner (and staff), as in ChRIS.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=100)
+    locked: bool = True
+    authors: str = Field(default="", max_length=200)
+    category: str = Field(default="", max_length=100)
+    description: str = Field(default="", max_length=2000)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    modification_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PluginPiping(SQLModel, table=True):
+    """One node of a pipeline: a plugin, its parent node and its compute limits."""
+
+    __tablename__ = "plugin_piping"
+    __table_args__ = (UniqueConstraint("pipeline_id", "title"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True, ondelete="CASCADE")
+    plugin_id: int = Field(foreign_key="plugin.id", index=True)
+    title: str = Field(max_length=100)
+    previous_id: int | None = Field(default=None, foreign_key="plugin_piping.id", index=True)
+    #: Position in the pipeline's breadth-first order (the root is 0).
+    position: int = 0
+    cpu_limit: int
+    memory_limit: int
+    number_of_workers: int
+    gpu_limit: int
+
+
+class PipingDefaultParameter(SQLModel, table=True):
+    """The default value a pipeline node gives one plugin parameter."""
+
+    __tablename__ = "piping_default_parameter"
+    __table_args__ = (UniqueConstraint("plugin_piping_id", "plugin_param_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    plugin_piping_id: int = Field(foreign_key="plugin_piping.id", index=True, ondelete="CASCADE")
+    plugin_param_id: int = Field(foreign_key="plugin_parameter.id")
+    value: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class Workflow(SQLModel, table=True):
+    """A run of a pipeline: the plugin instances made from its nodes."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(default="", max_length=100)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True)
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class WorkflowInstance(SQLModel, table=True):
+    """A plugin instance of a workflow, and the pipeline node it was made from."""
+
+    __tablename__ = "workflow_instance"
+
+    plugin_inst_id: int = Field(
+        foreign_key="plugin_instance.id", primary_key=True, ondelete="CASCADE"
+    )
+    workflow_id: int = Field(foreign_key="workflow.id", index=True, ondelete="CASCADE")
+    plugin_piping_id: int = Field(foreign_key="plugin_piping.id")
+
+
+class PipelineSourceFile(SQLModel, table=True):
+    """An uploaded YAML or JSON file that became a pipeline (``PIPELINES/<user>/<file>``)."""
+
+    __tablename__ = "pipeline_source_file"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: Storage path, e.g. ``PIPELINES/chris/my-pipeline.yml``.
+    fname: str = Field(index=True, unique=True, max_length=1024)
+    fsize: int = Field(default=0, sa_type=BigInteger)  # type: ignore[call-overload]
+    type: str = Field(max_length=10)  # yaml | json
+    owner_id: int = Field(foreign_key="user.id", index=True)
+    pipeline_id: int = Field(foreign_key="pipeline.id", index=True, ondelete="CASCADE")
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

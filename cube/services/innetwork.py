@@ -31,7 +31,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from chris_sdk.descriptor import ParameterType
+from chris_sdk.descriptor import ParameterType, PluginType
 from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -40,6 +40,7 @@ from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, ParameterValue, PluginInstance, PluginParameter
 from cube.errors import BadRequest, ComputeError, OutputMismatch
 from cube.schema import ErrorCode
+from cube.services import topology
 from cube.storage import Storage, check_storage_path
 from pfcon.client import PfconClient
 from pfcon.errors import AuthError, PfconError, PfconUnavailable
@@ -185,7 +186,8 @@ async def job_dirs(session: AsyncSession, inst: PluginInstance) -> InNetworkDirs
     inputs: list[str] = []
     for value in values.all():
         inputs += [check_storage_path(p) for p in str(value).split(",") if p.strip()]
-    if inst.previous_id is not None:
+    if inst.previous_id is not None and await topology.plugin_type(session, inst) is PluginType.DS:
+        # a ts job gets no input dir: CUBE joins its parents' outputs itself
         previous = await session.get(PluginInstance, inst.previous_id)
         assert previous is not None
         inputs.append(previous.output_path)

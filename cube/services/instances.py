@@ -17,6 +17,7 @@ from chris_sdk.descriptor import (
     parse_cpu_millicores,
     parse_memory_mib,
 )
+from chris_sdk.topology import parse_filters, parse_instance_ids
 from sqlalchemy import update
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -36,7 +37,7 @@ from cube.db.models import (
 )
 from cube.errors import BadRequest, NotFound, PermissionDenied
 from cube.schema import TERMINAL_STATUSES, InstanceStatus
-from cube.services import feeds, placement
+from cube.services import feeds, placement, topology
 from cube.services.plugins import get_plugin, plugin_parameters
 from cube.storage import check_storage_path
 
@@ -159,6 +160,11 @@ async def create_instance(
     for key in unknown:
         errors[key] = [f"unknown parameter of {meta.name}"]
 
+    ts_parents: list[PluginInstance] = []
+    ts_previous: PluginInstance | None = None
+    if ptype is PluginType.TS:
+        # before the parameters: this fills in and normalises ``plugininstances``
+        ts_previous, ts_parents = await _ts_parents(session, user, data, errors)
     values: list[tuple[PluginParameter, Any]] = []
     for name, p in params.items():
         if name not in data or data[name] is None:
@@ -202,7 +208,7 @@ async def create_instance(
                 if previous.owner_id != user.id and not user.is_staff:
                     raise PermissionDenied("you may not add to another user's feed")
     else:
-        errors["plugin"] = ["ts plugins are not supported yet"]
+        previous = ts_previous
 
     limits: dict[str, int] = {}
     for name, parse, low, high, default in (
@@ -294,10 +300,74 @@ async def create_instance(
     for p, value in values:
         assert p.id is not None
         session.add(ParameterValue(plugin_inst_id=inst.id, plugin_param_id=p.id, value=value))
+    if ts_parents:
+        await topology.record_ts_parents(session, inst.id, [t.id for t in ts_parents if t.id])
     await session.flush()
     await run_if_ready(session, inst, previous)
     await session.refresh(inst)
     return inst
+
+
+async def _ts_parents(
+    session: AsyncSession, user: User, data: dict[str, Any], errors: dict[str, list[str]]
+) -> tuple[PluginInstance | None, list[PluginInstance]]:
+    """The previous instance and the parents of a new ts instance (reference §2.3).
+
+    ``plugininstances`` (comma-separated ids) defaults to ``previous_id`` and
+    ``previous_id`` to its first id; the previous must be among them, all
+    must be in the previous instance's feed, and ``filter`` must give one
+    expression per parent (or none). Problems are added to ``errors``; the
+    normalised list ("3, 5" → "3,5": the job's command line is canonical)
+    is written back to ``data["plugininstances"]``.
+    """
+    raw_ids = str(data.get(topology.TS_PLUGININSTANCES) or "").strip()
+    prev_raw = data.get("previous_id")
+    if not raw_ids and prev_raw in (None, ""):
+        errors["previous_id"] = ["ts plugins need a previous_id or plugininstances"]
+        return None, []
+    try:
+        ids = parse_instance_ids(raw_ids or str(prev_raw))
+    except ValueError as exc:
+        errors[topology.TS_PLUGININSTANCES] = [str(exc)]
+        return None, []
+    try:
+        parse_filters(str(data.get(topology.TS_FILTER) or ""), len(ids))
+    except ValueError as exc:
+        errors[topology.TS_FILTER] = [str(exc)]
+        return None, []
+    if prev_raw in (None, ""):
+        prev_id = ids[0]
+    else:
+        try:
+            prev_id = int(prev_raw)
+        except (TypeError, ValueError):
+            errors["previous_id"] = [f"not an instance id: {prev_raw!r}"]
+            return None, []
+    if prev_id not in ids:
+        errors[topology.TS_PLUGININSTANCES] = [
+            f"must include the previous instance {prev_id} (got {','.join(map(str, ids))})"
+        ]
+        return None, []
+    ordered = [prev_id, *(i for i in ids if i != prev_id)]
+    found: list[PluginInstance] = []
+    for parent_id in ordered:
+        try:
+            found.append(await visible_instance(session, user, parent_id))
+        except NotFound:
+            errors[topology.TS_PLUGININSTANCES] = [f"no plugin instance {parent_id}"]
+            return None, []
+    previous = found[0]
+    if previous.owner_id != user.id and not user.is_staff:
+        raise PermissionDenied("you may not add to another user's feed")
+    if other := [p.id for p in found if p.feed_id != previous.feed_id]:
+        errors[topology.TS_PLUGININSTANCES] = [
+            f"instances {other} are not in feed {previous.feed_id} of the previous instance"
+        ]
+        return None, []
+    # the parents keep the order given: the filters follow it
+    by_id = {p.id: p for p in found}
+    data[topology.TS_PLUGININSTANCES] = ",".join(str(i) for i in ids)
+    return previous, [by_id[i] for i in ids]
 
 
 def default_summary() -> dict[str, Any]:
@@ -315,16 +385,13 @@ def default_summary() -> dict[str, Any]:
 async def run_if_ready(
     session: AsyncSession, inst: PluginInstance, previous: PluginInstance | None
 ) -> InstanceStatus:
-    """Schedule, park or cancel a ``created`` instance according to its parent."""
+    """Schedule, park or cancel a ``created`` instance according to its parents
+    (its previous; every ``plugininstances`` parent for a ts instance)."""
     assert inst.id is not None
-    if previous is None or previous.status == S.FINISHED_SUCCESSFULLY:
-        target = S.SCHEDULED
-    elif S(previous.status).is_active:
-        target = S.WAITING
-    else:
-        target = S.CANCELLED
-    note = f"parent {previous.id} is {previous.status}" if previous else ""
-    await transition(session, inst.id, [S.CREATED], target, note=note)
+    parents = await topology.parents_of(session, inst) if previous is not None else []
+    target, note = topology.readiness(parents)
+    extra = {"error_message": note} if target is S.CANCELLED else {}
+    await transition(session, inst.id, [S.CREATED], target, note=note, **extra)
     return target
 
 
@@ -351,47 +418,59 @@ async def finish(
 
 
 async def resolve_children(session: AsyncSession, parent: PluginInstance) -> list[int]:
-    """Schedule (parent succeeded) or cancel (parent failed) its waiting children.
+    """Schedule (all their parents succeeded) or cancel (a parent failed) the
+    waiting children of an instance that just ended.
 
     Cancellation cascades down the whole waiting subtree. Returns the ids of
     instances that became ``scheduled``.
     """
     assert parent.id is not None
-    success = parent.status == S.FINISHED_SUCCESSFULLY
-    children = (
-        await session.exec(
-            select(PluginInstance.id).where(
-                PluginInstance.previous_id == parent.id, PluginInstance.status == S.WAITING.value
-            )
-        )
-    ).all()
     scheduled: list[int] = []
-    for child_id in children:
-        assert child_id is not None
-        if success:
-            if await transition(session, child_id, [S.WAITING], S.SCHEDULED):
-                scheduled.append(child_id)
-        else:
-            await cancel_subtree(session, child_id, note=f"parent {parent.id} is {parent.status}")
+    for child_id in await topology.children_of(session, parent.id, status=S.WAITING.value):
+        scheduled += await settle_waiting(session, child_id)
     return scheduled
 
 
-async def cancel_subtree(session: AsyncSession, inst_id: int, *, note: str = "") -> list[int]:
-    """Cancel an instance and every active descendant; returns the cancelled ids."""
+async def settle_waiting(session: AsyncSession, inst_id: int) -> list[int]:
+    """Schedule or cancel one waiting instance whose parents may have ended;
+    returns ``[inst_id]`` when it became ``scheduled``."""
+    child = await session.get(PluginInstance, inst_id)
+    assert child is not None
+    target, note = topology.readiness(await topology.parents_of(session, child))
+    if target is S.SCHEDULED:
+        if await transition(session, inst_id, [S.WAITING], S.SCHEDULED):
+            return [inst_id]
+    elif target is S.CANCELLED:
+        await cancel_subtree(session, inst_id, note=note, error_message=note)
+    return []
+
+
+async def cancel_subtree(
+    session: AsyncSession, inst_id: int, *, note: str = "", error_message: str | None = None
+) -> list[int]:
+    """Cancel an instance and every active descendant (ts instances listing
+    one of them included); returns the cancelled ids. ``error_message`` is
+    set on the instance itself and, for its descendants, a mention of it."""
     cancelled: list[int] = []
     frontier = [inst_id]
+    seen: set[int] = set()
     while frontier:
         current = frontier.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        extra: dict[str, Any] = {}
+        if error_message is not None:
+            extra["error_message"] = (
+                error_message
+                if current == inst_id
+                else f"an ancestor was cancelled: {error_message}"
+            )[:1000]
         if await transition(
-            session, current, [s for s in S if s.is_active], S.CANCELLED, note=note
+            session, current, [s for s in S if s.is_active], S.CANCELLED, note=note, **extra
         ):
             cancelled.append(current)
-        kids = (
-            await session.exec(
-                select(PluginInstance.id).where(PluginInstance.previous_id == current)
-            )
-        ).all()
-        frontier.extend(k for k in kids if k is not None)
+        frontier.extend(await topology.children_of(session, current))
     return cancelled
 
 

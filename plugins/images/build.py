@@ -120,6 +120,12 @@ PLUGINS: dict[str, PluginRecipe] = {
         PluginRecipe(
             "pl-simpledsapp", "pl_simpledsapp", "simpledsapp", "chris-fabric/pl-simpledsapp:1.0.0"
         ),
+        PluginRecipe(
+            "pl-topologicalcopy",
+            "pl_topologicalcopy",
+            "topologicalcopy",
+            "chris-fabric/pl-topologicalcopy:1.0.0",
+        ),
     )
 }
 

@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 EXPECTED = {
     "pl-dircopy": "chris-fabric/pl-dircopy:1.0.0",
     "pl-simpledsapp": "chris-fabric/pl-simpledsapp:1.0.0",
+    "pl-topologicalcopy": "chris-fabric/pl-topologicalcopy:1.0.0",
 }
 
 
@@ -79,8 +80,37 @@ def test_dircopy_container_with_chris_entrypoint(
     assert snapshot(outgoing)[0] == SAMPLE_FILES
 
 
+def test_topologicalcopy_container_checks_its_command_line(
+    docker_engine: Any, images: dict[str, str], tmp_path: Path
+) -> None:
+    """A ts job: no input, the command line pfcon builds; CUBE does the join itself."""
+    incoming, outgoing = tmp_path / "in", tmp_path / "out"
+    incoming.mkdir()
+    outgoing.mkdir()
+    descriptor = PluginDescriptor.parse(
+        docker_engine.images.get(images["pl-topologicalcopy"]).labels[
+            build_module().DESCRIPTOR_LABEL
+        ]
+    )
+    command = [
+        *descriptor.entrypoint,
+        "--plugininstances",
+        "3,5",
+        "-f",
+        r"\.dcm$,",
+        "/share/outgoing",
+    ]
+    run_plugin(docker_engine, images["pl-topologicalcopy"], command, incoming, outgoing)
+    assert list(outgoing.iterdir()) == []
+
+
 @pytest.mark.parametrize(
-    ("name", "selfexec"), [("pl-dircopy", "dircopy"), ("pl-simpledsapp", "simpledsapp")]
+    ("name", "selfexec"),
+    [
+        ("pl-dircopy", "dircopy"),
+        ("pl-simpledsapp", "simpledsapp"),
+        ("pl-topologicalcopy", "topologicalcopy"),
+    ],
 )
 def test_descriptor_label_matches_json_in_the_image(
     docker_engine: Any, images: dict[str, str], name: str, selfexec: str

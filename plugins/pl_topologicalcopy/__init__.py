@@ -1,0 +1,1 @@
+"""pl-topologicalcopy: a ts plugin joining the outputs of several parent instances."""
