@@ -359,6 +359,8 @@ class PluginInstance(_Wire):
     previous: OptLink
     feed: Link
     plugin: Link
+    #: The workflow the instance was made by (``null`` outside workflows).
+    workflow: OptLink = None
     descendants: Link
     files: Link
     parameters: Link

@@ -36,6 +36,7 @@ from cube.db.models import (
     PluginMeta,
     StoredFile,
     User,
+    WorkflowInstance,
 )
 from cube.errors import BadRequest, NotFound
 from cube.schema import InstanceStatus
@@ -99,6 +100,15 @@ INSTANCE_FILTERS = (
     Filter("plugin_name_exact", PluginMeta.name),
     Filter("plugin_version", Plugin.version),
     Filter("plugin_type", PluginMeta.type),
+    Filter(
+        "workflow_id",
+        kind=int,
+        where=lambda workflow_id: col(PluginInstance.id).in_(
+            select(WorkflowInstance.plugin_inst_id).where(
+                WorkflowInstance.workflow_id == workflow_id
+            )
+        ),
+    ),
 )
 
 #: Instance filters on the owner, plugin and meta tables (joined when used).

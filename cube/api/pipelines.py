@@ -22,6 +22,7 @@ from aiohttp import BodyPartReader, web
 from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from cube import schema
 from cube.api import serialize as ser
 from cube.api.common import (
     HUB,
@@ -37,6 +38,7 @@ from cube.api.common import (
     read_body,
     require_user,
 )
+from cube.api.render import ApiRoutes, Filter, apply_filters, search_filters
 from cube.db.models import (
     Pipeline,
     PipelineSourceFile,
@@ -47,13 +49,57 @@ from cube.db.models import (
     Workflow,
 )
 from cube.errors import BadRequest, NotFound
-from cube.schema import PipelineExport
 from cube.services import pipelines as psvc
 from cube.services import workflows as wsvc
 
-routes = web.RouteTableDef()
+routes = ApiRoutes()
 
 P = "/api/v1/pipelines"
+
+
+def _owned_by(owner_col: Any) -> Any:
+    """A filter condition builder: the row's owner has this username."""
+    return lambda username: col(owner_col).in_(select(User.id).where(User.username == username))
+
+
+PIPELINE_FILTERS = (
+    Filter("id", Pipeline.id, int),
+    Filter("name", Pipeline.name, op="icontains"),
+    Filter("name_exact", Pipeline.name),
+    Filter("category", Pipeline.category),
+    Filter("owner_username", where=_owned_by(Pipeline.owner_id)),
+)
+PIPELINE_POST = (
+    "name",
+    "authors",
+    "category",
+    "description",
+    "locked",
+    "plugin_tree",
+    "plugin_inst_id",
+)
+PIPELINE_PUT = ("name", "authors", "category", "description", "locked")
+
+WORKFLOW_FILTERS = (
+    Filter("id", Workflow.id, int),
+    Filter("title", Workflow.title, op="icontains"),
+    Filter("pipeline_id", Workflow.pipeline_id, int),
+    Filter(
+        "pipeline_name",
+        where=lambda name: col(Workflow.pipeline_id).in_(
+            select(Pipeline.id).where(col(Pipeline.name).ilike(f"%{name}%"))
+        ),
+    ),
+    Filter("owner_username", where=_owned_by(Workflow.owner_id)),
+)
+WORKFLOW_POST = ("previous_plugin_inst_id", "title", "nodes_info")
+
+SOURCE_FILTERS = (
+    Filter("id", PipelineSourceFile.id, int),
+    Filter("fname", PipelineSourceFile.fname, op="icontains"),
+    Filter("type", PipelineSourceFile.type),
+    Filter("pipeline_id", PipelineSourceFile.pipeline_id, int),
+)
 
 
 def _visible_pipelines(user: User) -> Any:
@@ -63,42 +109,20 @@ def _visible_pipelines(user: User) -> Any:
     return q
 
 
-def _int_query(request: web.Request, key: str) -> int | None:
-    value = request.query.get(key)
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise BadRequest.field(key, "must be an integer")
-    return int(value)
-
-
-@routes.get(f"{P}/")
-@routes.get(f"{P}/search/")
+@routes.get(f"{P}/", model=schema.Pipeline, many=True, name="pipeline-list")
+@routes.get(f"{P}/search/", model=schema.Pipeline, many=True, filters=PIPELINE_FILTERS)
 async def list_pipelines(request: web.Request) -> web.Response:
     """Pipelines the user may see; ``search/`` filters by ``id``, ``name``
     (contains), ``name_exact``, ``category``, ``owner_username``."""
-    q = _visible_pipelines
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        query = q(user)
-        if request.path.endswith("/search/"):
-            if (v := _int_query(request, "id")) is not None:
-                query = query.where(Pipeline.id == v)
-            if v2 := request.query.get("name"):
-                query = query.where(col(Pipeline.name).contains(v2))
-            if v2 := request.query.get("name_exact"):
-                query = query.where(Pipeline.name == v2)
-            if v2 := request.query.get("category"):
-                query = query.where(Pipeline.category == v2)
-            if v2 := request.query.get("owner_username"):
-                owners = select(User.id).where(User.username == v2)
-                query = query.where(col(Pipeline.owner_id).in_(owners))
+        query = apply_filters(request, _visible_pipelines(user), search_filters(request))
         page = await fetch_page(request, s, query, col(Pipeline.id))
         base = origin(request)
         return page.response(request, [await ser.pipeline(base, s, p) for p in page.rows])
 
 
-@routes.post(f"{P}/")
+@routes.post(f"{P}/", model=schema.Pipeline, body=PIPELINE_POST)
 async def create_pipeline(request: web.Request) -> web.Response:
     """Create a pipeline: ``name``, ``authors``, ``category``, ``description``,
     ``locked`` and ``plugin_tree`` (a list, or the list as a JSON string)."""
@@ -110,16 +134,18 @@ async def create_pipeline(request: web.Request) -> web.Response:
         return model_response(await ser.pipeline(origin(request), s, pipeline), status=201)
 
 
-@routes.get(f"{P}/{{id:\\d+}}/")
+@routes.get(f"{P}/{{id:\\d+}}/", model=schema.Pipeline, name="pipeline-detail")
 async def get_pipeline(request: web.Request) -> web.Response:
+    """One pipeline (locked ones are everybody's, unlocked ones their owner's)."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         pipeline = await psvc.visible_pipeline(s, user, int_param(request, "id"))
         return model_response(await ser.pipeline(origin(request), s, pipeline))
 
 
-@routes.put(f"{P}/{{id:\\d+}}/")
+@routes.put(f"{P}/{{id:\\d+}}/", model=schema.Pipeline, body=PIPELINE_PUT)
 async def update_pipeline(request: web.Request) -> web.Response:
+    """Change a pipeline's name, authors, category, description or lock (its owner)."""
     data = await read_body(request)
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
@@ -128,7 +154,7 @@ async def update_pipeline(request: web.Request) -> web.Response:
         return model_response(await ser.pipeline(origin(request), s, pipeline))
 
 
-@routes.get(f"{P}/{{id:\\d+}}/json/")
+@routes.get(f"{P}/{{id:\\d+}}/json/", model=schema.PipelineExport)
 async def export_pipeline(request: web.Request) -> web.Response:
     """The pipeline as ChRIS exports it, ready to be posted again (under another name)."""
     async with request.app[SESSIONS]() as s:
@@ -136,11 +162,12 @@ async def export_pipeline(request: web.Request) -> web.Response:
         pipeline = await psvc.visible_pipeline(s, user, int_param(request, "id"))
         body = await psvc.export_pipeline(s, pipeline)
     url = f"{origin(request)}{P}/{pipeline.id}/json/"
-    return model_response(PipelineExport(url=url, **body))
+    return model_response(schema.PipelineExport(url=url, **body))
 
 
-@routes.get(f"{P}/{{id:\\d+}}/plugins/")
+@routes.get(f"{P}/{{id:\\d+}}/plugins/", model=schema.Plugin, many=True)
 async def pipeline_plugins(request: web.Request) -> web.Response:
+    """The plugins a pipeline's nodes run."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         pipeline = await psvc.visible_pipeline(s, user, int_param(request, "id"))
@@ -150,8 +177,9 @@ async def pipeline_plugins(request: web.Request) -> web.Response:
         return page.response(request, [ser.plugin(base, p, m) for p, m in page.rows])
 
 
-@routes.get(f"{P}/{{id:\\d+}}/pipings/")
+@routes.get(f"{P}/{{id:\\d+}}/pipings/", model=schema.PluginPiping, many=True)
 async def pipeline_pipings(request: web.Request) -> web.Response:
+    """A pipeline's nodes."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         pipeline = await psvc.visible_pipeline(s, user, int_param(request, "id"))
@@ -161,9 +189,10 @@ async def pipeline_pipings(request: web.Request) -> web.Response:
         return page.response(request, [await ser.piping(base, s, n) for n in page.rows])
 
 
-@routes.get(f"{P}/{{id:\\d+}}/parameters/")
-@routes.get(f"{P}/{{id:\\d+}}/defaultparameters/")
+@routes.get(f"{P}/{{id:\\d+}}/parameters/", model=schema.PipingDefaultParameter, many=True)
+@routes.get(f"{P}/{{id:\\d+}}/defaultparameters/", model=schema.PipingDefaultParameter, many=True)
 async def pipeline_defaults(request: web.Request) -> web.Response:
+    """The parameter defaults of a pipeline's nodes."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         pipeline = await psvc.visible_pipeline(s, user, int_param(request, "id"))
@@ -175,8 +204,9 @@ async def pipeline_defaults(request: web.Request) -> web.Response:
         )
 
 
-@routes.get(f"{P}/pipings/{{id:\\d+}}/")
+@routes.get(f"{P}/pipings/{{id:\\d+}}/", model=schema.PluginPiping)
 async def get_piping(request: web.Request) -> web.Response:
+    """One pipeline node."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         node = await get_or_404(s, PluginPiping, int_param(request, "id"))
@@ -184,8 +214,12 @@ async def get_piping(request: web.Request) -> web.Response:
         return model_response(await ser.piping(origin(request), s, node))
 
 
-@routes.get(f"{P}/{{type:(string|integer|float|boolean|path|unextpath)}}-parameter/{{id:\\d+}}/")
+@routes.get(
+    f"{P}/{{type:(string|integer|float|boolean|path|unextpath)}}-parameter/{{id:\\d+}}/",
+    model=schema.PipingDefaultParameter,
+)
 async def get_piping_default(request: web.Request) -> web.Response:
+    """One parameter default of a pipeline node."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         default = await get_or_404(s, PipingDefaultParameter, int_param(request, "id"))
@@ -206,7 +240,7 @@ async def _workflow_page(request: web.Request, s: AsyncSession, query: Any) -> w
     return page.response(request, [await ser.workflow(base, s, w) for w in page.rows])
 
 
-@routes.get(f"{P}/{{id:\\d+}}/workflows/")
+@routes.get(f"{P}/{{id:\\d+}}/workflows/", model=schema.Workflow, many=True)
 async def pipeline_workflows(request: web.Request) -> web.Response:
     """The user's workflows of a pipeline (all of them for staff)."""
     async with request.app[SESSIONS]() as s:
@@ -218,7 +252,7 @@ async def pipeline_workflows(request: web.Request) -> web.Response:
         return await _workflow_page(request, s, query)
 
 
-@routes.post(f"{P}/{{id:\\d+}}/workflows/")
+@routes.post(f"{P}/{{id:\\d+}}/workflows/", model=schema.Workflow, body=WORKFLOW_POST)
 async def create_workflow(request: web.Request) -> web.Response:
     """Run a pipeline: ``previous_plugin_inst_id``, optional ``title`` and ``nodes_info``."""
     data = await read_body(request)
@@ -232,41 +266,30 @@ async def create_workflow(request: web.Request) -> web.Response:
     return model_response(body, status=201)
 
 
-@routes.get(f"{P}/workflows/")
-@routes.get(f"{P}/workflows/search/")
+@routes.get(f"{P}/workflows/", model=schema.Workflow, many=True, name="workflow-list")
+@routes.get(f"{P}/workflows/search/", model=schema.Workflow, many=True, filters=WORKFLOW_FILTERS)
 async def list_workflows(request: web.Request) -> web.Response:
     """The user's workflows; ``search/`` filters by ``id``, ``title`` (contains),
-    ``pipeline_id``, ``pipeline_name`` and ``owner_username``."""
+    ``pipeline_id``, ``pipeline_name`` (contains) and ``owner_username``."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         query = select(Workflow)
         if not user.is_staff:
             query = query.where(Workflow.owner_id == user.id)
-        if request.path.endswith("/search/"):
-            if (v := _int_query(request, "id")) is not None:
-                query = query.where(Workflow.id == v)
-            if (v := _int_query(request, "pipeline_id")) is not None:
-                query = query.where(Workflow.pipeline_id == v)
-            if v2 := request.query.get("title"):
-                query = query.where(col(Workflow.title).contains(v2))
-            if v2 := request.query.get("pipeline_name"):
-                named = select(Pipeline.id).where(col(Pipeline.name).contains(v2))
-                query = query.where(col(Workflow.pipeline_id).in_(named))
-            if v2 := request.query.get("owner_username"):
-                owners = select(User.id).where(User.username == v2)
-                query = query.where(col(Workflow.owner_id).in_(owners))
+        query = apply_filters(request, query, search_filters(request))
         return await _workflow_page(request, s, query)
 
 
-@routes.get(f"{P}/workflows/{{id:\\d+}}/")
+@routes.get(f"{P}/workflows/{{id:\\d+}}/", model=schema.Workflow, name="workflow-detail")
 async def get_workflow(request: web.Request) -> web.Response:
+    """One workflow with its instances' status counts."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         workflow = await wsvc.visible_workflow(s, user, int_param(request, "id"))
         return model_response(await ser.workflow(origin(request), s, workflow))
 
 
-@routes.put(f"{P}/workflows/{{id:\\d+}}/")
+@routes.put(f"{P}/workflows/{{id:\\d+}}/", model=schema.Workflow, body=("title",))
 async def update_workflow(request: web.Request) -> web.Response:
     """Change a workflow's ``title``."""
     data = await read_body(request)
@@ -283,8 +306,9 @@ async def update_workflow(request: web.Request) -> web.Response:
         return model_response(await ser.workflow(origin(request), s, workflow))
 
 
-@routes.get(f"{P}/workflows/{{id:\\d+}}/plugininstances/")
+@routes.get(f"{P}/workflows/{{id:\\d+}}/plugininstances/", model=schema.PluginInstance, many=True)
 async def workflow_instances(request: web.Request) -> web.Response:
+    """The plugin instances of a workflow."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
         workflow = await wsvc.visible_workflow(s, user, int_param(request, "id"))
@@ -292,8 +316,7 @@ async def workflow_instances(request: web.Request) -> web.Response:
         page = await fetch_page(
             request, s, wsvc.instances_query(workflow.id), col(PluginInstance.id)
         )
-        base = origin(request)
-        return page.response(request, [await ser.instance(base, s, i) for i in page.rows])
+        return page.response(request, await ser.instances(origin(request), s, page.rows))
 
 
 # -- pipeline source files ------------------------------------------------------------
@@ -306,23 +329,24 @@ def _visible_sources(user: User) -> Any:
     return q
 
 
-@routes.get(f"{P}/sourcefiles/")
-@routes.get(f"{P}/sourcefiles/search/")
+@routes.get(
+    f"{P}/sourcefiles/",
+    model=schema.PipelineSourceFile,
+    many=True,
+    name="pipelinesourcefile-list",
+)
+@routes.get(
+    f"{P}/sourcefiles/search/",
+    model=schema.PipelineSourceFile,
+    many=True,
+    filters=SOURCE_FILTERS,
+)
 async def list_sources(request: web.Request) -> web.Response:
     """The user's pipeline source files; ``search/`` filters by ``id``, ``fname``
     (contains), ``type`` and ``pipeline_id``."""
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        query = _visible_sources(user)
-        if request.path.endswith("/search/"):
-            if (v := _int_query(request, "id")) is not None:
-                query = query.where(PipelineSourceFile.id == v)
-            if (v := _int_query(request, "pipeline_id")) is not None:
-                query = query.where(PipelineSourceFile.pipeline_id == v)
-            if v2 := request.query.get("fname"):
-                query = query.where(col(PipelineSourceFile.fname).contains(v2))
-            if v2 := request.query.get("type"):
-                query = query.where(PipelineSourceFile.type == v2)
+        query = apply_filters(request, _visible_sources(user), search_filters(request))
         page = await fetch_page(request, s, query, col(PipelineSourceFile.id))
         base = origin(request)
         return page.response(
@@ -330,7 +354,7 @@ async def list_sources(request: web.Request) -> web.Response:
         )
 
 
-@routes.post(f"{P}/sourcefiles/")
+@routes.post(f"{P}/sourcefiles/", model=schema.PipelineSourceFile, body=("fname", "type"))
 async def upload_source(request: web.Request) -> web.Response:
     """Multipart: ``fname`` (the YAML or JSON file, at most 1 MiB) and ``type``
     (``yaml`` or ``json``; by default from the file name). The file becomes a pipeline."""
@@ -376,8 +400,9 @@ async def _source(request: web.Request, s: AsyncSession) -> PipelineSourceFile:
     return row  # type: ignore[no-any-return]
 
 
-@routes.get(f"{P}/sourcefiles/{{id:\\d+}}/")
+@routes.get(f"{P}/sourcefiles/{{id:\\d+}}/", model=schema.PipelineSourceFile)
 async def get_source(request: web.Request) -> web.Response:
+    """One pipeline source file."""
     async with request.app[SESSIONS]() as s:
         row = await _source(request, s)
         return model_response(await ser.pipeline_source_file(origin(request), s, row))

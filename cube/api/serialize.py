@@ -273,6 +273,9 @@ def _instance(
         previous=f"{base}/api/v1/plugins/instances/{i.previous_id}/" if i.previous_id else None,
         feed=f"{base}/api/v1/{i.feed_id}/",
         plugin=f"{base}/api/v1/plugins/{p.id}/",
+        workflow=(
+            f"{base}/api/v1/pipelines/workflows/{in_workflow[0].id}/" if in_workflow else None
+        ),
         descendants=f"{url}descendants/",
         files=f"{url}files/",
         parameters=f"{url}parameters/",
