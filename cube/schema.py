@@ -609,6 +609,13 @@ class PipingDefaultParameter(_Wire):
     type: str  # API names: string, integer, float, boolean, path, unextpath
     plugin_piping_id: PipingId
     plugin_piping_title: str
+    #: The node's previous node and limits: python-chrisclient's
+    #: ``compute_workflow_nodes_info`` builds ``nodes_info`` from them.
+    previous_plugin_piping_id: PipingId | None = None
+    plugin_piping_cpu_limit: int = 0
+    plugin_piping_memory_limit: int = 0
+    plugin_piping_number_of_workers: int = 1
+    plugin_piping_gpu_limit: int = 0
     param_name: str
     param_id: ParameterId
     plugin_name: str

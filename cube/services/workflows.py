@@ -41,6 +41,9 @@ class NodeInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     piping_id: int
+    #: Sent by python-chrisclient (``compute_workflow_nodes_info``); the
+    #: pipeline already fixes each node's previous node, so it is not used.
+    previous_piping_id: int | None = None
     title: str | None = Field(default=None, max_length=100)
     compute_resource_name: str | None = None
     plugin_parameter_defaults: list[psvc.ParameterDefault] = Field(default_factory=list)
