@@ -26,6 +26,7 @@ from pacs_bridge.schema import (
     PacsFilesRegistered,
     SeriesRegistration,
 )
+from pacs_bridge.settings import BridgeSettings
 
 
 class Registrar(ABC):
@@ -172,3 +173,15 @@ class CubeRegistrar(Registrar):
 def paths_of(registrations: Sequence[SeriesRegistration]) -> list[str]:
     """Every file path of ``registrations``, in order."""
     return [p for r in registrations for p in r.files]
+
+
+def make_registrar(settings: BridgeSettings) -> Registrar:
+    """CUBE's registrar when ``cube_url`` is set, else the JSON-lines registry."""
+    if settings.cube_url:
+        return CubeRegistrar(
+            settings.cube_url,
+            token=settings.cube_token.get_secret_value() if settings.cube_token else None,
+            username=settings.cube_username,
+            password=settings.cube_password.get_secret_value() if settings.cube_password else None,
+        )
+    return JsonlRegistry(settings.resolved_registry_file())
