@@ -26,6 +26,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from pacs_bridge.deid import deidentify_encoded
 from pacs_bridge.errors import (
     InvalidDicom,
     InvalidRequest,
@@ -44,6 +45,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -307,6 +309,14 @@ class Receiver:
         self._notify(self.assembler.ended, id(event.assoc))
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
+        try:
+            return self._store(event)
+        except Exception as exc:  # a bug must not cost the peer its association
+            self._count("rejected")
+            log.exception("C-STORE handler failed")
+            return _status(PROCESSING_FAILURE, f"internal error: {exc.__class__.__name__}")
+
+    def _store(self, event: evt.Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title.strip()
         route = self.settings.route_for(calling)
         pacs = route.pacs_name or calling
@@ -347,7 +357,5 @@ class Receiver:
         return SUCCESS
 
     def _deidentify(self, encoded: bytes) -> tuple[bytes, Instance]:
-        from pacs_bridge.deid import deidentify_encoded
-
         out = deidentify_encoded(encoded, self.settings.deid_secret.get_secret_value())
         return out, read_instance(out)
