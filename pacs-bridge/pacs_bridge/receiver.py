@@ -306,7 +306,15 @@ class Receiver:
 
     def _on_end(self, event: evt.Event) -> None:
         # EVT_CONN_CLOSE follows release/abort too; ``ended`` is idempotent per association
-        self._notify(self.assembler.ended, id(event.assoc))
+        self.association_ended(event.assoc)
+
+    def association_ended(self, assoc: object) -> None:
+        """Note the end of an association that delivered instances (thread-safe)."""
+        self._notify(self.assembler.ended, id(assoc))
+
+    def handle_store(self, event: evt.Event) -> int | Dataset:
+        """The C-STORE handler, also bound to our C-GET associations; returns the status."""
+        return self._on_store(event)
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         try:
@@ -317,7 +325,10 @@ class Receiver:
             return _status(PROCESSING_FAILURE, f"internal error: {exc.__class__.__name__}")
 
     def _store(self, event: evt.Event) -> int | Dataset:
-        calling = event.assoc.requestor.ae_title.strip()
+        # the sender: the peer that requested the association, or on a C-GET (which
+        # we requested) the PACS that accepted it
+        peer = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+        calling = peer.ae_title.strip()
         route = self.settings.route_for(calling)
         pacs = route.pacs_name or calling
         try:
