@@ -270,10 +270,10 @@ class DicomClient:
 
     def _get(self, what: RetrieveIn, receiver: Receiver, into: RetrieveStatus) -> RetrieveStatus:
         model = StudyRootQueryRetrieveInformationModelGet
-        contexts = [model, *(cx.abstract_syntax for cx in StoragePresentationContexts)]
-        roles = [
-            build_role(cx.abstract_syntax, scp_role=True) for cx in StoragePresentationContexts
-        ]
+        storage = [cx.abstract_syntax for cx in StoragePresentationContexts if cx.abstract_syntax]
+        # 120 storage contexts + the C-GET one: within the 128 an association may request
+        contexts = [model, *storage]
+        roles = [build_role(uid, scp_role=True) for uid in storage]
         handlers = [(evt.EVT_C_STORE, receiver.handle_store)]
         assoc = self._associate(contexts, roles=roles, handlers=handlers)
         try:
