@@ -14,10 +14,15 @@ query association itself, through the receiver's C-STORE handler.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -72,6 +77,23 @@ RETURN_KEYS: dict[QueryLevel, tuple[str, ...]] = {
         "NumberOfSeriesRelatedInstances",
     ),
 }
+#: Patient and study attributes an export copies from the original study (PS3.3 C.7.1.1, C.7.2.1).
+STUDY_KEYS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    "ReferringPhysicianName",
+)
+#: Most presentation contexts one association may request (PS3.8 9.3.2.2: odd IDs 1-255).
+MAX_CONTEXTS = 128
+
 #: DIMSE statuses (PS3.7 C): pending, success and cancel.
 PENDING = (0xFF00, 0xFF01)
 SUCCESS = 0x0000
@@ -96,6 +118,14 @@ def identifier(level: QueryLevel, query: dict[str, str]) -> Dataset:
             raise InvalidRequest(f"{keyword!r} is a sequence; it cannot be matched")
         ds.add_new(tag, vr.split(" or ")[0], query.get(keyword, ""))
     return ds
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What a C-STORE export sent: SOPInstanceUIDs stored, and failures by file."""
+
+    stored: list[str]
+    failed: dict[str, str]
 
 
 def _as_dict(ds: Dataset) -> dict[str, str]:
@@ -294,3 +324,77 @@ class DicomClient:
         """
         into = into or RetrieveStatus(id=0, service=self.service.name, method=RetrieveMethod.GET)
         return await asyncio.to_thread(self._get, what, receiver, into)
+
+    def _export(self, files: list[Path], study: Dataset | None) -> ExportResult:
+        datasets: list[tuple[Path, Dataset]] = []
+        failed: dict[str, str] = {}
+        for path in files:
+            try:
+                ds = dcmread(path)
+            except (OSError, InvalidDicomError, ValueError) as exc:
+                failed[str(path)] = f"unreadable: {exc}"
+                continue
+            if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+                failed[str(path)] = "no SOPClassUID or SOPInstanceUID"
+                continue
+            if study is not None:
+                for keyword in STUDY_KEYS:
+                    if keyword in study:
+                        setattr(ds, keyword, study.get(keyword))
+            datasets.append((path, ds))
+        pairs = sorted(
+            {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in datasets}
+        )
+        syntaxes: dict[str, list[str]] = {}
+        for sop, ts in pairs:
+            syntaxes.setdefault(sop, [ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            if ts not in syntaxes[sop]:
+                syntaxes[sop].insert(0, ts)
+        if len(syntaxes) > MAX_CONTEXTS:
+            raise InvalidRequest(f"{len(syntaxes)} SOP classes: at most {MAX_CONTEXTS} per export")
+        stored: list[str] = []
+        if not datasets:
+            return ExportResult(stored, failed)
+        ae = AE(ae_title=self.our_aet)
+        ae.maximum_pdu_size = 0
+        ae.dimse_timeout = self.dimse_timeout
+        for sop, tss in syntaxes.items():
+            ae.add_requested_context(sop, list(dict.fromkeys(tss)))
+        svc = self.service
+        try:
+            assoc = ae.associate(svc.host, svc.port, ae_title=svc.aet)
+        except (OSError, ValueError) as exc:
+            raise DicomNetworkError(f"{svc.name}: cannot associate: {exc}") from exc
+        if not assoc.is_established:
+            raise DicomNetworkError(f"{svc.name} refused the association from {self.our_aet}")
+        try:
+            for path, outgoing in datasets:
+                try:
+                    status = assoc.send_c_store(outgoing)
+                except ValueError as exc:  # no accepted context for this SOP class
+                    failed[str(path)] = str(exc)
+                    continue
+                if not status:
+                    raise DicomNetworkError(f"{svc.name}: C-STORE timed out or aborted")
+                code = int(status.Status)
+                if code == SUCCESS or (code & 0xF000) == WARNING:
+                    stored.append(str(outgoing.SOPInstanceUID))
+                else:
+                    failed[str(path)] = f"status 0x{code:04X}"
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return ExportResult(stored, failed)
+
+    async def export(self, files: list[Path], study: Dataset | None = None) -> ExportResult:
+        """C-STORE DICOM ``files`` (results of a feed) to the PACS in one association.
+
+        With ``study``, each dataset takes its patient and study attributes
+        (:data:`STUDY_KEYS`) so it files into the original study at the PACS.
+        Unreadable files and failure statuses are reported per file.
+
+        Raises:
+            InvalidRequest: more SOP classes than an association can carry.
+            DicomNetworkError: no association, or it was aborted or timed out.
+        """
+        return await asyncio.to_thread(self._export, files, study)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from pacs_bridge.errors import DicomNetworkError, InvalidRequest
@@ -17,6 +18,7 @@ from pacs_bridge.registrar import JsonlRegistry
 from pacs_bridge.schema import PacsService, QueryLevel, RetrieveIn, RetrieveState
 from pacs_bridge.scu import DicomClient
 from pacs_bridge.settings import BridgeSettings
+from pydicom import dcmread
 
 from tests.support.components import free_port
 from tests.support.dicom import Series, write_ct_series
@@ -144,3 +146,25 @@ async def test_get_series(pacs: Pacs, service: PacsService, bridge: Receiver) ->
     assert reg.meta.PatientID == "PAT-B"
     assert reg.pacs_identifier == "ORTHANC"
     assert len(reg.files) == 2
+
+
+async def test_export_into_the_original_study_found_by_find(
+    pacs: Pacs, service: PacsService, tmp_path: Path
+) -> None:
+    a1 = pacs.series[0]
+    result = write_ct_series(tmp_path / "result", 2, patient_id="OTHER", description="RESULT")
+    original = dcmread(a1.files[0], stop_before_pixels=True)
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom")
+    client = DicomClient(service, "CHRIS")
+    out = await client.export([*result.files, tmp_path / "junk.dcm"], study=original)
+    assert sorted(out.stored) == sorted(result.sop_uids)
+    assert list(out.failed) == [str(tmp_path / "junk.dcm")]
+    found = await client.find(
+        QueryLevel.SERIES,
+        {"StudyInstanceUID": a1.study_uid, "SeriesInstanceUID": result.series_uid},
+    )
+    assert [(s["SeriesDescription"], s["NumberOfSeriesRelatedInstances"]) for s in found] == [
+        ("RESULT", "2")
+    ]
+    [patient] = await client.find(QueryLevel.STUDY, {"StudyInstanceUID": a1.study_uid})
+    assert patient["PatientID"] == "PAT-A"
