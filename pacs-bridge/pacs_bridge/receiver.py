@@ -149,8 +149,11 @@ class SeriesAssembler:
         try:
             for attempt in range(1, self.attempts + 1):
                 try:
+                    # from the end of the last association: to the call (what a JSON-lines
+                    # registry records), then to the registration done
                     registration.delay_seconds = time.monotonic() - series.ended_at
                     await self.registrar.register(registration)
+                    registration.delay_seconds = time.monotonic() - series.ended_at
                     self.registered.append(registration)
                     log.info(
                         "registered %d files of series %s from %s",
@@ -192,6 +195,11 @@ class SeriesAssembler:
             self._complete(key)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    @property
+    def pending(self) -> int:
+        """Series received and not registered yet."""
+        return sum(1 for s in self._series.values() if s.files or s.registering)
 
     async def wait_for(self, files: int, timeout: float) -> list[SeriesRegistration]:
         """Wait until at least ``files`` files are registered or given up on; the registrations.

@@ -7,8 +7,7 @@ know a C-MOVE destination (and Orthanc refuses C-FIND from unknown AEs).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,39 +19,11 @@ from pacs_bridge.scu import DicomClient
 from pacs_bridge.settings import BridgeSettings
 from pydicom import dcmread
 
+from tests.pacs.conftest import Pacs
 from tests.support.components import free_port
-from tests.support.dicom import Series, write_ct_series
-from tests.support.pacs import Orthanc, running_orthanc, storescu
+from tests.support.dicom import write_ct_series
 
 pytestmark = pytest.mark.usefixtures("dcmtk", "orthanc_binary")
-
-
-@dataclass
-class Pacs:
-    orthanc: Orthanc
-    series: list[Series]  # A1, A2 (one study of PAT-A), B1 (PAT-B)
-    receiver_port: int
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
-    root = tmp_path_factory.mktemp("orthanc")
-    port = free_port()
-    with running_orthanc(root, {"chris": ("CHRIS", port)}) as orthanc:
-        a1 = write_ct_series(root / "a1", 4, patient_id="PAT-A", patient_name="Alpha^Ann")
-        a2 = write_ct_series(
-            root / "a2",
-            3,
-            patient_id="PAT-A",
-            patient_name="Alpha^Ann",
-            study_uid=a1.study_uid,
-            description="CORONAL",
-        )
-        b1 = write_ct_series(root / "b1", 2, patient_id="PAT-B", patient_name="Beta^Bob")
-        for s in (a1, a2, b1):
-            proc = storescu("127.0.0.1", orthanc.dicom_port, s.files, aec="ORTHANC")
-            assert proc.returncode == 0, proc.stderr
-        yield Pacs(orthanc, [a1, a2, b1], port)
 
 
 @pytest.fixture
