@@ -64,6 +64,8 @@ class BridgeSettings(BaseSettings):
     #: Free space the receiver keeps on the storage volume: a C-STORE that would
     #: take free space below it is refused with 0xA700 (out of resources).
     reserve_bytes: int = Field(default=1024**3, ge=0)
+    #: fsync each received file before answering success (Orthanc's SyncStorageArea does too).
+    fsync: bool = True
     #: CUBE's storage root; files land under ``SERVICES/PACS/<pacs>/...``.
     storage_root: Path = Path(".chris/cube/storage")
     #: The JSON-lines registry used when ``cube_url`` is not set.

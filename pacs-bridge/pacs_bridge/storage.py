@@ -161,9 +161,10 @@ class InstanceStore:
     never sees half a file.
     """
 
-    def __init__(self, root: Path, reserve_bytes: int) -> None:
+    def __init__(self, root: Path, reserve_bytes: int, *, fsync: bool = True) -> None:
         self.root = root
         self.reserve_bytes = reserve_bytes
+        self.fsync = fsync
         self._lock = threading.Lock()
         self._writing: set[str] = set()
 
@@ -198,6 +199,9 @@ class InstanceStore:
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(encoded)
+                    if self.fsync:
+                        # the C-STORE-RSP tells the sender it may delete its copy
+                        os.fsync(f.fileno())
                 os.replace(tmp, dest)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
