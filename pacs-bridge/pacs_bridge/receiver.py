@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -293,10 +294,16 @@ class Receiver:
         ae.network_timeout = 300
         ae.require_calling_aet = [] if self.settings.accept_any_aet else self.settings.calling_aets
         ae.add_supported_context(Verification)
+        # any transfer syntax, stored as received (compressed data is not decoded); the
+        # acceptor's order decides, so Explicit VR LE first: a sender offering both
+        # would otherwise convert to Implicit VR and lose the VRs of private elements
+        syntaxes = [
+            ExplicitVRLittleEndian,
+            *(t for t in ALL_TRANSFER_SYNTAXES if t != ExplicitVRLittleEndian),
+        ]
         for cx in AllStoragePresentationContexts:
-            # any transfer syntax, stored as received (compressed data is not decoded)
             assert cx.abstract_syntax is not None
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
         return ae
 
     async def start(self) -> None:
