@@ -13,17 +13,23 @@ Each target is emptied before each send (Orthanc: its studies deleted over
 REST; ours: the storage tree), the two are alternated, and the best of
 ``--repeat`` runs is kept. ``register_s`` is the time from storescu's exit
 (the association released) to the series' line in the registry, polled
-every 5 ms, worst over runs. It prints files/s and MB/s per target, the
+every 5 ms, worst over runs. With ``--cube-url`` (and ``--cube-storage``, the
+CUBE's storage root) the receiver registers into that CUBE instead (staff
+``--cube-user``/``--cube-password``), each send to it is a fresh copy of the
+series (new UIDs: CUBE refuses a path registered twice), and ``register_s``
+is polled from CUBE's ``pacs/series/search/``. It prints files/s and MB/s per target, the
 ratios (ours / Orthanc), and last::
 
     ingest_ratio_small=<x> ingest_ratio_large=<y> register_s=<z>
 
-Run: ``.venv/bin/python bench/pacs.py [--small 100] [--large 200] [--repeat 3] [--keep]``.
+Run: ``.venv/bin/python bench/pacs.py [--small 100] [--large 200] [--repeat 3] [--keep]
+[--cube-url http://127.0.0.1:8000/api/v1/ --cube-storage DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +48,10 @@ from tests.support.components import free_port  # noqa: E402
 from tests.support.dicom import Series, write_ct_series  # noqa: E402
 from tests.support.pacs import Orthanc, nodelay_env, running_orthanc, storescu  # noqa: E402
 
+#: Seconds between polls of the registry file, and of CUBE (each poll is a request
+#: to it, which competes with the registration being measured).
+POLL_FILE = 0.005
+POLL_CUBE = 0.02
 #: How long the receiver may take to answer C-ECHO, and a series to be registered (s).
 STARTUP_TIMEOUT = 30.0
 REGISTER_TIMEOUT = 30.0
@@ -64,12 +75,42 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def start_receiver(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+class Cube:
+    """A CUBE the receiver registers into, polled for the series it registers."""
+
+    def __init__(self, url: str, storage: Path, user: str, password: str) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.storage = storage
+        self.user = user
+        self.password = password
+        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def count(self, resource: str, series_uid: str) -> int:
+        req = urllib.request.Request(
+            f"{self.url}{resource}/search/?SeriesInstanceUID={series_uid}&limit=1",
+            headers={"Authorization": self._auth, "Accept": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(json.loads(resp.read())["count"])
+
+
+def start_receiver(workdir: Path, port: int, cube: Cube | None) -> subprocess.Popen[bytes]:
     """``pacs-bridge receive`` on ``port``, accepting any calling AE; waits for C-ECHO."""
+    storage = cube.storage if cube else workdir / "bridge" / "storage"
+    extra = (
+        {
+            "PACS_BRIDGE_CUBE_URL": cube.url,
+            "PACS_BRIDGE_CUBE_USERNAME": cube.user,
+            "PACS_BRIDGE_CUBE_PASSWORD": cube.password,
+        }
+        if cube
+        else {}
+    )
     env = {
         **nodelay_env(),
+        **extra,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "pacs-bridge")]),
-        "PACS_BRIDGE_STORAGE_ROOT": str(workdir / "bridge" / "storage"),
+        "PACS_BRIDGE_STORAGE_ROOT": str(storage),
         "PACS_BRIDGE_REGISTRY_FILE": str(workdir / "bridge" / "registrations.jsonl"),
         "PACS_BRIDGE_DICOM_HOST": "127.0.0.1",
         "PACS_BRIDGE_RESERVE_BYTES": str(256 * 1024**2),
@@ -85,7 +126,7 @@ def start_receiver(workdir: Path, port: int) -> subprocess.Popen[bytes]:
             "--dicom-port",
             str(port),
             "--log-level",
-            "WARNING",
+            "INFO",
         ],
         env=env,
         stdout=log,
@@ -129,39 +170,60 @@ def send(port: int, aec: str, series: Series) -> float:
     return elapsed
 
 
-def wait_registered(registry: Path, before: int, series_uid: str) -> float:
-    """Seconds until a new registration of ``series_uid`` appears in ``registry``."""
+def wait_registered(registry: Path, before: int, series: Series, cube: Cube | None) -> float:
+    """Seconds until a new registration of ``series`` appears (registry file or CUBE)."""
     t0 = time.perf_counter()
+    uid = series.series_uid
     while time.perf_counter() - t0 < REGISTER_TIMEOUT:
-        lines = registered_lines(registry)[before:]
-        if any(r["meta"]["SeriesInstanceUID"] == series_uid for r in lines):  # type: ignore[index]
-            return time.perf_counter() - t0
-        time.sleep(0.005)
-    raise RuntimeError(f"series {series_uid} not registered in {REGISTER_TIMEOUT} s")
+        if cube is not None:
+            if cube.count("pacs/series", uid):
+                elapsed = time.perf_counter() - t0
+                files = cube.count("pacs/files", uid)
+                if files != len(series.files):
+                    raise RuntimeError(f"CUBE has {files} files of {len(series.files)}")
+                return elapsed
+        else:
+            lines = registered_lines(registry)[before:]
+            if any(r["meta"]["SeriesInstanceUID"] == uid for r in lines):  # type: ignore[index]
+                return time.perf_counter() - t0
+        time.sleep(POLL_CUBE if cube else POLL_FILE)
+    raise RuntimeError(f"series {uid} not registered in {REGISTER_TIMEOUT} s")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
     say(f"generating data in {workdir} ...")
-    sets = [
-        ("small", write_ct_series(workdir / "small", args.small, 128)),
-        ("large", write_ct_series(workdir / "large", args.large, 512)),
-    ]
+    shapes = {"small": (args.small, 128), "large": (args.large, 512)}
+    sets = [(name, write_ct_series(workdir / name, n, size)) for name, (n, size) in shapes.items()]
+    cube = (
+        Cube(args.cube_url, args.cube_storage, args.cube_user, args.cube_password)
+        if args.cube_url
+        else None
+    )
+    copies = 0
     results = [
         Result(name, len(s.files), sum(f.stat().st_size for f in s.files) / 1e6) for name, s in sets
     ]
     bridge_port = free_port()
     registry = workdir / "bridge" / "registrations.jsonl"
     with running_orthanc(workdir / "orthanc", {}) as orthanc:
-        receiver = start_receiver(workdir, bridge_port)
+        receiver = start_receiver(workdir, bridge_port, cube)
         try:
-            for (_, series), result in zip(sets, results, strict=True):
+            for (name, series), result in zip(sets, results, strict=True):
                 for _ in range(args.repeat):
                     clear_orthanc(orthanc)
                     result.record("orthanc", send(orthanc.dicom_port, "ORTHANC", series))
-                    shutil.rmtree(workdir / "bridge" / "storage" / "SERVICES", ignore_errors=True)
+                    ours = series
+                    if cube is not None:
+                        copies += 1
+                        n, size = shapes[name]
+                        ours = write_ct_series(workdir / f"copy{copies}", n, size)
+                    else:
+                        shutil.rmtree(
+                            workdir / "bridge" / "storage" / "SERVICES", ignore_errors=True
+                        )
                     before = len(registered_lines(registry))
-                    result.record("bridge", send(bridge_port, "CHRIS", series))
-                    result.register_s.append(wait_registered(registry, before, series.series_uid))
+                    result.record("bridge", send(bridge_port, "CHRIS", ours))
+                    result.register_s.append(wait_registered(registry, before, ours, cube))
         finally:
             receiver.terminate()
             receiver.wait(timeout=30)
@@ -176,7 +238,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             )
         say(
             f"{'':<22}ratio bridge/orthanc: {r.seconds['orthanc'] / r.seconds['bridge']:.2f}; "
-            f"release→registered: {max(r.register_s):.3f} s (worst of {len(r.register_s)})"
+            f"release→registered ({'CUBE' if cube else 'JSON-lines registry'}): "
+            f"{max(r.register_s):.3f} s (worst of {len(r.register_s)})"
         )
     small, large = results
     say(
@@ -194,10 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="sends per target; the best counts")
     parser.add_argument("--workdir", type=Path, help="where data and storage go (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--cube-url", help="register into this CUBE (its API root)")
+    parser.add_argument("--cube-storage", type=Path, help="that CUBE's storage root")
+    parser.add_argument("--cube-user", default="chris", help="a staff user of that CUBE")
+    parser.add_argument("--cube-password", default="chris1234", help="its password")
     args = parser.parse_args(argv)
     if shutil.which("storescu") is None or not Path("/usr/sbin/Orthanc").is_file():
         print("bench/pacs.py needs the Debian packages dcmtk and orthanc", file=sys.stderr)
         return 2
+    if args.cube_url and not args.cube_storage:
+        parser.error("--cube-url needs --cube-storage (the receiver writes into it)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pacs-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

@@ -188,14 +188,18 @@ class SeriesAssembler:
                     # from the end of the last association: to the call (what a JSON-lines
                     # registry records), then to the registration done
                     registration.delay_seconds = time.monotonic() - series.ended_at
+                    started = time.monotonic()
                     await self.registrar.register(registration)
                     registration.delay_seconds = time.monotonic() - series.ended_at
                     self.registered.append(registration)
                     log.info(
-                        "registered %d files of series %s from %s",
+                        "registered %d files of series %s from %s in %.3f s (%.3f s after "
+                        "the association ended)",
                         len(files),
                         key[1],
                         key[0],
+                        time.monotonic() - started,
+                        registration.delay_seconds,
                     )
                     error = ""
                     break

@@ -59,8 +59,10 @@ class BridgeSettings(BaseSettings):
     accept_any_aet: bool = False
     #: Concurrent associations the receiver accepts (pynetdicom's default is 10).
     max_associations: int = Field(default=32, ge=1, le=1000)
-    #: A series is complete this long after the last association that sent to it ended.
-    quiet_seconds: float = Field(default=0.5, ge=0)
+    #: A series is complete this long after the last association that sent to it ended
+    #: (a series split over associations closer than this is registered once; one
+    #: arriving later is registered in parts, which CUBE and the registry merge).
+    quiet_seconds: float = Field(default=0.25, ge=0)
     #: Free space the receiver keeps on the storage volume: a C-STORE that would
     #: take free space below it is refused with 0xA700 (out of resources).
     reserve_bytes: int = Field(default=1024**3, ge=0)
