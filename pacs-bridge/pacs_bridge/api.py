@@ -84,6 +84,7 @@ async def status(request: web.Request) -> web.Response:
             "instances": dict(rx.counts),
             "series_pending": rx.assembler.pending,
             "series_registered": len(rx.assembler.registered),
+            "files_registered": rx.assembler.files_registered,
             "registration_failures": [
                 {"series": r.meta.SeriesInstanceUID, "files": len(r.files), "error": e}
                 for r, e in rx.assembler.failed

@@ -31,6 +31,9 @@ from pacs_bridge.settings import BridgeSettings
 
 log = logging.getLogger(__name__)
 
+#: Ended retrieves whose status is kept (in memory).
+KEEP_RETRIEVES = 1000
+
 
 class ServiceStore:
     """PACS services by name, persisted as one JSON object in ``path``."""
@@ -92,6 +95,7 @@ class Bridge:
         self.receiver = Receiver(settings, self.registrar)
         self.services = ServiceStore(settings.resolved_services_file())
         self.retrieves: dict[int, RetrieveStatus] = {}
+        self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
 
@@ -141,8 +145,14 @@ class Bridge:
         method = what.method or (
             RetrieveMethod.GET if client.service.prefer_get else RetrieveMethod.MOVE
         )
-        status = RetrieveStatus(id=len(self.retrieves) + 1, service=name, method=method)
+        self._next_id += 1
+        status = RetrieveStatus(id=self._next_id, service=name, method=method)
         self.retrieves[status.id] = status
+        # keep the latest KEEP_RETRIEVES (dicts keep insertion order), running ones always
+        for old in [k for k, v in self.retrieves.items() if v.state is not RetrieveState.RUNNING][
+            : max(0, len(self.retrieves) - KEEP_RETRIEVES)
+        ]:
+            del self.retrieves[old]
         task = asyncio.get_running_loop().create_task(self._retrieve(client, what, status))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -18,7 +18,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -43,6 +43,9 @@ from pacs_bridge.settings import BridgeSettings
 from pacs_bridge.storage import Instance, InstanceStore, read_instance, relative_path
 
 log = logging.getLogger(__name__)
+
+#: Registrations (and failures) kept in memory for status and tests.
+KEEP = 1000
 
 #: C-STORE statuses (PS3.4 Annex B.2.3 and GG.4).
 SUCCESS = 0x0000
@@ -126,10 +129,13 @@ class SeriesAssembler:
         self._series: dict[tuple[str, str], _Series] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
-        #: Every registration made, oldest first.
-        self.registered: list[SeriesRegistration] = []
-        #: Registrations given up on, with the reason.
-        self.failed: list[tuple[SeriesRegistration, str]] = []
+        #: The latest registrations, oldest first (bounded: the bridge runs for months).
+        self.registered: deque[SeriesRegistration] = deque(maxlen=KEEP)
+        #: The latest registrations given up on, with the reason.
+        self.failed: deque[tuple[SeriesRegistration, str]] = deque(maxlen=KEEP)
+        #: Files registered, and given up on, since the start.
+        self.files_registered = 0
+        self.files_failed = 0
 
     def stored(self, assoc: int, pacs: str, meta: SeriesMeta, path: StoragePath | None) -> None:
         """Note an instance of ``assoc`` (``path`` None: a duplicate, nothing new to register)."""
@@ -192,6 +198,7 @@ class SeriesAssembler:
                     await self.registrar.register(registration)
                     registration.delay_seconds = time.monotonic() - series.ended_at
                     self.registered.append(registration)
+                    self.files_registered += len(files)
                     log.info(
                         "registered %d files of series %s from %s in %.3f s (%.3f s after "
                         "the association ended)",
@@ -215,6 +222,7 @@ class SeriesAssembler:
             if error:
                 log.error("giving up registering series %s: %s", key[1], error)
                 self.failed.append((registration, error))
+                self.files_failed += len(files)
         finally:
             series.registering = False
             async with self._changed:
@@ -249,9 +257,7 @@ class SeriesAssembler:
         """
 
         def done() -> bool:
-            n = sum(len(r.files) for r in self.registered)
-            n += sum(len(r.files) for r, _ in self.failed)
-            return n >= files
+            return self.files_registered + self.files_failed >= files
 
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(done)
