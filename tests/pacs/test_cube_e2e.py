@@ -57,7 +57,7 @@ async def test_storescu_to_cube_pacsfiles(tmp_path: Path) -> None:
             )
             assert proc.returncode == 0, proc.stderr
             [done] = await rx.assembler.wait_for(10, timeout=15)
-            assert rx.assembler.failed == []
+            assert not rx.assembler.failed
         assert done.delay_seconds < 1.0
         headers = {"Accept": "application/json"}
         auth = {"auth": BasicAuth(user, password)}
