@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -168,11 +167,6 @@ class CubeRegistrar(Registrar):
     async def close(self) -> None:
         """Close the HTTP session."""
         await self._session.close()
-
-
-def paths_of(registrations: Sequence[SeriesRegistration]) -> list[str]:
-    """Every file path of ``registrations``, in order."""
-    return [p for r in registrations for p in r.files]
 
 
 def make_registrar(settings: BridgeSettings) -> Registrar:
