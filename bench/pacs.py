@@ -5,7 +5,7 @@ Two series (default: 100 small CT files of 128×128, and 200 CT slices of
 association per series, ``TCP_NODELAY=1`` as for every DCMTK tool here) to:
 
 * **Orthanc** (Debian's ``orthanc``, its defaults but for storage and ports:
-  SQLite index, ``SyncStorageArea`` fsync per file, 16 kB PDUs);
+  SQLite index, ``SyncStorageArea`` fsync per file unless ``--no-fsync``, 128 kB PDUs);
 * **our receiver**, ``pacs-bridge receive`` as its own process (fsync per
   file, registration into its JSON-lines registry).
 
@@ -94,7 +94,9 @@ class Cube:
             return int(json.loads(resp.read())["count"])
 
 
-def start_receiver(workdir: Path, port: int, cube: Cube | None) -> subprocess.Popen[bytes]:
+def start_receiver(
+    workdir: Path, port: int, cube: Cube | None, *, fsync: bool
+) -> subprocess.Popen[bytes]:
     """``pacs-bridge receive`` on ``port``, accepting any calling AE; waits for C-ECHO."""
     storage = cube.storage if cube else workdir / "bridge" / "storage"
     extra = (
@@ -114,6 +116,7 @@ def start_receiver(workdir: Path, port: int, cube: Cube | None) -> subprocess.Po
         "PACS_BRIDGE_REGISTRY_FILE": str(workdir / "bridge" / "registrations.jsonl"),
         "PACS_BRIDGE_DICOM_HOST": "127.0.0.1",
         "PACS_BRIDGE_RESERVE_BYTES": str(256 * 1024**2),
+        "PACS_BRIDGE_FSYNC": "true" if fsync else "false",
     }
     log = (workdir / "bridge.log").open("wb")
     proc = subprocess.Popen(
@@ -205,8 +208,9 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     ]
     bridge_port = free_port()
     registry = workdir / "bridge" / "registrations.jsonl"
-    with running_orthanc(workdir / "orthanc", {}) as orthanc:
-        receiver = start_receiver(workdir, bridge_port, cube)
+    sync = not args.no_fsync
+    with running_orthanc(workdir / "orthanc", {}, SyncStorageArea=sync) as orthanc:
+        receiver = start_receiver(workdir, bridge_port, cube, fsync=sync)
         try:
             for (name, series), result in zip(sets, results, strict=True):
                 for _ in range(args.repeat):
@@ -228,6 +232,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             receiver.terminate()
             receiver.wait(timeout=30)
     say("")
+    say(f"each file synced to disk before success: {'yes' if sync else 'no'} (both targets)")
     say(f"{'series':<8}{'files':>6}{'MB':>8}  {'target':<9}{'s':>8}{'files/s':>9}{'MB/s':>8}")
     for r in results:
         for target in ("orthanc", "bridge"):
@@ -257,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="sends per target; the best counts")
     parser.add_argument("--workdir", type=Path, help="where data and storage go (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="neither Orthanc (SyncStorageArea) nor the receiver syncs each file",
+    )
     parser.add_argument("--cube-url", help="register into this CUBE (its API root)")
     parser.add_argument("--cube-storage", type=Path, help="that CUBE's storage root")
     parser.add_argument("--cube-user", default="chris", help="a staff user of that CUBE")

@@ -341,8 +341,9 @@ class InstanceStore:
                 with os.fdopen(fd, "wb") as f:
                     f.write(encoded)
                     if self.fsync:
-                        # the C-STORE-RSP tells the sender it may delete its copy
-                        os.fsync(f.fileno())
+                        # the C-STORE-RSP tells the sender it may delete its copy;
+                        # fdatasync: the data and its size, not the timestamps
+                        os.fdatasync(f.fileno())
                 os.replace(tmp, dest)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

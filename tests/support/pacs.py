@@ -91,10 +91,13 @@ class Orthanc:
 
 
 @contextlib.contextmanager
-def running_orthanc(root: Path, modalities: dict[str, tuple[str, int]]) -> Iterator[Orthanc]:
+def running_orthanc(
+    root: Path, modalities: dict[str, tuple[str, int]], **options: Any
+) -> Iterator[Orthanc]:
     """Start an Orthanc with its own config and storage under ``root``; stop it after.
 
-    ``modalities`` maps names to (AE title, port) of peers on 127.0.0.1.
+    ``modalities`` maps names to (AE title, port) of peers on 127.0.0.1;
+    ``options`` are further configuration options (``SyncStorageArea=False`` ...).
     """
     http_port, dicom_port = free_port(), free_port()
     db = root / "db"
@@ -115,6 +118,7 @@ def running_orthanc(root: Path, modalities: dict[str, tuple[str, int]]) -> Itera
         "DicomModalities": {k: [a, "127.0.0.1", p] for k, (a, p) in modalities.items()},
         "StableAge": 1,
         "MaximumPduLength": 131072,
+        **options,
     }
     cfg = root / "orthanc.json"
     cfg.write_text(json.dumps(config))
