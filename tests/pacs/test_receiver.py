@@ -215,3 +215,40 @@ async def test_concurrent_associations(
     regs = await receiver.assembler.wait_for(48, timeout=20)
     assert sorted(r.meta.SeriesInstanceUID for r in regs) == sorted(s.series_uid for s in series)
     assert all(len(r.files) == 8 for r in regs)
+
+
+def _scu_send_then_abort(port: int, paths: list[Path]) -> list[int]:
+    """Send ``paths`` in one association, then abort it instead of releasing it."""
+    ae = AE(ae_title="OTHER")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CHRIS")
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(dcmread(p)).Status) for p in paths]
+    assoc.abort()
+    return statuses
+
+
+async def test_acknowledged_instances_of_an_aborted_association_are_registered(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    series = write_ct_series(tmp_path / "in", 3)
+    statuses = await asyncio.to_thread(_scu_send_then_abort, receiver.port, series.files)
+    assert statuses == [0, 0, 0]
+    # the sender was told they are stored, so they are kept and registered
+    [reg] = await receiver.assembler.wait_for(3, timeout=10)
+    assert len(reg.files) == 3
+
+
+async def test_stop_registers_pending_series_at_once(
+    settings: BridgeSettings, tmp_path: Path
+) -> None:
+    settings.quiet_seconds = 3600
+    series = write_ct_series(tmp_path / "in", 2)
+    registry = JsonlRegistry(tmp_path / "r.jsonl")
+    async with Receiver(settings, registry) as rx:
+        assert "rc=0" in await send(rx, series.files)
+        await asyncio.sleep(0.2)
+        assert registry.registrations() == []
+        assert rx.assembler.pending == 1
+    [reg] = registry.registrations()
+    assert len(reg.files) == 2
