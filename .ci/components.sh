@@ -3,7 +3,8 @@
 # a Docker engine (docker.io + dockerd), mmdebstrap to build the Python base
 # image without pulling, busybox-static for the small test image, and
 # docker-registry + apache2-utils (htpasswd -B) for the registry tests, which
-# start their own registry on loopback (none is started here).
+# start their own registry on loopback (none is started here), and orthanc +
+# dcmtk for the PACS bridge's tests (which start their own Orthanc).
 set -euo pipefail
 
 need=()
@@ -13,6 +14,9 @@ command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 [[ -x /usr/bin/docker-registry ]] || need+=(docker-registry)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+# the PACS bridge's tests start their own Orthanc (a test PACS) and drive DCMTK's tools
+[[ -x /usr/sbin/Orthanc ]] || need+=(orthanc)
+command -v storescu >/dev/null || need+=(dcmtk)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -20,6 +24,10 @@ if ((${#need[@]})); then
   # the package's service would hold :5000 for nothing; tests run their own registry
   if [[ " ${need[*]} " == *" docker-registry "* ]]; then
     service docker-registry stop >/dev/null 2>&1 || true
+  fi
+  # likewise Orthanc's service (:4242, :8042): the PACS tests run their own
+  if [[ " ${need[*]} " == *" orthanc "* ]]; then
+    service orthanc stop >/dev/null 2>&1 || true
   fi
 fi
 

@@ -1,0 +1,290 @@
+"""Benchmark of DICOM ingest: DCMTK storescu into Orthanc and into our receiver, same run.
+
+Two series (default: 100 small CT files of 128×128, and 200 CT slices of
+512×512, 0.5 MB each), made with pydicom, are sent with ``storescu`` (one
+association per series, ``TCP_NODELAY=1`` as for every DCMTK tool here) to:
+
+* **Orthanc** (Debian's ``orthanc``, its defaults but for storage and ports:
+  SQLite index, ``SyncStorageArea`` fsync per file unless ``--no-fsync``, 128 kB PDUs);
+* **our receiver**, ``pacs-bridge receive`` as its own process (fsync per
+  file, registration into its JSON-lines registry).
+
+Each target is emptied before each send (Orthanc: its studies deleted over
+REST; ours: the storage tree), the two are alternated, and the best of
+``--repeat`` runs is kept. ``register_s`` is the time from storescu's exit
+(the association released) to the series' line in the registry, polled
+every 5 ms, worst over runs. With ``--cube-url`` (and ``--cube-storage``, the
+CUBE's storage root) the receiver registers into that CUBE instead (staff
+``--cube-user``/``--cube-password``), each send to it is a fresh copy of the
+series (new UIDs: CUBE refuses a path registered twice), and ``register_s``
+is polled from CUBE's ``pacs/series/search/``. It prints files/s and MB/s per target, the
+ratios (ours / Orthanc), and last::
+
+    ingest_ratio_small=<x> ingest_ratio_large=<y> register_s=<z>
+
+Run: ``.venv/bin/python bench/pacs.py [--small 100] [--large 200] [--repeat 3] [--keep]
+[--cube-url http://127.0.0.1:8000/api/v1/ --cube-storage DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "pacs-bridge")]
+
+from tests.support.components import free_port  # noqa: E402
+from tests.support.dicom import Series, write_ct_series  # noqa: E402
+from tests.support.pacs import Orthanc, nodelay_env, running_orthanc, storescu  # noqa: E402
+
+#: Seconds between polls of the registry file, and of CUBE (each poll is a request
+#: to it, which competes with the registration being measured).
+POLL_FILE = 0.005
+POLL_CUBE = 0.02
+#: How long the receiver may take to answer C-ECHO, and a series to be registered (s).
+STARTUP_TIMEOUT = 30.0
+REGISTER_TIMEOUT = 30.0
+
+
+@dataclass
+class Result:
+    """Best send times per target for one series, and the registration delays."""
+
+    name: str
+    files: int
+    megabytes: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    register_s: list[float] = field(default_factory=list)
+
+    def record(self, target: str, seconds: float) -> None:
+        self.seconds[target] = min(seconds, self.seconds.get(target, float("inf")))
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Cube:
+    """A CUBE the receiver registers into, polled for the series it registers."""
+
+    def __init__(self, url: str, storage: Path, user: str, password: str) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.storage = storage
+        self.user = user
+        self.password = password
+        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def count(self, resource: str, series_uid: str) -> int:
+        req = urllib.request.Request(
+            f"{self.url}{resource}/search/?SeriesInstanceUID={series_uid}&limit=1",
+            headers={"Authorization": self._auth, "Accept": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(json.loads(resp.read())["count"])
+
+
+def start_receiver(
+    workdir: Path, port: int, cube: Cube | None, *, fsync: bool
+) -> subprocess.Popen[bytes]:
+    """``pacs-bridge receive`` on ``port``, accepting any calling AE; waits for C-ECHO."""
+    storage = cube.storage if cube else workdir / "bridge" / "storage"
+    extra = (
+        {
+            "PACS_BRIDGE_CUBE_URL": cube.url,
+            "PACS_BRIDGE_CUBE_USERNAME": cube.user,
+            "PACS_BRIDGE_CUBE_PASSWORD": cube.password,
+        }
+        if cube
+        else {}
+    )
+    env = {
+        **nodelay_env(),
+        **extra,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "pacs-bridge")]),
+        "PACS_BRIDGE_STORAGE_ROOT": str(storage),
+        "PACS_BRIDGE_REGISTRY_FILE": str(workdir / "bridge" / "registrations.jsonl"),
+        "PACS_BRIDGE_DICOM_HOST": "127.0.0.1",
+        "PACS_BRIDGE_RESERVE_BYTES": str(256 * 1024**2),
+        "PACS_BRIDGE_FSYNC": "true" if fsync else "false",
+    }
+    log = (workdir / "bridge.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pacs_bridge",
+            "receive",
+            "--accept-any-aet",
+            "--dicom-port",
+            str(port),
+            "--log-level",
+            "INFO",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while (
+        subprocess.run(
+            ["echoscu", "-aec", "CHRIS", "127.0.0.1", str(port)],
+            env=nodelay_env(),
+            capture_output=True,
+        ).returncode
+        != 0
+    ):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the receiver did not start: {(workdir / 'bridge.log').read_text()}"
+            )
+        time.sleep(0.2)
+    return proc
+
+
+def clear_orthanc(orthanc: Orthanc) -> None:
+    for study in orthanc.rest("GET", "/studies"):
+        orthanc.rest("DELETE", f"/studies/{study}")
+
+
+def registered_lines(registry: Path) -> list[dict[str, object]]:
+    if not registry.is_file():
+        return []
+    return [json.loads(line) for line in registry.read_text().splitlines()]
+
+
+def send(port: int, aec: str, series: Series) -> float:
+    """Seconds storescu takes to send ``series`` in one association."""
+    t0 = time.perf_counter()
+    proc = storescu("127.0.0.1", port, series.files, aet="BENCH", aec=aec)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"storescu to {aec} failed: {proc.stdout}{proc.stderr}")
+    return elapsed
+
+
+def wait_registered(registry: Path, before: int, series: Series, cube: Cube | None) -> float:
+    """Seconds until a new registration of ``series`` appears (registry file or CUBE)."""
+    t0 = time.perf_counter()
+    uid = series.series_uid
+    while time.perf_counter() - t0 < REGISTER_TIMEOUT:
+        if cube is not None:
+            if cube.count("pacs/series", uid):
+                elapsed = time.perf_counter() - t0
+                files = cube.count("pacs/files", uid)
+                if files != len(series.files):
+                    raise RuntimeError(f"CUBE has {files} files of {len(series.files)}")
+                return elapsed
+        else:
+            lines = registered_lines(registry)[before:]
+            if any(r["meta"]["SeriesInstanceUID"] == uid for r in lines):  # type: ignore[index]
+                return time.perf_counter() - t0
+        time.sleep(POLL_CUBE if cube else POLL_FILE)
+    raise RuntimeError(f"series {uid} not registered in {REGISTER_TIMEOUT} s")
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    say(f"generating data in {workdir} ...")
+    shapes = {"small": (args.small, 128), "large": (args.large, 512)}
+    sets = [(name, write_ct_series(workdir / name, n, size)) for name, (n, size) in shapes.items()]
+    cube = (
+        Cube(args.cube_url, args.cube_storage, args.cube_user, args.cube_password)
+        if args.cube_url
+        else None
+    )
+    copies = 0
+    results = [
+        Result(name, len(s.files), sum(f.stat().st_size for f in s.files) / 1e6) for name, s in sets
+    ]
+    bridge_port = free_port()
+    registry = workdir / "bridge" / "registrations.jsonl"
+    sync = not args.no_fsync
+    with running_orthanc(workdir / "orthanc", {}, SyncStorageArea=sync) as orthanc:
+        receiver = start_receiver(workdir, bridge_port, cube, fsync=sync)
+        try:
+            for (name, series), result in zip(sets, results, strict=True):
+                for _ in range(args.repeat):
+                    clear_orthanc(orthanc)
+                    result.record("orthanc", send(orthanc.dicom_port, "ORTHANC", series))
+                    ours = series
+                    if cube is not None:
+                        copies += 1
+                        n, size = shapes[name]
+                        ours = write_ct_series(workdir / f"copy{copies}", n, size)
+                    else:
+                        shutil.rmtree(
+                            workdir / "bridge" / "storage" / "SERVICES", ignore_errors=True
+                        )
+                    before = len(registered_lines(registry))
+                    result.record("bridge", send(bridge_port, "CHRIS", ours))
+                    result.register_s.append(wait_registered(registry, before, ours, cube))
+        finally:
+            receiver.terminate()
+            receiver.wait(timeout=30)
+    say("")
+    say(f"each file synced to disk before success: {'yes' if sync else 'no'} (both targets)")
+    say(f"{'series':<8}{'files':>6}{'MB':>8}  {'target':<9}{'s':>8}{'files/s':>9}{'MB/s':>8}")
+    for r in results:
+        for target in ("orthanc", "bridge"):
+            s = r.seconds[target]
+            say(
+                f"{r.name:<8}{r.files:>6}{r.megabytes:>8.1f}  {target:<9}{s:>8.3f}"
+                f"{r.files / s:>9.1f}{r.megabytes / s:>8.1f}"
+            )
+        say(
+            f"{'':<22}ratio bridge/orthanc: {r.seconds['orthanc'] / r.seconds['bridge']:.2f}; "
+            f"release→registered ({'CUBE' if cube else 'JSON-lines registry'}): "
+            f"{max(r.register_s):.3f} s (worst of {len(r.register_s)})"
+        )
+    small, large = results
+    say(
+        f"ingest_ratio_small={small.seconds['orthanc'] / small.seconds['bridge']:.2f} "
+        f"ingest_ratio_large={large.seconds['orthanc'] / large.seconds['bridge']:.2f} "
+        f"register_s={max(small.register_s + large.register_s):.3f}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", type=int, default=100, help="small CT files (128×128)")
+    parser.add_argument("--large", type=int, default=200, help="512×512 CT slices")
+    parser.add_argument("--repeat", type=int, default=3, help="sends per target; the best counts")
+    parser.add_argument("--workdir", type=Path, help="where data and storage go (default: temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="neither Orthanc (SyncStorageArea) nor the receiver syncs each file",
+    )
+    parser.add_argument("--cube-url", help="register into this CUBE (its API root)")
+    parser.add_argument("--cube-storage", type=Path, help="that CUBE's storage root")
+    parser.add_argument("--cube-user", default="chris", help="a staff user of that CUBE")
+    parser.add_argument("--cube-password", default="chris1234", help="its password")
+    args = parser.parse_args(argv)
+    if shutil.which("storescu") is None or not Path("/usr/sbin/Orthanc").is_file():
+        print("bench/pacs.py needs the Debian packages dcmtk and orthanc", file=sys.stderr)
+        return 2
+    if args.cube_url and not args.cube_storage:
+        parser.error("--cube-url needs --cube-storage (the receiver writes into it)")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pacs-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(args, workdir)
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Registration of complete series: into CUBE's ``pacsfiles`` API, or a JSON-lines registry.
+
+:class:`Registrar` is the abstract base; :class:`CubeRegistrar` registers each
+series with ONE bulk POST to CUBE (ChRIS #546: one POST per instance was the
+bottleneck); :class:`JsonlRegistry` appends one line per registration to a
+file, for a bridge without CUBE (the embedded default) and for tools that
+read the registrations back (:meth:`JsonlRegistry.series`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+from pydantic import ValidationError
+
+from pacs_bridge.errors import RegistrationError, RegistrationUnavailable
+from pacs_bridge.schema import (
+    PacsFileIn,
+    PacsFilesIn,
+    PacsFilesRegistered,
+    SeriesRegistration,
+)
+from pacs_bridge.settings import BridgeSettings
+
+
+class Registrar(ABC):
+    """Where complete series are registered."""
+
+    @abstractmethod
+    async def register(self, registration: SeriesRegistration) -> None:
+        """Register the files of one series in one call.
+
+        Raises:
+            RegistrationUnavailable: the backend is unreachable (retrying may succeed).
+            RegistrationError: the backend refused the registration.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - most registrars hold nothing
+        """Release what the registrar holds."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class JsonlRegistry(Registrar):
+    """Registrations as JSON lines in one file (appends are atomic under a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    async def register(self, registration: SeriesRegistration) -> None:
+        """Append ``registration`` as one line."""
+        line = registration.model_dump_json() + "\n"
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._append, line)
+            except OSError as exc:
+                raise RegistrationError(f"cannot write {self.path}: {exc}") from exc
+
+    def _append(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line)
+
+    def registrations(self) -> list[SeriesRegistration]:
+        """Every registration so far, oldest first (an absent file: none).
+
+        Raises:
+            RegistrationError: a line is not a registration.
+        """
+        if not self.path.is_file():
+            return []
+        out = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                out.append(SeriesRegistration.model_validate_json(line))
+            except ValidationError as exc:
+                raise RegistrationError(f"{self.path}:{n} is not a registration: {exc}") from exc
+        return out
+
+    def series(self) -> dict[tuple[str, str], list[str]]:
+        """Registered files by (pacs_identifier, SeriesInstanceUID)."""
+        out: dict[tuple[str, str], list[str]] = {}
+        for r in self.registrations():
+            out.setdefault((r.pacs_identifier, r.meta.SeriesInstanceUID), []).extend(r.files)
+        return out
+
+
+class CubeRegistrar(Registrar):
+    """CUBE's bulk registration, ``POST <api>/pacs/files/`` (staff credentials).
+
+    ``api_url`` is CUBE's API root with the trailing slash
+    (``http://cube:8000/api/v1/``). Authenticate with a token or a username and
+    password (HTTP Basic).
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        if not api_url.endswith("/"):
+            api_url += "/"
+        self.api_url = api_url
+        headers = {"Accept": "application/json"}
+        auth = None
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        elif username is not None:
+            auth = aiohttp.BasicAuth(username, password or "")
+        self._session = aiohttp.ClientSession(
+            headers=headers, auth=auth, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+
+    async def register(self, registration: SeriesRegistration) -> None:
+        """POST every file of the series at once."""
+        meta = registration.meta.model_dump()
+        body = PacsFilesIn(
+            pacs_name=registration.pacs_identifier,
+            files=[PacsFileIn(path=p, **meta) for p in registration.files],
+        )
+        await self.register_files(body)
+
+    async def register_files(self, body: PacsFilesIn) -> PacsFilesRegistered:
+        """One bulk registration; CUBE's answer.
+
+        Raises:
+            RegistrationUnavailable: connection failure, timeout or a 5xx.
+            RegistrationError: a 4xx (bad path, unknown user, already registered).
+        """
+        url = self.api_url + "pacs/files/"
+        try:
+            async with self._session.post(
+                url, data=body.model_dump_json(), headers={"Content-Type": "application/json"}
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 500:
+                    raise RegistrationUnavailable(f"CUBE answered {resp.status}: {text[:500]}")
+                if resp.status >= 400:
+                    raise RegistrationError(
+                        f"CUBE refused the registration ({resp.status}): {text[:500]}"
+                    )
+                return PacsFilesRegistered.model_validate_json(text)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RegistrationUnavailable(f"CUBE at {url} unreachable: {exc}") from exc
+        except ValidationError as exc:
+            raise RegistrationError(f"unexpected answer from CUBE: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._session.close()
+
+
+def make_registrar(settings: BridgeSettings) -> Registrar:
+    """CUBE's registrar when ``cube_url`` is set, else the JSON-lines registry."""
+    if settings.cube_url:
+        return CubeRegistrar(
+            settings.cube_url,
+            token=settings.cube_token.get_secret_value() if settings.cube_token else None,
+            username=settings.cube_username,
+            password=settings.cube_password.get_secret_value() if settings.cube_password else None,
+        )
+    return JsonlRegistry(settings.resolved_registry_file())
