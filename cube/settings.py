@@ -31,6 +31,9 @@ class CubeSettings(BaseSettings):
     port: int = 8000
     home: Path = Field(default_factory=lambda: default_home() / "cube")
     #: SQLAlchemy async URL; default ``sqlite+aiosqlite:///<home>/cube.db``.
+    #: Production: ``postgresql+asyncpg://user:password@host:5432/cube``
+    #: (``postgresql://`` is read as that). Several CUBE processes (API and
+    #: workers on several machines) may share a PostgreSQL database.
     database_url: str = ""
     #: Root of file storage; default ``<home>/storage``.
     storage_dir: Path | None = None
@@ -80,7 +83,11 @@ class CubeSettings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite under ``home``."""
-        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'cube.db'}"
+        url = self.database_url or f"sqlite+aiosqlite:///{self.home / 'cube.db'}"
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+asyncpg://" + url.removeprefix(plain)
+        return url
 
     def resolved_storage_dir(self) -> Path:
         """The storage root, defaulting to ``<home>/storage``."""
