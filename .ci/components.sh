@@ -3,7 +3,9 @@
 # a Docker engine (docker.io + dockerd), mmdebstrap to build the Python base
 # image without pulling, busybox-static for the small test image, and
 # docker-registry + apache2-utils (htpasswd -B) for the registry tests, which
-# start their own registry on loopback (none is started here).
+# start their own registry on loopback (none is started here), and postgresql
+# for CUBE's database tests, which start their own throwaway cluster as the
+# postgres user (the package's own cluster is stopped: nothing uses it).
 set -euo pipefail
 
 need=()
@@ -13,6 +15,7 @@ command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 [[ -x /usr/bin/docker-registry ]] || need+=(docker-registry)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -20,6 +23,9 @@ if ((${#need[@]})); then
   # the package's service would hold :5000 for nothing; tests run their own registry
   if [[ " ${need[*]} " == *" docker-registry "* ]]; then
     service docker-registry stop >/dev/null 2>&1 || true
+  fi
+  if [[ " ${need[*]} " == *" postgresql "* ]]; then
+    service postgresql stop >/dev/null 2>&1 || true
   fi
 fi
 

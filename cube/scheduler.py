@@ -1,11 +1,17 @@
 """The durable scheduler: drives plugin instances on compute sites.
 
-State lives only in the database. A worker *claims* an instance by writing
-its id and a lease expiry on the row (a guarded UPDATE, so two workers never
-drive one instance); it renews the lease while it works and gives it up when
-the instance ends. A crashed or restarted worker's instances become claimable
-again when their lease lapses, and its successor picks up where the row says
-(``scheduled`` → submit, or find the job already there; ``started`` → watch;
+State lives only in the database. A worker *claims* a batch of instances in
+one statement: an UPDATE that writes its id and a lease expiry on rows picked
+by ``SELECT … FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite, which has one
+writer at a time, runs the same UPDATE under its write lock), so any number
+of workers on one database never drive one instance twice. A worker renews
+its leases while it lives; a lease it finds it no longer holds (taken over,
+or the row deleted) stops its task without touching the site, and an
+instance it finds ended elsewhere (cancelled through another process) stops
+its task and stops the remote job. A crashed or restarted worker's instances
+become claimable again when their lease lapses, and its successor picks up
+where the row says (``scheduled`` → ask the site whether the job is already
+there before submitting, so nothing is submitted twice; ``started`` → watch;
 ``registeringFiles`` → register again, idempotently).
 
 Each claimed instance gets its own task, so one unreachable site never
@@ -27,13 +33,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from chris_sdk.descriptor import ParameterType, PluginType
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import col, or_, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
@@ -53,6 +60,11 @@ from pfioh.unzip import ExtractLimits, extract_async
 log = logging.getLogger(__name__)
 S = InstanceStatus
 DRIVEN = [S.SCHEDULED.value, S.STARTED.value, S.REGISTERING_FILES.value]
+#: Instances claimed per statement (a worker claims batch after batch up to
+#: ``worker_max_instances``).
+CLAIM_BATCH = 100
+#: Rows per executemany when registering output files (bounds one statement's memory).
+REGISTER_BATCH = 5000
 
 
 class StatusHub:
@@ -108,6 +120,9 @@ class Scheduler:
         self._client_factory = client_factory or self._default_client
         self._clients: dict[tuple[int, str, str], PfconClient] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: Instances whose lease this worker lost: their tasks stop without
+        #: touching the site or the row (another worker drives them now).
+        self._abandoned: set[int] = set()
         self._kick = asyncio.Event()
         #: Bumped whenever an instance of this process ends and frees a job slot.
         self._room = asyncio.Condition()
@@ -159,69 +174,109 @@ class Scheduler:
                 await client.close()
 
     async def _claim_all(self) -> None:
-        now = utcnow()
-        async with self.sessions() as s:
-            ids = (
-                await s.exec(
-                    select(PluginInstance.id)
-                    .where(col(PluginInstance.status).in_(DRIVEN))
-                    .where(
-                        or_(
-                            col(PluginInstance.lease_owner).is_(None),
-                            col(PluginInstance.lease_expires) < now,
-                            col(PluginInstance.lease_owner) == self.settings.worker_id,
-                        )
-                    )
-                    .order_by(col(PluginInstance.id))
-                )
-            ).all()
-        for inst_id in ids:
-            if inst_id is None or inst_id in self._tasks:
-                continue
-            if await self._claim(inst_id):
+        """Claim what this worker has room for, batch by batch, and drive it."""
+        while not self._stopping:
+            room = self.settings.worker_max_instances - len(self._tasks)
+            if room <= 0:
+                return
+            ids = await self.claim(min(room, CLAIM_BATCH))
+            for inst_id in ids:
                 self._tasks[inst_id] = asyncio.create_task(self._drive(inst_id))
+            if len(ids) < min(room, CLAIM_BATCH):
+                return
 
-    async def _claim(self, inst_id: int) -> bool:
+    async def claim(self, limit: int) -> list[int]:
+        """Lease up to ``limit`` claimable instances to this worker; returns their ids.
+
+        Claimable: driven by the scheduler (``scheduled``, ``started``,
+        ``registeringFiles``) and not leased, or leased with an expired
+        lease, or leased by this worker id without a task here (a restart
+        under the same id). One statement: concurrent workers skip the rows
+        another is claiming instead of waiting for them, and never get the
+        same row.
+        """
         now = utcnow()
-        async with self.sessions() as s:
-            result = await s.exec(
-                update(PluginInstance)  # type: ignore[call-overload]
-                .where(col(PluginInstance.id) == inst_id)
-                .where(col(PluginInstance.status).in_(DRIVEN))
-                .where(
-                    or_(
-                        col(PluginInstance.lease_owner).is_(None),
-                        col(PluginInstance.lease_expires) < now,
-                        col(PluginInstance.lease_owner) == self.settings.worker_id,
-                    )
-                )
-                .values(
-                    lease_owner=self.settings.worker_id,
-                    lease_expires=now + timedelta(seconds=self.settings.lease_seconds),
-                )
+        mine = list(self._tasks)
+        claimable = or_(
+            col(PluginInstance.lease_owner).is_(None),
+            col(PluginInstance.lease_expires) < now,
+            (col(PluginInstance.lease_owner) == self.settings.worker_id)
+            & col(PluginInstance.id).not_in(mine),
+        )
+        picked = (
+            select(PluginInstance.id)
+            .where(col(PluginInstance.status).in_(DRIVEN))
+            .where(claimable)
+            .order_by(col(PluginInstance.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(PluginInstance)
+            .where(col(PluginInstance.id).in_(picked.scalar_subquery()))
+            .where(col(PluginInstance.status).in_(DRIVEN))
+            .where(claimable)
+            .values(
+                lease_owner=self.settings.worker_id,
+                lease_expires=now + timedelta(seconds=self.settings.lease_seconds),
             )
+            .returning(col(PluginInstance.id))
+        )
+        async with self.sessions() as s:
+            ids = sorted((await s.exec(stmt)).scalars().all())  # type: ignore[call-overload]
             await s.commit()
-            return bool(result.rowcount == 1)
+        return ids
 
     async def _renew_leases(self) -> None:
+        """Extend this worker's leases; stop tasks whose lease or instance is gone.
+
+        When renewals keep failing (database unreachable) for most of a
+        lease, every task stops before the lease can lapse, so a worker cut
+        off from the database never drives an instance another took over.
+        """
+        last_ok = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            ids = list(self._tasks)
-            if not ids:
-                continue
             try:
-                async with self.sessions() as s:
-                    await s.exec(
-                        update(PluginInstance)  # type: ignore[call-overload]
-                        .where(col(PluginInstance.id).in_(ids))
-                        .where(col(PluginInstance.lease_owner) == self.settings.worker_id)
-                        .values(
-                            lease_expires=utcnow() + timedelta(seconds=self.settings.lease_seconds)
-                        )
-                    )
-                    await s.commit()
+                await self.renew()
+                last_ok = asyncio.get_running_loop().time()
             except Exception:
                 log.exception("renewing leases failed")
+                if asyncio.get_running_loop().time() - last_ok > self.settings.lease_seconds * 0.8:
+                    log.error("leases could not be renewed in time: letting go of all instances")
+                    self._abandon(list(self._tasks))
+
+    async def renew(self) -> None:
+        """Renew the leases of this worker's tasks once (see :meth:`_renew_leases`)."""
+        ids = [i for i, t in self._tasks.items() if not t.done()]
+        if not ids:
+            return
+        async with self.sessions() as s:
+            rows = (
+                await s.exec(
+                    update(PluginInstance)  # type: ignore[call-overload]
+                    .where(col(PluginInstance.id).in_(ids))
+                    .where(col(PluginInstance.lease_owner) == self.settings.worker_id)
+                    .values(lease_expires=utcnow() + timedelta(seconds=self.settings.lease_seconds))
+                    .returning(col(PluginInstance.id), col(PluginInstance.status))
+                )
+            ).all()
+            await s.commit()
+        held = {inst_id: status for inst_id, status in rows}
+        lost = [i for i in ids if i not in held]
+        if lost:
+            log.warning("lost the lease of instances %s: another worker has them", lost)
+            self._abandon(lost)
+        # ended by another process (e.g. cancelled through another API process)
+        self.stop_instance([i for i, status in held.items() if status not in DRIVEN])
+
+    def _abandon(self, ids: list[int]) -> None:
+        """Stop driving these instances without touching their rows or sites."""
+        for inst_id in ids:
+            task = self._tasks.get(inst_id)
+            if task is not None and not task.done():
+                self._abandoned.add(inst_id)
+                task.cancel(msg="lease lost")
 
     async def _release(self, ids: list[int]) -> None:
         if not ids:
@@ -262,7 +317,8 @@ class Scheduler:
             while True:
                 async with self.sessions() as s:
                     inst = await s.get(PluginInstance, inst_id)
-                    assert inst is not None
+                    if inst is None:
+                        return  # its feed was deleted
                     resource = await s.get(ComputeResource, inst.compute_resource_id)
                     assert resource is not None
                 status = S(inst.status)
@@ -288,7 +344,7 @@ class Scheduler:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.retry_max_seconds)
         except asyncio.CancelledError:
-            if not self._stopping:
+            if not self._stopping and inst_id not in self._abandoned:
                 # cancelled by the user: stop the remote job now
                 await self._cleanup_after_cancel(inst_id)
             raise
@@ -298,7 +354,9 @@ class Scheduler:
                 await self._end(inst_id, S.CANCELLED, ErrorCode.CRASH, f"scheduler error: {exc}")
         finally:
             self._tasks.pop(inst_id, None)
-            if not self._stopping:
+            if inst_id in self._abandoned:
+                self._abandoned.discard(inst_id)
+            elif not self._stopping:
                 await self._release([inst_id])
                 await self._room_freed()  # e.g. cancelled by the user: its slot is free
 
@@ -439,6 +497,7 @@ class Scheduler:
             "submit": {"status": True},
             "return": summary.get("compute", {}).get("return", {}),
         }
+        running = _running_since(info)
         async with self.sessions() as s:
             await svc.transition(
                 s,
@@ -448,6 +507,7 @@ class Scheduler:
                 job_status=info.status.value,
                 summary=summary,
                 error_message="",
+                **_dates(running),
             )
             await s.commit()
         await self.hub.changed()
@@ -489,6 +549,8 @@ class Scheduler:
         except PfconError as exc:
             raise _Retry(f"status of {jid} failed: {exc}") from exc
         summary = self._summary_with(inst.summary, info)
+        running = _running_since(info) if inst.start_date is None else None
+        dates: dict[str, Any] = {"start_date": running} if running else {}
         async with self.sessions() as s:
             if info.status is JobStatus.UNDEFINED:
                 pass
@@ -501,20 +563,23 @@ class Scheduler:
                     job_status=info.status.value,
                     summary=summary,
                     error_message="",
+                    **dates,
                 )
             else:
                 await s.exec(
                     update(PluginInstance)  # type: ignore[call-overload]
                     .where(col(PluginInstance.id) == inst.id)
                     .where(col(PluginInstance.status) == S.STARTED.value)
-                    .values(job_status=info.status.value, summary=summary, error_message="")
+                    .values(
+                        job_status=info.status.value, summary=summary, error_message="", **dates
+                    )
                 )
             await s.commit()
         if info.status is JobStatus.UNDEFINED:
             await self._end(
                 inst.id, S.CANCELLED, ErrorCode.UNDEFINED_STATUS, info.message or "undefined status"
             )
-        elif info.status.value != inst.job_status:
+        elif info.status.value != inst.job_status or dates:
             await self.hub.changed()
 
     def _summary_with(self, summary: dict[str, Any], info: JobInfo) -> dict[str, Any]:
@@ -616,17 +681,7 @@ class Scheduler:
         summary = dict(inst.summary)
         summary["pullPath"] = {"status": True}
         async with self.sessions() as s:
-            # idempotent: a registration interrupted by a crash is redone whole
-            await s.exec(
-                StoredFile.__table__.delete().where(  # type: ignore[attr-defined]
-                    StoredFile.__table__.c.plugin_inst_id == inst.id  # type: ignore[attr-defined]
-                )
-            )
-            s.add_all(
-                StoredFile(fname=f, fsize=size, owner_id=inst.owner_id, plugin_inst_id=inst.id)
-                for f, size in files
-            )
-            await s.flush()
+            await register_files(s, inst.id, inst.owner_id, files)
             message = "" if succeeded else _failure_message(inst.summary)
             scheduled = await svc.finish(
                 s,
@@ -642,8 +697,8 @@ class Scheduler:
 
     async def _cleanup_remote(self, inst: PluginInstance, resource: ComputeResource) -> None:
         """Delete the job's data and container at the site; never changes the outcome."""
-        if not inst.job_status and inst.status == S.CANCELLED.value and inst.start_date is None:
-            return  # never reached the site
+        if inst.slot_reserved_at is None and not inst.job_status:
+            return  # never got as far as submitting (a slot is taken just before)
         assert inst.id is not None
         try:
             await self._client(resource).delete(job_id(self.settings, inst.id))
@@ -729,6 +784,52 @@ class Scheduler:
                 f.fname.rsplit("/", 1)[-1] if f.fname == root else f.fname.removeprefix(root + "/")
             )
             entries.setdefault(arc, self.storage.local_path(f.fname))
+
+
+async def register_files(
+    session: AsyncSession, inst_id: int, owner_id: int, files: list[tuple[str, int]]
+) -> None:
+    """Register an instance's output files ``(fname, size)``, replacing any before.
+
+    One executemany of plain rows (no ORM objects: ChRIS #521, per-file
+    registration of large outputs took minutes); 10,000 files take well
+    under a second on SQLite and PostgreSQL. Idempotent, so a registration
+    interrupted by a crash is redone whole. The caller commits.
+    """
+    table = StoredFile.__table__  # type: ignore[attr-defined]
+    await session.exec(table.delete().where(table.c.plugin_inst_id == inst_id))
+    if not files:
+        return
+    now = utcnow()
+    rows = [
+        {
+            "fname": fname,
+            "fsize": size,
+            "owner_id": owner_id,
+            "plugin_inst_id": inst_id,
+            "public": False,
+            "creation_date": now,
+        }
+        for fname, size in files
+    ]
+    for start in range(0, len(rows), REGISTER_BATCH):
+        await session.exec(insert(table), params=rows[start : start + REGISTER_BATCH])
+
+
+def _dates(running: datetime | None) -> dict[str, Any]:
+    return {"start_date": running} if running else {}
+
+
+def _running_since(info: JobInfo) -> datetime | None:
+    """When a job was first seen running: now, if the site says it runs or ran.
+
+    A job the site still queues (``notStarted``) has not started: the time it
+    waits there is not run time (ChRIS #408). A job first seen already ended
+    ran between submission and now; now is the bound CUBE knows.
+    """
+    if info.status is JobStatus.STARTED or info.status.is_terminal:
+        return utcnow()
+    return None
 
 
 def _sanitise_path(path: str) -> str:

@@ -49,7 +49,11 @@ class CubeSettings(BaseSettings):
     #: Identity of this scheduler worker in leases.
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     #: A claimed instance's lease; another worker may take it over when it lapses (s).
+    #: Renewed every third of it while the worker lives, so a killed worker's
+    #: instances carry on elsewhere after at most this long.
     lease_seconds: float = Field(default=60.0, gt=1)
+    #: Instances one worker drives at once; more workers share the rest.
+    worker_max_instances: int = Field(default=1000, ge=1)
     #: How long one status long-poll to a compute site may wait (s).
     status_wait_seconds: float = Field(default=30.0, gt=0)
     #: Safety sweep for instances whose lease lapsed in another process (s).

@@ -62,7 +62,7 @@ def head() -> str:
     return rev
 
 
-def _upgrade_sync(connection: Connection) -> None:
+def _upgrade_sync(connection: Connection, revision: str = "head") -> None:
     if connection.dialect.name == "postgresql":
         # released when the transaction ends (commit or rollback)
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
@@ -70,11 +70,12 @@ def _upgrade_sync(connection: Connection) -> None:
     tables = set(inspect(connection).get_table_names())
     if "alembic_version" not in tables and "plugin_instance" in tables:
         command.stamp(cfg, BASELINE)  # made by create_all before migrations existed
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, revision)
 
 
-async def upgrade(engine: AsyncEngine) -> None:
-    """Upgrade the database to head in one transaction (creating it when empty).
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision`` (head) in one transaction, creating
+    it when empty.
 
     Raises:
         MigrationError: the database is at a revision this CUBE does not know
@@ -82,7 +83,7 @@ async def upgrade(engine: AsyncEngine) -> None:
     """
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(_upgrade_sync)
+            await conn.run_sync(_upgrade_sync, revision)
     except Exception as exc:
         raise MigrationError(f"database migration failed: {exc}") from exc
 

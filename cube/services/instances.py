@@ -68,13 +68,13 @@ async def transition(
 ) -> bool:
     """Move an instance to ``to`` if it is in one of ``from_statuses``.
 
-    Sets ``start_date`` on entering ``started`` and ``end_date`` on entering a
-    terminal status (unless given). Returns whether the change happened.
+    Sets ``end_date`` on entering a terminal status (unless given); the
+    scheduler sets ``start_date`` when it sees the job running at the site,
+    which may be after ``started`` (submitted) when the site queues it
+    (ChRIS #408). Returns whether the change happened.
     """
     now = utcnow()
     values: dict[str, Any] = {"status": to.value, **fields}
-    if to is S.STARTED:
-        values.setdefault("start_date", now)
     if to in TERMINAL_STATUSES:
         values.setdefault("end_date", now)
     stmt = (
