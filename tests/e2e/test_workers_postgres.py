@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from cube.client import CubeClient
 from cube.db.engine import make_engine, make_sessionmaker
 from cube.db.models import PluginInstance
 from cube.schema import InstanceStatus
@@ -31,6 +32,14 @@ async def _lease_owner(url: str, inst_id: int) -> str | None:
             return inst.lease_owner
     finally:
         await engine.dispose()
+
+
+async def _taken_over(client: CubeClient, url: str, inst_id: int, worker: str) -> None:
+    """Return once ``worker`` holds the instance's lease (or the instance moved on)."""
+    while await _lease_owner(url, inst_id) != worker:
+        if (await client.instance(inst_id)).status is not S.STARTED:
+            return  # already finished by the other worker
+        await asyncio.sleep(0.2)
 
 
 async def test_killed_worker_is_taken_over(tmp_path: Path, postgres_url: str) -> None:
@@ -61,14 +70,7 @@ async def test_killed_worker_is_taken_over(tmp_path: Path, postgres_url: str) ->
         assert owner in ("cube-worker-0", "cube-worker-1"), owner
         await stack.kill(owner)  # SIGKILL while its job runs at the site
         other = "cube-worker-1" if owner == "cube-worker-0" else "cube-worker-0"
-
-        async def taken_over() -> None:
-            while await _lease_owner(postgres_url, slow.id) != other:
-                if (await client.instance(slow.id)).status is not S.STARTED:
-                    return  # already finished by the other worker
-                await asyncio.sleep(0.2)
-
-        await asyncio.wait_for(taken_over(), LEASE * 4)
+        await asyncio.wait_for(_taken_over(client, postgres_url, slow.id, other), LEASE * 4)
 
         final = await client.wait(child.id, timeout=120)
         assert final.status is S.FINISHED_SUCCESSFULLY, (final.error_code, final.error_message)

@@ -75,8 +75,10 @@ class PostgresCluster:
         assert bin_dir is not None
         psql = shutil.which("psql") or str(bin_dir / "psql")
         out = subprocess.run(
-            [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", database]
-            + ["-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+            [
+                *(psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user),
+                *("-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql),
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -109,8 +111,10 @@ def running_postgres() -> Iterator[PostgresCluster]:
     try:
         subprocess.run(
             _as_cluster_user(
-                [str(bin_dir / "initdb"), "-D", str(data), "-U", user, "-A", "trust"]
-                + ["-E", "UTF8", "--locale=C", "--no-sync"]
+                [
+                    *(str(bin_dir / "initdb"), "-D", str(data), "-U", user, "-A", "trust"),
+                    *("-E", "UTF8", "--locale=C", "--no-sync"),
+                ]
             ),
             check=True,
             capture_output=True,
@@ -119,8 +123,10 @@ def running_postgres() -> Iterator[PostgresCluster]:
         options = f"-h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c max_connections=200"
         subprocess.run(
             _as_cluster_user(
-                [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options]
-                + ["-w", "-t", "60", "start"]
+                [
+                    *(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log)),
+                    *("-o", options, "-w", "-t", "60", "start"),
+                ]
             ),
             check=True,
             capture_output=True,
