@@ -60,6 +60,8 @@ from pfioh.unzip import ExtractLimits, extract_async
 log = logging.getLogger(__name__)
 S = InstanceStatus
 DRIVEN = [S.SCHEDULED.value, S.STARTED.value, S.REGISTERING_FILES.value]
+#: A worker claims these too: ended instances whose job may still be at the site.
+CLEANUP = col(PluginInstance.remote_cleanup_pending).is_(True)
 #: Instances claimed per statement (a worker claims batch after batch up to
 #: ``worker_max_instances``).
 CLAIM_BATCH = 100
@@ -123,6 +125,8 @@ class Scheduler:
         #: Instances whose lease this worker lost: their tasks stop without
         #: touching the site or the row (another worker drives them now).
         self._abandoned: set[int] = set()
+        #: Instances whose tasks only delete an ended job at its site.
+        self._cleaning: set[int] = set()
         self._kick = asyncio.Event()
         #: Bumped whenever an instance of this process ends and frees a job slot.
         self._room = asyncio.Condition()
@@ -189,7 +193,8 @@ class Scheduler:
         """Lease up to ``limit`` claimable instances to this worker; returns their ids.
 
         Claimable: driven by the scheduler (``scheduled``, ``started``,
-        ``registeringFiles``) and not leased, or leased with an expired
+        ``registeringFiles``, or ended with its job still to delete at the
+        site) and not leased, or leased with an expired
         lease, or leased by this worker id without a task here (a restart
         under the same id). One statement: concurrent workers skip the rows
         another is claiming instead of waiting for them, and never get the
@@ -203,9 +208,10 @@ class Scheduler:
             (col(PluginInstance.lease_owner) == self.settings.worker_id)
             & col(PluginInstance.id).not_in(mine),
         )
+        work = or_(col(PluginInstance.status).in_(DRIVEN), CLEANUP)
         picked = (
             select(PluginInstance.id)
-            .where(col(PluginInstance.status).in_(DRIVEN))
+            .where(work)
             .where(claimable)
             .order_by(col(PluginInstance.id))
             .limit(limit)
@@ -214,7 +220,7 @@ class Scheduler:
         stmt = (
             update(PluginInstance)
             .where(col(PluginInstance.id).in_(picked.scalar_subquery()))
-            .where(col(PluginInstance.status).in_(DRIVEN))
+            .where(work)
             .where(claimable)
             .values(
                 lease_owner=self.settings.worker_id,
@@ -268,7 +274,9 @@ class Scheduler:
             log.warning("lost the lease of instances %s: another worker has them", lost)
             self._abandon(lost)
         # ended by another process (e.g. cancelled through another API process)
-        self.stop_instance([i for i, status in held.items() if status not in DRIVEN])
+        self.stop_instance(
+            [i for i, status in held.items() if status not in DRIVEN and i not in self._cleaning]
+        )
 
     def _abandon(self, ids: list[int]) -> None:
         """Stop driving these instances without touching their rows or sites."""
@@ -335,7 +343,8 @@ class Scheduler:
                     elif status is S.REGISTERING_FILES:
                         await self._register(inst, resource)
                     else:
-                        await self._cleanup_remote(inst, resource)
+                        self._cleaning.add(inst_id)
+                        await self._cleanup(inst, resource)
                         return
                     delay = self.settings.retry_min_seconds
                 except _Retry as exc:
@@ -354,6 +363,7 @@ class Scheduler:
                 await self._end(inst_id, S.CANCELLED, ErrorCode.CRASH, f"scheduler error: {exc}")
         finally:
             self._tasks.pop(inst_id, None)
+            self._cleaning.discard(inst_id)
             if inst_id in self._abandoned:
                 self._abandoned.discard(inst_id)
             elif not self._stopping:
@@ -377,8 +387,9 @@ class Scheduler:
             async with self.sessions() as s:
                 inst = await s.get(PluginInstance, inst_id)
                 resource = await s.get(ComputeResource, inst.compute_resource_id) if inst else None
-            if inst is not None and resource is not None:
-                await self._cleanup_remote(inst, resource)
+            if inst is not None and resource is not None and inst.remote_cleanup_pending:
+                if await self._cleanup_remote(inst, resource):
+                    await self._cleanup_done(inst_id)
 
     async def _end(
         self, inst_id: int, status: InstanceStatus, code: ErrorCode | None, message: str
@@ -695,10 +706,38 @@ class Scheduler:
             await s.commit()
         await self._changed(scheduled)
 
-    async def _cleanup_remote(self, inst: PluginInstance, resource: ComputeResource) -> None:
-        """Delete the job's data and container at the site; never changes the outcome."""
-        if inst.slot_reserved_at is None and not inst.job_status:
-            return  # never got as far as submitting (a slot is taken just before)
+    async def _cleanup(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        """Delete an ended instance's job at its site, retrying while that fails.
+
+        Never changes the instance's outcome. Gives up (with an error in the
+        log) ``cleanup_give_up_seconds`` after the instance ended, as ChRIS
+        retries its CODE12 deletions for two days.
+        """
+        assert inst.id is not None
+        if not inst.remote_cleanup_pending:
+            return
+        if not await self._cleanup_remote(inst, resource):
+            ended = as_utc(inst.end_date) or utcnow()
+            if (utcnow() - ended).total_seconds() < self.settings.cleanup_give_up_seconds:
+                raise _Retry(f"deleting job {job_id(self.settings, inst.id)} at the site failed")
+            log.error(
+                "giving up deleting job %s at %s: its data may remain there",
+                job_id(self.settings, inst.id),
+                resource.name,
+            )
+        await self._cleanup_done(inst.id)
+
+    async def _cleanup_done(self, inst_id: int) -> None:
+        async with self.sessions() as s:
+            await s.exec(
+                update(PluginInstance)  # type: ignore[call-overload]
+                .where(col(PluginInstance.id) == inst_id)
+                .values(remote_cleanup_pending=False)
+            )
+            await s.commit()
+
+    async def _cleanup_remote(self, inst: PluginInstance, resource: ComputeResource) -> bool:
+        """Delete the job's data and container at the site; whether that worked."""
         assert inst.id is not None
         try:
             await self._client(resource).delete(job_id(self.settings, inst.id))
@@ -706,11 +745,38 @@ class Scheduler:
             pass
         except Exception as exc:
             log.warning("cleanup of instance %s at %s failed: %s", inst.id, resource.name, exc)
-            return
+            return False
         if resource.compute_innetwork and inst.status == S.CANCELLED.value:
             # the stopped job wrote into CUBE's storage; a cancelled instance
             # registers nothing, so what it left there goes too (as no zip would arrive)
             await self.storage.delete_tree(inst.output_path)
+        return True
+
+    async def delete_jobs(self, jobs: list[tuple[ComputeResource, int]]) -> list[int]:
+        """Delete the jobs of these instances at their sites now (a feed is
+        being deleted); returns the ids whose deletion failed.
+
+        At most 8 at once, each bounded by ``status_wait_seconds``, so an
+        unreachable site delays the caller by that much, not more.
+        """
+        gate = asyncio.Semaphore(8)
+
+        async def one(resource: ComputeResource, inst_id: int) -> int | None:
+            async with gate:
+                try:
+                    await asyncio.wait_for(
+                        self._client(resource).delete(job_id(self.settings, inst_id)),
+                        self.settings.status_wait_seconds,
+                    )
+                except JobNotFound:
+                    return None
+                except Exception as exc:
+                    log.warning("deleting job of %s at %s: %s", inst_id, resource.name, exc)
+                    return inst_id
+                return None
+
+        failed = await asyncio.gather(*(one(r, i) for r, i in jobs))
+        return [i for i in failed if i is not None]
 
     # -- building the job ----------------------------------------------------
 

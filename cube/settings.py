@@ -54,6 +54,9 @@ class CubeSettings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=1)
     #: Instances one worker drives at once; more workers share the rest.
     worker_max_instances: int = Field(default=1000, ge=1)
+    #: How long after an instance ended its job's deletion at an unreachable
+    #: site is retried before it is given up (s; ChRIS: two days).
+    cleanup_give_up_seconds: float = Field(default=2 * 86400.0, ge=0)
     #: How long one status long-poll to a compute site may wait (s).
     status_wait_seconds: float = Field(default=30.0, gt=0)
     #: Safety sweep for instances whose lease lapsed in another process (s).

@@ -81,9 +81,29 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         MigrationError: the database is at a revision this CUBE does not know
             (made by a newer CUBE), or a migration failed.
     """
+    sqlite = engine.dialect.name == "sqlite"
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade_sync, revision)
+        async with engine.connect() as conn:
+            if sqlite:
+                # SQLite alters a table by copying it and dropping the old one,
+                # which foreign keys would refuse; the pragma only takes effect
+                # outside a transaction, and is checked and restored after.
+                await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                await conn.commit()
+            try:
+                await conn.run_sync(_upgrade_sync, revision)
+                if sqlite:
+                    broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                    if broken:
+                        raise MigrationError(f"foreign keys broken by the migration: {broken[:5]}")
+                await conn.commit()
+            finally:
+                if sqlite:
+                    await conn.rollback()
+                    await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    await conn.commit()
+    except MigrationError:
+        raise
     except Exception as exc:
         raise MigrationError(f"database migration failed: {exc}") from exc
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlmodel import Field, SQLModel
 
 
@@ -179,6 +180,11 @@ class PluginInstance(SQLModel, table=True):
     #: When the scheduler took one of the compute resource's job slots for this
     #: instance (just before submitting); ``None`` while it queues for one.
     slot_reserved_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    #: Ended, but the site may still hold its job and data: a worker deletes
+    #: them (retrying while the site is unreachable) and clears this.
+    remote_cleanup_pending: bool = Field(
+        default=False, index=True, sa_column_kwargs={"server_default": sa_false()}
+    )
 
 
 class StatusChange(SQLModel, table=True):

@@ -68,7 +68,8 @@ async def transition(
 ) -> bool:
     """Move an instance to ``to`` if it is in one of ``from_statuses``.
 
-    Sets ``end_date`` on entering a terminal status (unless given); the
+    Sets ``end_date`` on entering a terminal status (unless given), and
+    marks the job for deletion at the site if it may be there; the
     scheduler sets ``start_date`` when it sees the job running at the site,
     which may be after ``started`` (submitted) when the site queues it
     (ChRIS #408). Returns whether the change happened.
@@ -77,6 +78,9 @@ async def transition(
     values: dict[str, Any] = {"status": to.value, **fields}
     if to in TERMINAL_STATUSES:
         values.setdefault("end_date", now)
+        # a slot is taken just before submitting: from then on the site may
+        # hold a job to delete, whoever ends the instance (a worker, a cancel)
+        values["remote_cleanup_pending"] = col(PluginInstance.slot_reserved_at).is_not(None)
     stmt = (
         update(PluginInstance)
         .where(col(PluginInstance.id) == inst_id)

@@ -1,8 +1,11 @@
-"""Indexes for the instance and feed lists (owner or feed, newest first).
+"""Scheduler: ``remote_cleanup_pending`` (an ended job still to delete at its
+site); indexes for the instance and feed lists (owner or feed, newest first).
+
+Existing instances get ``false``: what ended before was cleaned up then.
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-23 00:42:24.027001
+Create Date: 2026-11-23 00:46:51.025131
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = "0002"
@@ -24,14 +26,26 @@ def upgrade() -> None:
         batch_op.create_index("ix_feed_owner_id_id", ["owner_id", "id"], unique=False)
 
     with op.batch_alter_table("plugin_instance", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column(
+                "remote_cleanup_pending", sa.Boolean(), server_default=sa.false(), nullable=False
+            )
+        )
         batch_op.create_index("ix_plugin_instance_feed_id_id", ["feed_id", "id"], unique=False)
         batch_op.create_index("ix_plugin_instance_owner_id_id", ["owner_id", "id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_plugin_instance_remote_cleanup_pending"),
+            ["remote_cleanup_pending"],
+            unique=False,
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("plugin_instance", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_plugin_instance_remote_cleanup_pending"))
         batch_op.drop_index("ix_plugin_instance_owner_id_id")
         batch_op.drop_index("ix_plugin_instance_feed_id_id")
+        batch_op.drop_column("remote_cleanup_pending")
 
     with op.batch_alter_table("feed", schema=None) as batch_op:
         batch_op.drop_index("ix_feed_owner_id_id")
