@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,8 +34,10 @@ from cube.errors import BadRequest, NotFound
 from cube.schema import InstanceStatus
 from cube.services import files as fsvc
 from cube.services import instances as isvc
+from cube.services import lifecycle
 
 routes = web.RouteTableDef()
+log = logging.getLogger(__name__)
 
 #: Longest long-poll a client may ask for on an instance (s).
 MAX_WAIT = 60.0
@@ -89,6 +92,27 @@ async def rename_feed(request: web.Request) -> web.Response:
         s.add(feed)
         await s.commit()
         return model_response(await ser.feed(origin(request), s, feed))
+
+
+@routes.delete("/api/v1/{id:\\d+}/")
+async def delete_feed(request: web.Request) -> web.Response:
+    """Delete a feed: stop its instances, delete their jobs at the sites,
+    then its files (storage and rows) and the feed."""
+    sessions, scheduler = request.app[SESSIONS], request.app[SCHEDULER]
+    async with sessions() as s:
+        user = await require_user(request, s)
+        deletion = await lifecycle.begin_feed_deletion(s, user, int_param(request, "id"))
+        await s.commit()
+    scheduler.stop_instance(deletion.cancelled)
+    failed = await scheduler.delete_jobs(deletion.jobs)
+    if failed:
+        log.warning("feed %s: jobs of instances %s remain at their sites", deletion.feed_id, failed)
+    async with sessions() as s:
+        await lifecycle.finish_feed_deletion(s, deletion)
+        await s.commit()
+    await request.app[STORAGE].delete_tree(deletion.folder)
+    await request.app[HUB].changed()
+    return web.Response(status=204)
 
 
 @routes.get("/api/v1/{id:\\d+}/plugininstances/")
