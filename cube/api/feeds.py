@@ -58,7 +58,7 @@ async def list_feeds(request: web.Request) -> web.Response:
         q = select(Feed).where(Feed.owner_id == user.id)
         page = await fetch_page(request, s, q, col(Feed.id).desc())
         base = origin(request)
-        return page.response(request, [await ser.feed(base, s, f) for f in page.rows])
+        return page.response(request, await ser.feeds(base, s, page.rows))
 
 
 async def _feed(s: AsyncSession, user: User, feed_id: int) -> Feed:
@@ -143,7 +143,7 @@ async def feed_files(request: web.Request) -> web.Response:
 async def _instance_page(request: web.Request, s: AsyncSession, q: Any) -> web.Response:
     page = await fetch_page(request, s, q, col(PluginInstance.id).desc())
     base = origin(request)
-    return page.response(request, [await ser.instance(base, s, i) for i in page.rows])
+    return page.response(request, await ser.instances(base, s, page.rows))
 
 
 @routes.post("/api/v1/plugins/{id:\\d+}/instances/")

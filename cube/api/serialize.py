@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import quote
 
 from chris_sdk.descriptor import ParameterType, PluginType
-from sqlmodel import select
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube import schema
@@ -109,9 +110,31 @@ def parameter_value(base: str, v: m.ParameterValue, p: m.PluginParameter) -> sch
     )
 
 
-async def feed(base: str, session: AsyncSession, f: m.Feed) -> schema.Feed:
+async def feeds(base: str, session: AsyncSession, rows: Sequence[m.Feed]) -> list[schema.Feed]:
+    """A page of feeds: their instances counted by status in one query, and
+    each owner loaded once (see :func:`instances`)."""
+    owners = {ident: await session.get(m.User, ident) for ident in {f.owner_id for f in rows}}
+    counts: dict[int, dict[str, int]] = {f.id: {} for f in rows if f.id is not None}
+    if counts:
+        grouped = await session.exec(
+            select(m.PluginInstance.feed_id, m.PluginInstance.status, func.count())
+            .where(col(m.PluginInstance.feed_id).in_(list(counts)))
+            .group_by(col(m.PluginInstance.feed_id), col(m.PluginInstance.status))
+        )
+        for feed_id, status, n in grouped.all():
+            counts[feed_id][status] = n
+    out = [await feed(base, session, f, counts.get(f.id or 0, {})) for f in rows]
+    del owners
+    return out
+
+
+async def feed(
+    base: str, session: AsyncSession, f: m.Feed, counts: dict[str, int] | None = None
+) -> schema.Feed:
+    """One feed; ``counts`` (its instances per status) are read when not given."""
     owner = await session.get(m.User, f.owner_id)
-    counts = await status_counts(session, f.id or 0)
+    if counts is None:
+        counts = await status_counts(session, f.id or 0)
     url = f"{base}/api/v1/{f.id}/"
     return schema.Feed(
         url=url,
@@ -135,20 +158,62 @@ async def feed(base: str, session: AsyncSession, f: m.Feed) -> schema.Feed:
     )
 
 
-async def instance(base: str, session: AsyncSession, i: m.PluginInstance) -> schema.PluginInstance:
+async def instances(
+    base: str, session: AsyncSession, rows: Sequence[m.PluginInstance]
+) -> list[schema.PluginInstance]:
+    """A page of instances: their status histories in one query, not one per row.
+
+    The plugins, metas, resources and owners they share are loaded once and
+    held here: the session's identity map keeps rows only while something
+    references them, so without this each row would load them again.
+    """
+    held: list[object] = []
+    for model, key in (
+        (m.Plugin, "plugin_id"),
+        (m.ComputeResource, "compute_resource_id"),
+        (m.User, "owner_id"),
+    ):
+        for ident in {getattr(i, key) for i in rows}:
+            row = await session.get(model, ident)
+            held.append(row)
+            if isinstance(row, m.Plugin):
+                held.append(await session.get(m.PluginMeta, row.meta_id))
+    ids = [i.id for i in rows]
+    histories: dict[int, list[m.StatusChange]] = {i: [] for i in ids if i is not None}
+    if histories:
+        changes = await session.exec(
+            select(m.StatusChange)
+            .where(col(m.StatusChange.plugin_inst_id).in_(list(histories)))
+            .order_by(col(m.StatusChange.id))
+        )
+        for h in changes.all():
+            histories[h.plugin_inst_id].append(h)
+    out = [await instance(base, session, i, histories.get(i.id or 0, [])) for i in rows]
+    del held
+    return out
+
+
+async def instance(
+    base: str,
+    session: AsyncSession,
+    i: m.PluginInstance,
+    history: Sequence[m.StatusChange] | None = None,
+) -> schema.PluginInstance:
+    """One instance; ``history`` (its status changes) is read when not given."""
     p = await session.get(m.Plugin, i.plugin_id)
     assert p is not None
     meta = await session.get(m.PluginMeta, p.meta_id)
     resource = await session.get(m.ComputeResource, i.compute_resource_id)
     owner = await session.get(m.User, i.owner_id)
     assert meta is not None and resource is not None and owner is not None
-    history = (
-        await session.exec(
-            select(m.StatusChange)
-            .where(m.StatusChange.plugin_inst_id == i.id)
-            .order_by(m.StatusChange.id)  # type: ignore[arg-type]
-        )
-    ).all()
+    if history is None:
+        history = (
+            await session.exec(
+                select(m.StatusChange)
+                .where(m.StatusChange.plugin_inst_id == i.id)
+                .order_by(col(m.StatusChange.id))
+            )
+        ).all()
     url = f"{base}/api/v1/plugins/instances/{i.id}/"
     status = schema.InstanceStatus(i.status)
     return schema.PluginInstance(
