@@ -20,6 +20,7 @@ from cube.api.common import (
     SESSIONS,
     SETTINGS,
     STORAGE,
+    fetch_keyed_page,
     fetch_page,
     get_or_404,
     int_param,
@@ -141,7 +142,7 @@ async def feed_files(request: web.Request) -> web.Response:
 
 
 async def _instance_page(request: web.Request, s: AsyncSession, q: Any) -> web.Response:
-    page = await fetch_page(request, s, q, col(PluginInstance.id).desc())
+    page = await fetch_keyed_page(request, s, q, col(PluginInstance.id), descending=True)
     base = origin(request)
     return page.response(request, await ser.instances(base, s, page.rows))
 
