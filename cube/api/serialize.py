@@ -161,25 +161,15 @@ async def feed(
 async def instances(
     base: str, session: AsyncSession, rows: Sequence[m.PluginInstance]
 ) -> list[schema.PluginInstance]:
-    """A page of instances: their status histories in one query, not one per row.
-
-    The plugins, metas, resources and owners they share are loaded once and
-    held here: the session's identity map keeps rows only while something
-    references them, so without this each row would load them again.
-    """
-    held: list[object] = []
-    for model, key in (
-        (m.Plugin, "plugin_id"),
-        (m.ComputeResource, "compute_resource_id"),
-        (m.User, "owner_id"),
-    ):
-        for ident in {getattr(i, key) for i in rows}:
-            row = await session.get(model, ident)
-            held.append(row)
-            if isinstance(row, m.Plugin):
-                held.append(await session.get(m.PluginMeta, row.meta_id))
-    ids = [i.id for i in rows]
-    histories: dict[int, list[m.StatusChange]] = {i: [] for i in ids if i is not None}
+    """A page of instances: the plugins, metas, resources and owners they
+    share are read once, and their status histories in one query, not per row."""
+    plugins = {k: await session.get(m.Plugin, k) for k in {i.plugin_id for i in rows}}
+    metas = {p.meta_id: await session.get(m.PluginMeta, p.meta_id) for p in plugins.values() if p}
+    resources = {
+        k: await session.get(m.ComputeResource, k) for k in {i.compute_resource_id for i in rows}
+    }
+    owners = {k: await session.get(m.User, k) for k in {i.owner_id for i in rows}}
+    histories: dict[int, list[m.StatusChange]] = {i.id: [] for i in rows if i.id is not None}
     if histories:
         changes = await session.exec(
             select(m.StatusChange)
@@ -188,32 +178,45 @@ async def instances(
         )
         for h in changes.all():
             histories[h.plugin_inst_id].append(h)
-    out = [await instance(base, session, i, histories.get(i.id or 0, [])) for i in rows]
-    del held
+    out = []
+    for i in rows:
+        plugin = plugins[i.plugin_id]
+        assert plugin is not None
+        related = (
+            plugin,
+            metas[plugin.meta_id],
+            resources[i.compute_resource_id],
+            owners[i.owner_id],
+        )
+        out.append(_instance(base, i, related, histories.get(i.id or 0, [])))
     return out
 
 
-async def instance(
-    base: str,
-    session: AsyncSession,
-    i: m.PluginInstance,
-    history: Sequence[m.StatusChange] | None = None,
-) -> schema.PluginInstance:
-    """One instance; ``history`` (its status changes) is read when not given."""
+async def instance(base: str, session: AsyncSession, i: m.PluginInstance) -> schema.PluginInstance:
+    """One instance, with its status history."""
     p = await session.get(m.Plugin, i.plugin_id)
     assert p is not None
     meta = await session.get(m.PluginMeta, p.meta_id)
     resource = await session.get(m.ComputeResource, i.compute_resource_id)
     owner = await session.get(m.User, i.owner_id)
+    history = (
+        await session.exec(
+            select(m.StatusChange)
+            .where(m.StatusChange.plugin_inst_id == i.id)
+            .order_by(col(m.StatusChange.id))
+        )
+    ).all()
+    return _instance(base, i, (p, meta, resource, owner), history)
+
+
+def _instance(
+    base: str,
+    i: m.PluginInstance,
+    related: tuple[m.Plugin, m.PluginMeta | None, m.ComputeResource | None, m.User | None],
+    history: Sequence[m.StatusChange],
+) -> schema.PluginInstance:
+    p, meta, resource, owner = related
     assert meta is not None and resource is not None and owner is not None
-    if history is None:
-        history = (
-            await session.exec(
-                select(m.StatusChange)
-                .where(m.StatusChange.plugin_inst_id == i.id)
-                .order_by(col(m.StatusChange.id))
-            )
-        ).all()
     url = f"{base}/api/v1/plugins/instances/{i.id}/"
     status = schema.InstanceStatus(i.status)
     return schema.PluginInstance(
