@@ -68,7 +68,6 @@ from cube.db.models import (  # noqa: E402
     PluginInstance,
     PluginMeta,
     StatusChange,
-    StoredFile,
     User,
 )
 from cube.scheduler import register_files  # noqa: E402
@@ -488,11 +487,13 @@ def report(results: Results, opts: argparse.Namespace) -> None:
     print("|---|---|---|")
     for db, s in results.register.items():
         print(
-            f"| register 10,000 files, {db} (best of {opts.repeat}) | {fmt(s, '.3f')} s | ≤ {TARGET_REGISTER_S} s |"
+            f"| register 10,000 files, {db} (best of {opts.repeat}) "
+            f"| {fmt(s, '.3f')} s | ≤ {TARGET_REGISTER_S} s |"
         )
     if results.seed_s is not None:
         print(
-            f"| seed {opts.instances:,} instances in PostgreSQL (not a target) | {fmt(results.seed_s, '.1f')} s | |"
+            f"| seed {opts.instances:,} instances in PostgreSQL (not a target) "
+            f"| {fmt(results.seed_s, '.1f')} s | |"
         )
     for name, times in results.list_ms.items():
         print(
@@ -502,13 +503,15 @@ def report(results: Results, opts: argparse.Namespace) -> None:
         )
     if results.list_ms:
         print(
-            f"| list, all kinds: p95 | {fmt(results.list_p95_ms, '.1f')} ms | ≤ {TARGET_LIST_P95_MS:.0f} ms |"
+            f"| list, all kinds: p95 | {fmt(results.list_p95_ms, '.1f')} ms "
+            f"| ≤ {TARGET_LIST_P95_MS:.0f} ms |"
         )
     if results.stack:
         n, secs = results.stack
         print(
             f"| {n:,} instances in one feed through the stack (local backend) | "
-            f"{secs:.1f} s, {fmt(results.instances_per_s, '.1f')} instances/s | ≥ {TARGET_INSTANCES_PER_S:.0f} /s |"
+            f"{secs:.1f} s, {fmt(results.instances_per_s, '.1f')} instances/s "
+            f"| ≥ {TARGET_INSTANCES_PER_S:.0f} /s |"
         )
     print()
     print(
@@ -557,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.pg_url and not opts.skip_list:
         # one database is used for registration and listing in turn: they must not share
         parser.error(
-            "--pg-url takes one empty database: use it with --skip-list, or let the bench start a cluster"
+            "--pg-url takes one empty database: use it with --skip-list, "
+            "or let the bench start a cluster"
         )
     report(asyncio.run(run(opts)), opts)
     return 0

@@ -321,15 +321,32 @@ def default_summary() -> dict[str, Any]:
 async def run_if_ready(
     session: AsyncSession, inst: PluginInstance, previous: PluginInstance | None
 ) -> InstanceStatus:
-    """Schedule, park or cancel a ``created`` instance according to its parent."""
+    """Schedule, park or cancel a ``created`` instance according to its parent.
+
+    The parent's status is read again here, after the instance's row was
+    written, and locked (PostgreSQL; on SQLite the write already holds the
+    database lock): a parent ending meanwhile either committed before this
+    read, and is seen ended, or settles its waiting children after this
+    transaction commits, and sees this one. Reading it earlier left a child
+    ``waiting`` forever when its parent ended in between.
+    """
     assert inst.id is not None
-    if previous is None or previous.status == S.FINISHED_SUCCESSFULLY:
+    status = S.FINISHED_SUCCESSFULLY.value
+    if previous is not None:
+        status = (
+            await session.exec(
+                select(PluginInstance.status)
+                .where(PluginInstance.id == previous.id)
+                .with_for_update()
+            )
+        ).one()
+    if status == S.FINISHED_SUCCESSFULLY:
         target = S.SCHEDULED
-    elif S(previous.status).is_active:
+    elif S(status).is_active:
         target = S.WAITING
     else:
         target = S.CANCELLED
-    note = f"parent {previous.id} is {previous.status}" if previous else ""
+    note = f"parent {previous.id} is {status}" if previous else ""
     await transition(session, inst.id, [S.CREATED], target, note=note)
     return target
 

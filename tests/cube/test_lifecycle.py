@@ -20,7 +20,9 @@ from sqlmodel import col, func, select
 
 from cube.api.common import SCHEDULER, SESSIONS, STORAGE
 from cube.app import create_app
-from cube.db.models import ComputeResource, PluginInstance, StatusChange, StoredFile
+from cube.db.models import ComputeResource, PluginInstance, StatusChange, StoredFile, User
+from cube.schema import InstanceStatus as S
+from cube.services import instances as isvc
 from cube.settings import CubeSettings
 from pfcon.client import PfconClient
 from pfcon.errors import PfconError, PfconUnavailable
@@ -309,3 +311,23 @@ async def test_jobs_of_instances_ended_while_the_site_was_down_are_deleted_later
     assert jid(root["id"]) not in site.jobs
     body = await instance(api, admin, root["id"])
     assert body["status"] == "cancelled" and body["error_code"] == ""  # outcome unchanged
+
+
+async def test_a_child_created_while_its_parent_ends_is_not_left_waiting(fabric: Fabric) -> None:
+    """The parent's end is in flight (its transaction not committed) while a
+    child is created: the child must end up scheduled, not waiting forever."""
+    api, admin, _site, plugins = fabric
+    root = await create(api, admin, plugins["fs"], dir="home/chris/uploads/in")
+    await until(api, admin, root["id"], status_is("started"))
+    sessions = api.app[SESSIONS]
+    async with sessions() as ending, sessions() as creating:
+        chris = (await ending.exec(select(User).where(User.username == ADMIN[0]))).one()
+        await isvc.finish(ending, root["id"], [S.STARTED], S.FINISHED_SUCCESSFULLY)
+        child_task = asyncio.create_task(
+            isvc.create_instance(creating, chris, plugins["ds"], {"previous_id": root["id"]})
+        )
+        await asyncio.sleep(0.3)  # the child is being created against the old parent status
+        await ending.commit()
+        child = await asyncio.wait_for(child_task, 20)
+        await creating.commit()
+    assert child.status == "scheduled", child.status
