@@ -465,9 +465,41 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
             elapsed = time.perf_counter() - t0
             if failed:
                 raise RuntimeError(f"{len(failed)} instances failed, e.g. {failed[:3]}")
+            phases: dict[str, list[float]] = {}
+            for inst_id in ids:
+                inst = await client.instance(inst_id)
+                when = {h.status.value: h.timestamp for h in inst.status_history}
+                marks = [
+                    ("created → scheduled (parent ran)", "created", when.get("scheduled")),
+                    ("scheduled → submitted", "scheduled", when.get("started")),
+                    ("submitted → running at the site", "started", inst.start_date),
+                    ("running → output fetched", None, when.get("registeringFiles")),
+                    ("registering files", "registeringFiles", inst.end_date),
+                ]
+                previous = inst.start_date
+                for name, start, end in marks:
+                    begin = when.get(start) if start else previous
+                    if begin is not None and end is not None:
+                        phases.setdefault(name, []).append((end - begin).total_seconds())
+            print("CPU seconds per instance, by process (stack run):")
+            for name, proc in stack.procs.items():
+                print(f"  {name}: {cpu_seconds(proc.pid) / n:.3f}")
+            print("median seconds per phase of an instance (stack run):")
+            for name, values in phases.items():
+                print(f"  {name}: {statistics.median(values):.2f} (max {max(values):.2f})")
             return ended, elapsed
     finally:
         await stack.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children it has waited for (s; Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
 
 # -- report ---------------------------------------------------------------------------

@@ -508,9 +508,8 @@ class Scheduler:
             "submit": {"status": True},
             "return": summary.get("compute", {}).get("return", {}),
         }
-        running = _running_since(info)
         async with self.sessions() as s:
-            await svc.transition(
+            moved = await svc.transition(
                 s,
                 inst.id,
                 [S.SCHEDULED],
@@ -518,8 +517,14 @@ class Scheduler:
                 job_status=info.status.value,
                 summary=summary,
                 error_message="",
-                **_dates(running),
             )
+            if moved and _running_since(info):
+                # after the transition, so start_date is never before ``started``
+                await s.exec(
+                    update(PluginInstance)  # type: ignore[call-overload]
+                    .where(col(PluginInstance.id) == inst.id)
+                    .values(start_date=utcnow())
+                )
             await s.commit()
         await self.hub.changed()
 
@@ -880,10 +885,6 @@ async def register_files(
     ]
     for start in range(0, len(rows), REGISTER_BATCH):
         await session.exec(insert(table), params=rows[start : start + REGISTER_BATCH])
-
-
-def _dates(running: datetime | None) -> dict[str, Any]:
-    return {"start_date": running} if running else {}
 
 
 def _running_since(info: JobInfo) -> datetime | None:
