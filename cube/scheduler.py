@@ -202,11 +202,12 @@ class Scheduler:
         """
         now = utcnow()
         mine = list(self._tasks)
-        claimable = or_(
+        # never one this worker drives already (its lease may have lapsed
+        # while the event loop was busy: the renewer will extend it)
+        claimable = col(PluginInstance.id).not_in(mine) & or_(
             col(PluginInstance.lease_owner).is_(None),
             col(PluginInstance.lease_expires) < now,
-            (col(PluginInstance.lease_owner) == self.settings.worker_id)
-            & col(PluginInstance.id).not_in(mine),
+            col(PluginInstance.lease_owner) == self.settings.worker_id,
         )
         work = or_(col(PluginInstance.status).in_(DRIVEN), CLEANUP)
         picked = (
