@@ -174,8 +174,14 @@ class Scheduler:
                 t.cancel(msg="scheduler stopping")
             await asyncio.gather(renewer, *tasks, return_exceptions=True)
             await self._release(list(self._tasks))
-            for client in self._clients.values():
-                await client.close()
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the compute sites' clients (also those :meth:`delete_jobs` opened
+        in an API process that runs no scheduler)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
 
     async def _claim_all(self) -> None:
         """Claim what this worker has room for, batch by batch, and drive it."""
