@@ -87,6 +87,21 @@ class StatusHub:
                 await asyncio.wait_for(self._cond.wait(), timeout)
 
 
+class _SlotWaiter:
+    """An instance of this process waiting for a job slot of a compute resource."""
+
+    def __init__(self, resource_id: int, *, movable: bool) -> None:
+        self.resource_id = resource_id
+        #: may take a slot of another resource (the user did not name this one)
+        self.movable = movable
+        self.woken = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Until woken by a freed slot, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.woken.wait(), timeout)
+
+
 class _Retry(Exception):
     """A temporary failure: try the same step again after a backoff."""
 
@@ -128,9 +143,9 @@ class Scheduler:
         #: Instances whose tasks only delete an ended job at its site.
         self._cleaning: set[int] = set()
         self._kick = asyncio.Event()
-        #: Bumped whenever an instance of this process ends and frees a job slot.
-        self._room = asyncio.Condition()
-        self._room_generation = 0
+        #: Instances of this process waiting for a job slot, per compute
+        #: resource id, first come first served (see :meth:`_room_freed`).
+        self._slot_queues: dict[int, list[_SlotWaiter]] = {}
         self._stopping = False
         self._policy = CompressionPolicy(level=settings.transfer_compression_level)
         self._limits = ExtractLimits(
@@ -328,6 +343,7 @@ class Scheduler:
 
     async def _drive(self, inst_id: int) -> None:
         delay = self.settings.retry_min_seconds
+        resource_id: int | None = None
         try:
             while True:
                 async with self.sessions() as s:
@@ -337,13 +353,22 @@ class Scheduler:
                     resource = await s.get(ComputeResource, inst.compute_resource_id)
                     assert resource is not None
                 status = S(inst.status)
+                resource_id = resource.id
                 try:
                     if status is S.SCHEDULED:
-                        generation = self._room_generation
-                        admitted = await self._admit(inst, resource)
-                        if admitted is None:
-                            await self._wait_for_room(generation)
-                            continue
+                        # in the queue before asking: a slot freed meanwhile wakes it
+                        waiter = self._queue_for_slot(resource, inst.compute_resource_pinned)
+                        retried = False
+                        try:
+                            admitted = await self._admit(inst, resource)
+                            if admitted is None:
+                                await waiter.wait(self.settings.sweep_seconds)
+                                retried = True
+                                continue
+                        finally:
+                            self._leave_slot_queue(waiter)
+                            if waiter.woken.is_set() and not retried:
+                                self._room_freed(waiter.resource_id)  # unused: pass it on
                         await self._submit(inst, admitted)
                     elif status is S.STARTED:
                         await self._watch(inst, resource)
@@ -375,7 +400,7 @@ class Scheduler:
                 self._abandoned.discard(inst_id)
             elif not self._stopping:
                 await self._release([inst_id])
-                await self._room_freed()  # e.g. cancelled by the user: its slot is free
+                self._room_freed(resource_id)  # e.g. cancelled by the user: its slot is free
 
     async def _note(self, inst_id: int, message: str) -> None:
         """Show why an active instance is not progressing (its status is unchanged)."""
@@ -413,13 +438,15 @@ class Scheduler:
                 error_message=message,
             )
             await s.commit()
-        await self._changed(scheduled)
+            row = await s.get(PluginInstance, inst_id)
+            resource_id = row.compute_resource_id if row is not None else None
+        await self._changed(scheduled, resource_id)
 
-    async def _changed(self, scheduled: list[int]) -> None:
+    async def _changed(self, scheduled: list[int], resource_id: int | None) -> None:
         """After an instance ended: wake long-polls, instances waiting for a
         job slot, and dispatch children that just became ready."""
         await self.hub.changed()
-        await self._room_freed()
+        self._room_freed(resource_id)
         if scheduled:
             self.kick()
 
@@ -461,24 +488,36 @@ class Scheduler:
             await self._note(inst.id, message)
         return None
 
-    async def _room_freed(self) -> None:
-        """Wake the instances of this process that wait for a job slot."""
-        async with self._room:
-            self._room_generation += 1
-            self._room.notify_all()
+    def _queue_for_slot(self, resource: ComputeResource, pinned: bool) -> _SlotWaiter:
+        assert resource.id is not None
+        waiter = _SlotWaiter(resource.id, movable=not pinned)
+        self._slot_queues.setdefault(resource.id, []).append(waiter)
+        return waiter
 
-    async def _wait_for_room(self, generation: int) -> None:
-        """Sleep until a slot may have been freed since ``generation`` was read.
+    def _leave_slot_queue(self, waiter: _SlotWaiter) -> None:
+        queue = self._slot_queues.get(waiter.resource_id, [])
+        with contextlib.suppress(ValueError):
+            queue.remove(waiter)
+        if not queue:
+            self._slot_queues.pop(waiter.resource_id, None)
 
-        Ends in other processes are not signalled here; the sweep interval
-        bounds how long they go unnoticed.
+    def _room_freed(self, resource_id: int | None) -> None:
+        """A job slot of ``resource_id`` may be free: wake one instance waiting for it.
+
+        The first waiting for that resource, else the first that may move
+        to another resource. One per freed slot, not all: every waiter woken
+        asks the database again, and waking them all at each end made the
+        scheduler's work grow with the square of the queue. A waiter woken
+        that got no slot simply waits again; ends in other processes are not
+        signalled here, the sweep interval bounds how long they go unnoticed.
         """
-        async with self._room:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._room.wait_for(lambda: self._room_generation != generation),
-                    self.settings.sweep_seconds,
-                )
+        queues = [self._slot_queues.get(resource_id or -1, [])]
+        queues += [q for rid, q in self._slot_queues.items() if rid != resource_id]
+        for n, queue in enumerate(queues):
+            for waiter in queue:
+                if not waiter.woken.is_set() and (n == 0 or waiter.movable):
+                    waiter.woken.set()
+                    return
 
     async def _submit(self, inst: PluginInstance, resource: ComputeResource) -> None:
         assert inst.id is not None
@@ -716,7 +755,7 @@ class Scheduler:
                 error_message=message,
             )
             await s.commit()
-        await self._changed(scheduled)
+        await self._changed(scheduled, inst.compute_resource_id)
 
     async def _cleanup(self, inst: PluginInstance, resource: ComputeResource) -> None:
         """Delete an ended instance's job at its site, retrying while that fails.
