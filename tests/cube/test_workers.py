@@ -311,3 +311,46 @@ async def test_an_unreachable_site_does_not_hold_up_other_sites(
     assert sorted(site_jid.split("-")[-1] for site_jid in sites["good"].submitted) == sorted(
         str(i) for i in ids["good"]
     )
+
+
+async def test_a_freed_slot_wakes_one_waiter_of_its_resource_else_a_movable_one(
+    tmp_path: Path,
+) -> None:
+    """Not every waiter (each would ask the database again): one per freed slot."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    scheduler = Scheduler(
+        CubeSettings(home=tmp_path),
+        make_sessionmaker(engine),
+        FilesystemStorage(tmp_path / "storage"),
+        StatusHub(),
+    )
+
+    def resource(rid: int) -> ComputeResource:
+        return ComputeResource(
+            id=rid,
+            name=f"r{rid}",
+            compute_url="",
+            compute_auth_url="",
+            compute_user="",
+            compute_password="",
+        )
+
+    a_pinned = scheduler._queue_for_slot(resource(1), pinned=True)
+    a_movable = scheduler._queue_for_slot(resource(1), pinned=False)
+    b_pinned = scheduler._queue_for_slot(resource(2), pinned=True)
+    b_movable = scheduler._queue_for_slot(resource(2), pinned=False)
+
+    def woken() -> list[bool]:
+        return [w.woken.is_set() for w in (a_pinned, a_movable, b_pinned, b_movable)]
+
+    scheduler._room_freed(1)
+    assert woken() == [True, False, False, False]  # first come, first served
+    scheduler._room_freed(1)
+    assert woken() == [True, True, False, False]
+    scheduler._room_freed(1)  # none left for r1: one that may move there
+    assert woken() == [True, True, False, True]
+    scheduler._room_freed(3)  # only a pinned one is left, for r2
+    assert woken() == [True, True, False, True]
+    scheduler._leave_slot_queue(a_pinned)
+    assert scheduler._slot_queues[1] == [a_movable]
+    await engine.dispose()
