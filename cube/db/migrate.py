@@ -162,7 +162,11 @@ cli = typer.Typer(help="CUBE's database migrations.", no_args_is_help=True)
 @cli.command()
 def revision(message: str = typer.Option(..., "-m", "--message", help="What changes.")) -> None:
     """Autogenerate the next revision from the models (review it before committing)."""
-    path = new_revision(message)
+    try:
+        path = new_revision(message)
+    except MigrationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"wrote {path}; review it, then run the migration tests")
 
 
