@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo up test test-fast lint images clean
+.PHONY: install demo up test test-fast lint images clean migration
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
@@ -45,6 +45,12 @@ test-fast: install
 ## Build the Python base image and the reference plugin images (no pulls).
 images: install
 	$(BIN)/python plugins/images/build.py
+
+## Autogenerate CUBE's next database migration from the models: make migration MSG="add notes"
+migration: install
+	@test -n "$(MSG)" || { echo 'usage: make migration MSG="what changes"'; exit 1; }
+	$(BIN)/python -m cube.db.migrate revision -m "$(MSG)"
+	$(BIN)/ruff format -q cube/db/migrations/versions
 
 clean:
 	rm -rf $(VENV) .chris build *.egg-info .pytest_cache .mypy_cache .ruff_cache

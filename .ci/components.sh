@@ -3,8 +3,11 @@
 # a Docker engine (docker.io + dockerd), mmdebstrap to build the Python base
 # image without pulling, busybox-static for the small test image, and
 # docker-registry + apache2-utils (htpasswd -B) for the registry tests, which
-# start their own registry on loopback (none is started here), and orthanc +
-# dcmtk for the PACS bridge's tests (which start their own Orthanc).
+# start their own registry on loopback (none is started here), orthanc +
+# dcmtk for the PACS bridge's tests (which start their own Orthanc), and
+# postgresql for CUBE's database tests, which start their own throwaway
+# cluster as the postgres user (the package's own cluster is stopped: nothing
+# uses it).
 set -euo pipefail
 
 need=()
@@ -17,6 +20,7 @@ python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 # the PACS bridge's tests start their own Orthanc (a test PACS) and drive DCMTK's tools
 [[ -x /usr/sbin/Orthanc ]] || need+=(orthanc)
 command -v storescu >/dev/null || need+=(dcmtk)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -28,6 +32,9 @@ if ((${#need[@]})); then
   # likewise Orthanc's service (:4242, :8042): the PACS tests run their own
   if [[ " ${need[*]} " == *" orthanc "* ]]; then
     service orthanc stop >/dev/null 2>&1 || true
+  fi
+  if [[ " ${need[*]} " == *" postgresql "* ]]; then
+    service postgresql stop >/dev/null 2>&1 || true
   fi
 fi
 

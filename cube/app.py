@@ -84,6 +84,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await scheduler.close()  # a feed deletion may have opened site clients
         await engine.dispose()
 
 

@@ -1,11 +1,17 @@
 """The durable scheduler: drives plugin instances on compute sites.
 
-State lives only in the database. A worker *claims* an instance by writing
-its id and a lease expiry on the row (a guarded UPDATE, so two workers never
-drive one instance); it renews the lease while it works and gives it up when
-the instance ends. A crashed or restarted worker's instances become claimable
-again when their lease lapses, and its successor picks up where the row says
-(``scheduled`` → submit, or find the job already there; ``started`` → watch;
+State lives only in the database. A worker *claims* a batch of instances in
+one statement: an UPDATE that writes its id and a lease expiry on rows picked
+by ``SELECT … FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite, which has one
+writer at a time, runs the same UPDATE under its write lock), so any number
+of workers on one database never drive one instance twice. A worker renews
+its leases while it lives; a lease it finds it no longer holds (taken over,
+or the row deleted) stops its task without touching the site, and an
+instance it finds ended elsewhere (cancelled through another process) stops
+its task and stops the remote job. A crashed or restarted worker's instances
+become claimable again when their lease lapses, and its successor picks up
+where the row says (``scheduled`` → ask the site whether the job is already
+there before submitting, so nothing is submitted twice; ``started`` → watch;
 ``registeringFiles`` → register again, idempotently).
 
 Each claimed instance gets its own task, so one unreachable site never
@@ -27,13 +33,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from chris_sdk.descriptor import ParameterType, PluginType
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import col, or_, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.engine import SessionMaker
 from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
@@ -53,6 +60,13 @@ from pfioh.unzip import ExtractLimits, extract_async
 log = logging.getLogger(__name__)
 S = InstanceStatus
 DRIVEN = [S.SCHEDULED.value, S.STARTED.value, S.REGISTERING_FILES.value]
+#: A worker claims these too: ended instances whose job may still be at the site.
+CLEANUP = col(PluginInstance.remote_cleanup_pending).is_(True)
+#: Instances claimed per statement (a worker claims batch after batch up to
+#: ``worker_max_instances``).
+CLAIM_BATCH = 100
+#: Rows per executemany when registering output files (bounds one statement's memory).
+REGISTER_BATCH = 5000
 
 
 class StatusHub:
@@ -71,6 +85,21 @@ class StatusHub:
         async with self._cond:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._cond.wait(), timeout)
+
+
+class _SlotWaiter:
+    """An instance of this process waiting for a job slot of a compute resource."""
+
+    def __init__(self, resource_id: int, *, movable: bool) -> None:
+        self.resource_id = resource_id
+        #: may take a slot of another resource (the user did not name this one)
+        self.movable = movable
+        self.woken = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Until woken by a freed slot, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.woken.wait(), timeout)
 
 
 class _Retry(Exception):
@@ -108,10 +137,15 @@ class Scheduler:
         self._client_factory = client_factory or self._default_client
         self._clients: dict[tuple[int, str, str], PfconClient] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: Instances whose lease this worker lost: their tasks stop without
+        #: touching the site or the row (another worker drives them now).
+        self._abandoned: set[int] = set()
+        #: Instances whose tasks only delete an ended job at its site.
+        self._cleaning: set[int] = set()
         self._kick = asyncio.Event()
-        #: Bumped whenever an instance of this process ends and frees a job slot.
-        self._room = asyncio.Condition()
-        self._room_generation = 0
+        #: Instances of this process waiting for a job slot, per compute
+        #: resource id, first come first served (see :meth:`_room_freed`).
+        self._slot_queues: dict[int, list[_SlotWaiter]] = {}
         self._stopping = False
         self._policy = CompressionPolicy(
             level=settings.transfer_compression_level,
@@ -159,35 +193,35 @@ class Scheduler:
                 t.cancel(msg="scheduler stopping")
             await asyncio.gather(renewer, *tasks, return_exceptions=True)
             await self._release(list(self._tasks))
-            for client in self._clients.values():
-                await client.close()
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the compute sites' clients (also those :meth:`delete_jobs` opened
+        in an API process that runs no scheduler)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
 
     async def _claim_all(self) -> None:
-        now = utcnow()
-        async with self.sessions() as s:
-            ids = (
-                await s.exec(
-                    select(PluginInstance.id)
-                    .where(col(PluginInstance.status).in_(DRIVEN))
-                    .where(
-                        or_(
-                            col(PluginInstance.lease_owner).is_(None),
-                            col(PluginInstance.lease_expires) < now,
-                            col(PluginInstance.lease_owner) == self.settings.worker_id,
-                        )
-                    )
-                    .order_by(col(PluginInstance.id))
-                )
-            ).all()
-        for inst_id in ids:
-            if inst_id is None or inst_id in self._tasks:
-                continue
-            if await self._claim(inst_id):
+        """Claim what this worker has room for, batch by batch, and drive it."""
+        while not self._stopping:
+            room = self.settings.worker_max_instances - len(self._tasks)
+            if room <= 0:
+                return
+            ids = await self.claim(min(room, CLAIM_BATCH))
+            for inst_id in ids:
                 self._tasks[inst_id] = asyncio.create_task(self._drive(inst_id))
+            if len(ids) < min(room, CLAIM_BATCH):
+                return
 
     async def _settle_waiting(self) -> None:
-        """Schedule or cancel waiting instances whose parents all ended: a safety
-        net for parents ending at once in two workers (each may miss the other)."""
+        """Schedule or cancel waiting instances whose parents all ended.
+
+        A safety net only: creating an instance and ending a parent lock the
+        rows involved (:func:`cube.services.instances.run_if_ready`,
+        :func:`~cube.services.instances.settle_waiting`), so no child is left
+        waiting in normal operation; this one query finds any that were
+        (a database written by a version without those locks)."""
         async with self.sessions() as s:
             scheduled: list[int] = []
             for inst_id in await topology.waiting_with_parents_done(s):
@@ -196,47 +230,103 @@ class Scheduler:
         if scheduled:
             self.kick()
 
-    async def _claim(self, inst_id: int) -> bool:
+    async def claim(self, limit: int) -> list[int]:
+        """Lease up to ``limit`` claimable instances to this worker; returns their ids.
+
+        Claimable: driven by the scheduler (``scheduled``, ``started``,
+        ``registeringFiles``, or ended with its job still to delete at the
+        site) and not leased, or leased with an expired
+        lease, or leased by this worker id without a task here (a restart
+        under the same id). One statement: concurrent workers skip the rows
+        another is claiming instead of waiting for them, and never get the
+        same row.
+        """
         now = utcnow()
-        async with self.sessions() as s:
-            result = await s.exec(
-                update(PluginInstance)  # type: ignore[call-overload]
-                .where(col(PluginInstance.id) == inst_id)
-                .where(col(PluginInstance.status).in_(DRIVEN))
-                .where(
-                    or_(
-                        col(PluginInstance.lease_owner).is_(None),
-                        col(PluginInstance.lease_expires) < now,
-                        col(PluginInstance.lease_owner) == self.settings.worker_id,
-                    )
-                )
-                .values(
-                    lease_owner=self.settings.worker_id,
-                    lease_expires=now + timedelta(seconds=self.settings.lease_seconds),
-                )
+        mine = list(self._tasks)
+        # never one this worker drives already (its lease may have lapsed
+        # while the event loop was busy: the renewer will extend it)
+        claimable = col(PluginInstance.id).not_in(mine) & or_(
+            col(PluginInstance.lease_owner).is_(None),
+            col(PluginInstance.lease_expires) < now,
+            col(PluginInstance.lease_owner) == self.settings.worker_id,
+        )
+        work = or_(col(PluginInstance.status).in_(DRIVEN), CLEANUP)
+        picked = (
+            select(PluginInstance.id)
+            .where(work)
+            .where(claimable)
+            .order_by(col(PluginInstance.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(PluginInstance)
+            .where(col(PluginInstance.id).in_(picked.scalar_subquery()))
+            .where(work)
+            .where(claimable)
+            .values(
+                lease_owner=self.settings.worker_id,
+                lease_expires=now + timedelta(seconds=self.settings.lease_seconds),
             )
+            .returning(col(PluginInstance.id))
+        )
+        async with self.sessions() as s:
+            ids = sorted((await s.exec(stmt)).scalars().all())  # type: ignore[call-overload]
             await s.commit()
-            return bool(result.rowcount == 1)
+        return ids
 
     async def _renew_leases(self) -> None:
+        """Extend this worker's leases; stop tasks whose lease or instance is gone.
+
+        When renewals keep failing (database unreachable) for most of a
+        lease, every task stops before the lease can lapse, so a worker cut
+        off from the database never drives an instance another took over.
+        """
+        last_ok = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            ids = list(self._tasks)
-            if not ids:
-                continue
             try:
-                async with self.sessions() as s:
-                    await s.exec(
-                        update(PluginInstance)  # type: ignore[call-overload]
-                        .where(col(PluginInstance.id).in_(ids))
-                        .where(col(PluginInstance.lease_owner) == self.settings.worker_id)
-                        .values(
-                            lease_expires=utcnow() + timedelta(seconds=self.settings.lease_seconds)
-                        )
-                    )
-                    await s.commit()
+                await self.renew()
+                last_ok = asyncio.get_running_loop().time()
             except Exception:
                 log.exception("renewing leases failed")
+                if asyncio.get_running_loop().time() - last_ok > self.settings.lease_seconds * 0.8:
+                    log.error("leases could not be renewed in time: letting go of all instances")
+                    self._abandon(list(self._tasks))
+
+    async def renew(self) -> None:
+        """Renew the leases of this worker's tasks once (see :meth:`_renew_leases`)."""
+        ids = [i for i, t in self._tasks.items() if not t.done()]
+        if not ids:
+            return
+        async with self.sessions() as s:
+            rows = (
+                await s.exec(
+                    update(PluginInstance)  # type: ignore[call-overload]
+                    .where(col(PluginInstance.id).in_(ids))
+                    .where(col(PluginInstance.lease_owner) == self.settings.worker_id)
+                    .values(lease_expires=utcnow() + timedelta(seconds=self.settings.lease_seconds))
+                    .returning(col(PluginInstance.id), col(PluginInstance.status))
+                )
+            ).all()
+            await s.commit()
+        held = {inst_id: status for inst_id, status in rows}
+        lost = [i for i in ids if i not in held]
+        if lost:
+            log.warning("lost the lease of instances %s: another worker has them", lost)
+            self._abandon(lost)
+        # ended by another process (e.g. cancelled through another API process)
+        self.stop_instance(
+            [i for i, status in held.items() if status not in DRIVEN and i not in self._cleaning]
+        )
+
+    def _abandon(self, ids: list[int]) -> None:
+        """Stop driving these instances without touching their rows or sites."""
+        for inst_id in ids:
+            task = self._tasks.get(inst_id)
+            if task is not None and not task.done():
+                self._abandoned.add(inst_id)
+                task.cancel(msg="lease lost")
 
     async def _release(self, ids: list[int]) -> None:
         if not ids:
@@ -273,28 +363,40 @@ class Scheduler:
 
     async def _drive(self, inst_id: int) -> None:
         delay = self.settings.retry_min_seconds
+        resource_id: int | None = None
         try:
             while True:
                 async with self.sessions() as s:
                     inst = await s.get(PluginInstance, inst_id)
-                    assert inst is not None
+                    if inst is None:
+                        return  # its feed was deleted
                     resource = await s.get(ComputeResource, inst.compute_resource_id)
                     assert resource is not None
                 status = S(inst.status)
+                resource_id = resource.id
                 try:
                     if status is S.SCHEDULED:
-                        generation = self._room_generation
-                        admitted = await self._admit(inst, resource)
-                        if admitted is None:
-                            await self._wait_for_room(generation)
-                            continue
+                        # in the queue before asking: a slot freed meanwhile wakes it
+                        waiter = self._queue_for_slot(resource, inst.compute_resource_pinned)
+                        retried = False
+                        try:
+                            admitted = await self._admit(inst, resource)
+                            if admitted is None:
+                                await waiter.wait(self.settings.sweep_seconds)
+                                retried = True
+                                continue
+                        finally:
+                            self._leave_slot_queue(waiter)
+                            if waiter.woken.is_set() and not retried:
+                                self._room_freed(waiter.resource_id)  # unused: pass it on
                         await self._submit(inst, admitted)
                     elif status is S.STARTED:
                         await self._watch(inst, resource)
                     elif status is S.REGISTERING_FILES:
                         await self._register(inst, resource)
                     else:
-                        await self._cleanup_remote(inst, resource)
+                        self._cleaning.add(inst_id)
+                        await self._cleanup(inst, resource)
                         return
                     delay = self.settings.retry_min_seconds
                 except _Retry as exc:
@@ -303,7 +405,7 @@ class Scheduler:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.retry_max_seconds)
         except asyncio.CancelledError:
-            if not self._stopping:
+            if not self._stopping and inst_id not in self._abandoned:
                 # cancelled by the user: stop the remote job now
                 await self._cleanup_after_cancel(inst_id)
             raise
@@ -313,9 +415,12 @@ class Scheduler:
                 await self._end(inst_id, S.CANCELLED, ErrorCode.CRASH, f"scheduler error: {exc}")
         finally:
             self._tasks.pop(inst_id, None)
-            if not self._stopping:
+            self._cleaning.discard(inst_id)
+            if inst_id in self._abandoned:
+                self._abandoned.discard(inst_id)
+            elif not self._stopping:
                 await self._release([inst_id])
-                await self._room_freed()  # e.g. cancelled by the user: its slot is free
+                self._room_freed(resource_id)  # e.g. cancelled by the user: its slot is free
 
     async def _note(self, inst_id: int, message: str) -> None:
         """Show why an active instance is not progressing (its status is unchanged)."""
@@ -334,8 +439,9 @@ class Scheduler:
             async with self.sessions() as s:
                 inst = await s.get(PluginInstance, inst_id)
                 resource = await s.get(ComputeResource, inst.compute_resource_id) if inst else None
-            if inst is not None and resource is not None:
-                await self._cleanup_remote(inst, resource)
+            if inst is not None and resource is not None and inst.remote_cleanup_pending:
+                if await self._cleanup_remote(inst, resource):
+                    await self._cleanup_done(inst_id)
 
     async def _end(
         self, inst_id: int, status: InstanceStatus, code: ErrorCode | None, message: str
@@ -352,13 +458,15 @@ class Scheduler:
                 error_message=message,
             )
             await s.commit()
-        await self._changed(scheduled)
+            row = await s.get(PluginInstance, inst_id)
+            resource_id = row.compute_resource_id if row is not None else None
+        await self._changed(scheduled, resource_id)
 
-    async def _changed(self, scheduled: list[int]) -> None:
+    async def _changed(self, scheduled: list[int], resource_id: int | None) -> None:
         """After an instance ended: wake long-polls, instances waiting for a
         job slot, and dispatch children that just became ready."""
         await self.hub.changed()
-        await self._room_freed()
+        self._room_freed(resource_id)
         if scheduled:
             self.kick()
 
@@ -400,24 +508,36 @@ class Scheduler:
             await self._note(inst.id, message)
         return None
 
-    async def _room_freed(self) -> None:
-        """Wake the instances of this process that wait for a job slot."""
-        async with self._room:
-            self._room_generation += 1
-            self._room.notify_all()
+    def _queue_for_slot(self, resource: ComputeResource, pinned: bool) -> _SlotWaiter:
+        assert resource.id is not None
+        waiter = _SlotWaiter(resource.id, movable=not pinned)
+        self._slot_queues.setdefault(resource.id, []).append(waiter)
+        return waiter
 
-    async def _wait_for_room(self, generation: int) -> None:
-        """Sleep until a slot may have been freed since ``generation`` was read.
+    def _leave_slot_queue(self, waiter: _SlotWaiter) -> None:
+        queue = self._slot_queues.get(waiter.resource_id, [])
+        with contextlib.suppress(ValueError):
+            queue.remove(waiter)
+        if not queue:
+            self._slot_queues.pop(waiter.resource_id, None)
 
-        Ends in other processes are not signalled here; the sweep interval
-        bounds how long they go unnoticed.
+    def _room_freed(self, resource_id: int | None) -> None:
+        """A job slot of ``resource_id`` may be free: wake one instance waiting for it.
+
+        The first waiting for that resource, else the first that may move
+        to another resource. One per freed slot, not all: every waiter woken
+        asks the database again, and waking them all at each end made the
+        scheduler's work grow with the square of the queue. A waiter woken
+        that got no slot simply waits again; ends in other processes are not
+        signalled here, the sweep interval bounds how long they go unnoticed.
         """
-        async with self._room:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._room.wait_for(lambda: self._room_generation != generation),
-                    self.settings.sweep_seconds,
-                )
+        queues = [self._slot_queues.get(resource_id or -1, [])]
+        queues += [q for rid, q in self._slot_queues.items() if rid != resource_id]
+        for n, queue in enumerate(queues):
+            for waiter in queue:
+                if not waiter.woken.is_set() and (n == 0 or waiter.movable):
+                    waiter.woken.set()
+                    return
 
     async def _submit(self, inst: PluginInstance, resource: ComputeResource) -> None:
         assert inst.id is not None
@@ -458,7 +578,7 @@ class Scheduler:
             "return": summary.get("compute", {}).get("return", {}),
         }
         async with self.sessions() as s:
-            await svc.transition(
+            moved = await svc.transition(
                 s,
                 inst.id,
                 [S.SCHEDULED],
@@ -467,6 +587,13 @@ class Scheduler:
                 summary=summary,
                 error_message="",
             )
+            if moved and _running_since(info):
+                # after the transition, so start_date is never before ``started``
+                await s.exec(
+                    update(PluginInstance)  # type: ignore[call-overload]
+                    .where(col(PluginInstance.id) == inst.id)
+                    .values(start_date=utcnow())
+                )
             await s.commit()
         await self.hub.changed()
 
@@ -507,6 +634,8 @@ class Scheduler:
         except PfconError as exc:
             raise _Retry(f"status of {jid} failed: {exc}") from exc
         summary = self._summary_with(inst.summary, info)
+        running = _running_since(info) if inst.start_date is None else None
+        dates: dict[str, Any] = {"start_date": running} if running else {}
         async with self.sessions() as s:
             if info.status is JobStatus.UNDEFINED:
                 pass
@@ -519,20 +648,23 @@ class Scheduler:
                     job_status=info.status.value,
                     summary=summary,
                     error_message="",
+                    **dates,
                 )
             else:
                 await s.exec(
                     update(PluginInstance)  # type: ignore[call-overload]
                     .where(col(PluginInstance.id) == inst.id)
                     .where(col(PluginInstance.status) == S.STARTED.value)
-                    .values(job_status=info.status.value, summary=summary, error_message="")
+                    .values(
+                        job_status=info.status.value, summary=summary, error_message="", **dates
+                    )
                 )
             await s.commit()
         if info.status is JobStatus.UNDEFINED:
             await self._end(
                 inst.id, S.CANCELLED, ErrorCode.UNDEFINED_STATUS, info.message or "undefined status"
             )
-        elif info.status.value != inst.job_status:
+        elif info.status.value != inst.job_status or dates:
             await self.hub.changed()
 
     def _summary_with(self, summary: dict[str, Any], info: JobInfo) -> dict[str, Any]:
@@ -645,17 +777,7 @@ class Scheduler:
         summary = dict(inst.summary)
         summary["pullPath"] = {"status": True}
         async with self.sessions() as s:
-            # idempotent: a registration interrupted by a crash is redone whole
-            await s.exec(
-                StoredFile.__table__.delete().where(  # type: ignore[attr-defined]
-                    StoredFile.__table__.c.plugin_inst_id == inst.id  # type: ignore[attr-defined]
-                )
-            )
-            s.add_all(
-                StoredFile(fname=f, fsize=size, owner_id=inst.owner_id, plugin_inst_id=inst.id)
-                for f, size in files
-            )
-            await s.flush()
+            await register_files(s, inst.id, inst.owner_id, files)
             message = "" if succeeded else _failure_message(inst.summary)
             scheduled = await svc.finish(
                 s,
@@ -667,12 +789,40 @@ class Scheduler:
                 error_message=message,
             )
             await s.commit()
-        await self._changed(scheduled)
+        await self._changed(scheduled, inst.compute_resource_id)
 
-    async def _cleanup_remote(self, inst: PluginInstance, resource: ComputeResource) -> None:
-        """Delete the job's data and container at the site; never changes the outcome."""
-        if not inst.job_status and inst.status == S.CANCELLED.value and inst.start_date is None:
-            return  # never reached the site
+    async def _cleanup(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        """Delete an ended instance's job at its site, retrying while that fails.
+
+        Never changes the instance's outcome. Gives up (with an error in the
+        log) ``cleanup_give_up_seconds`` after the instance ended, as ChRIS
+        retries its CODE12 deletions for two days.
+        """
+        assert inst.id is not None
+        if not inst.remote_cleanup_pending:
+            return
+        if not await self._cleanup_remote(inst, resource):
+            ended = as_utc(inst.end_date) or utcnow()
+            if (utcnow() - ended).total_seconds() < self.settings.cleanup_give_up_seconds:
+                raise _Retry(f"deleting job {job_id(self.settings, inst.id)} at the site failed")
+            log.error(
+                "giving up deleting job %s at %s: its data may remain there",
+                job_id(self.settings, inst.id),
+                resource.name,
+            )
+        await self._cleanup_done(inst.id)
+
+    async def _cleanup_done(self, inst_id: int) -> None:
+        async with self.sessions() as s:
+            await s.exec(
+                update(PluginInstance)  # type: ignore[call-overload]
+                .where(col(PluginInstance.id) == inst_id)
+                .values(remote_cleanup_pending=False)
+            )
+            await s.commit()
+
+    async def _cleanup_remote(self, inst: PluginInstance, resource: ComputeResource) -> bool:
+        """Delete the job's data and container at the site; whether that worked."""
         assert inst.id is not None
         try:
             await self._client(resource).delete(job_id(self.settings, inst.id))
@@ -680,11 +830,38 @@ class Scheduler:
             pass
         except Exception as exc:
             log.warning("cleanup of instance %s at %s failed: %s", inst.id, resource.name, exc)
-            return
+            return False
         if resource.compute_innetwork and inst.status == S.CANCELLED.value:
             # the stopped job wrote into CUBE's storage; a cancelled instance
             # registers nothing, so what it left there goes too (as no zip would arrive)
             await self.storage.delete_tree(inst.output_path)
+        return True
+
+    async def delete_jobs(self, jobs: list[tuple[ComputeResource, int]]) -> list[int]:
+        """Delete the jobs of these instances at their sites now (a feed is
+        being deleted); returns the ids whose deletion failed.
+
+        At most 8 at once, each bounded by ``status_wait_seconds``, so an
+        unreachable site delays the caller by that much, not more.
+        """
+        gate = asyncio.Semaphore(8)
+
+        async def one(resource: ComputeResource, inst_id: int) -> int | None:
+            async with gate:
+                try:
+                    await asyncio.wait_for(
+                        self._client(resource).delete(job_id(self.settings, inst_id)),
+                        self.settings.status_wait_seconds,
+                    )
+                except JobNotFound:
+                    return None
+                except Exception as exc:
+                    log.warning("deleting job of %s at %s: %s", inst_id, resource.name, exc)
+                    return inst_id
+                return None
+
+        failed = await asyncio.gather(*(one(r, i) for r, i in jobs))
+        return [i for i in failed if i is not None]
 
     # -- building the job ----------------------------------------------------
 
@@ -758,6 +935,48 @@ class Scheduler:
                 f.fname.rsplit("/", 1)[-1] if f.fname == root else f.fname.removeprefix(root + "/")
             )
             entries.setdefault(arc, self.storage.local_path(f.fname))
+
+
+async def register_files(
+    session: AsyncSession, inst_id: int, owner_id: int, files: list[tuple[str, int]]
+) -> None:
+    """Register an instance's output files ``(fname, size)``, replacing any before.
+
+    One executemany of plain rows (no ORM objects: ChRIS #521, per-file
+    registration of large outputs took minutes); 10,000 files take well
+    under a second on SQLite and PostgreSQL. Idempotent, so a registration
+    interrupted by a crash is redone whole. The caller commits.
+    """
+    table = StoredFile.__table__  # type: ignore[attr-defined]
+    await session.exec(table.delete().where(table.c.plugin_inst_id == inst_id))
+    if not files:
+        return
+    now = utcnow()
+    rows = [
+        {
+            "fname": fname,
+            "fsize": size,
+            "owner_id": owner_id,
+            "plugin_inst_id": inst_id,
+            "public": False,
+            "creation_date": now,
+        }
+        for fname, size in files
+    ]
+    for start in range(0, len(rows), REGISTER_BATCH):
+        await session.exec(insert(table), params=rows[start : start + REGISTER_BATCH])
+
+
+def _running_since(info: JobInfo) -> datetime | None:
+    """When a job was first seen running: now, if the site says it runs or ran.
+
+    A job the site still queues (``notStarted``) has not started: the time it
+    waits there is not run time (ChRIS #408). A job first seen already ended
+    ran between submission and now; now is the bound CUBE knows.
+    """
+    if info.status is JobStatus.STARTED or info.status.is_terminal:
+        return utcnow()
+    return None
 
 
 def _sanitise_path(path: str) -> str:

@@ -31,6 +31,9 @@ class CubeSettings(BaseSettings):
     port: int = 8000
     home: Path = Field(default_factory=lambda: default_home() / "cube")
     #: SQLAlchemy async URL; default ``sqlite+aiosqlite:///<home>/cube.db``.
+    #: Production: ``postgresql+asyncpg://user:password@host:5432/cube``
+    #: (``postgresql://`` is read as that). Several CUBE processes (API and
+    #: workers on several machines) may share a PostgreSQL database.
     database_url: str = ""
     #: Root of file storage; default ``<home>/storage``.
     storage_dir: Path | None = None
@@ -49,7 +52,14 @@ class CubeSettings(BaseSettings):
     #: Identity of this scheduler worker in leases.
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     #: A claimed instance's lease; another worker may take it over when it lapses (s).
+    #: Renewed every third of it while the worker lives, so a killed worker's
+    #: instances carry on elsewhere after at most this long.
     lease_seconds: float = Field(default=60.0, gt=1)
+    #: Instances one worker drives at once; more workers share the rest.
+    worker_max_instances: int = Field(default=1000, ge=1)
+    #: How long after an instance ended its job's deletion at an unreachable
+    #: site is retried before it is given up (s; ChRIS: two days).
+    cleanup_give_up_seconds: float = Field(default=2 * 86400.0, ge=0)
     #: How long one status long-poll to a compute site may wait (s).
     status_wait_seconds: float = Field(default=30.0, gt=0)
     #: Safety sweep for instances whose lease lapsed in another process (s).
@@ -86,7 +96,11 @@ class CubeSettings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite under ``home``."""
-        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'cube.db'}"
+        url = self.database_url or f"sqlite+aiosqlite:///{self.home / 'cube.db'}"
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+asyncpg://" + url.removeprefix(plain)
+        return url
 
     def resolved_storage_dir(self) -> Path:
         """The storage root, defaulting to ``<home>/storage``."""

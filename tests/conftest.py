@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.components import docker_available, free_port, require
+from tests.support.postgres import PostgresCluster, postgres_available, running_postgres
 from tests.support.registry import Registry, registry_available, running_registry
 
 
@@ -54,3 +56,24 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     require(ok, why)
     with running_registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster on loopback for the session.
+
+    Skipped locally, a failure under CI, when PostgreSQL is not installed
+    (``.ci/components.sh`` installs Debian's ``postgresql``).
+    """
+    ok, why = postgres_available()
+    require(ok, why)
+    with running_postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster) -> Iterator[str]:
+    """The URL of a fresh, empty database in the session's cluster (dropped after)."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield postgres.create_database(name)
+    postgres.drop_database(name)

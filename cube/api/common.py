@@ -253,6 +253,26 @@ async def fetch_page(
     return PageSlice(total, rows, limit, offset)
 
 
+async def fetch_keyed_page(
+    request: web.Request, session: AsyncSession, query: Any, key: Any, *, descending: bool
+) -> PageSlice:
+    """:func:`fetch_page` for large tables, ordered by the primary key ``key``.
+
+    The page's keys are found first (an index-only scan, however deep the
+    offset), then only those rows are read: a plain ``OFFSET`` would read
+    every skipped row from the table (100,000 instances: ~20 ms more).
+
+    Raises:
+        BadRequest: bad ``limit`` or ``offset``.
+    """
+    limit, offset = page_bounds(request, request.app[SETTINGS])
+    order = key.desc() if descending else key.asc()
+    total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
+    keys = query.with_only_columns(key).order_by(order).offset(offset).limit(limit)
+    rows = (await session.exec(query.where(key.in_(keys.scalar_subquery())).order_by(order))).all()
+    return PageSlice(total, rows, limit, offset)
+
+
 def list_page(request: web.Request, items: Sequence[Any]) -> PageSlice:
     """The page of an already-loaded list that ``limit``/``offset`` ask for.
 

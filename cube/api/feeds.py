@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ from cube.api.common import (
     SCHEDULER,
     SESSIONS,
     STORAGE,
+    fetch_keyed_page,
     fetch_page,
     get_or_404,
     int_param,
@@ -42,8 +44,10 @@ from cube.errors import BadRequest, NotFound
 from cube.schema import InstanceStatus
 from cube.services import feeds as fsvc
 from cube.services import instances as isvc
+from cube.services import lifecycle
 
 routes = ApiRoutes()
+log = logging.getLogger(__name__)
 
 #: Longest long-poll a client may ask for on an instance (s).
 MAX_WAIT = 60.0
@@ -181,11 +185,25 @@ async def rename_feed(request: web.Request) -> web.Response:
 
 @routes.delete("/api/v1/{id:\\d+}/")
 async def delete_feed(request: web.Request) -> web.Response:
-    """Delete a feed with its instances and files; owner only, no active instance."""
-    async with request.app[SESSIONS]() as s:
+    """Delete a feed: stop its instances, delete their jobs at the sites,
+    then its files (storage and rows), its annotations and the feed.
+
+    Owner or staff only (shared readers get 403, anyone else 404).
+    """
+    sessions, scheduler = request.app[SESSIONS], request.app[SCHEDULER]
+    async with sessions() as s:
         user = await require_user(request, s)
-        await fsvc.delete_feed(s, request.app[STORAGE], user, int_param(request, "id"))
+        deletion = await lifecycle.begin_feed_deletion(s, user, int_param(request, "id"))
         await s.commit()
+    scheduler.stop_instance(deletion.cancelled)
+    failed = await scheduler.delete_jobs(deletion.jobs)
+    if failed:
+        log.warning("feed %s: jobs of instances %s remain at their sites", deletion.feed_id, failed)
+    async with sessions() as s:
+        await lifecycle.finish_feed_deletion(s, deletion)
+        await s.commit()
+    await request.app[STORAGE].delete_tree(deletion.folder)
+    await request.app[HUB].changed()
     return web.Response(status=204)
 
 
@@ -217,7 +235,7 @@ async def feed_files(request: web.Request) -> web.Response:
 
 
 async def _instance_page(request: web.Request, s: AsyncSession, q: Any) -> web.Response:
-    page = await fetch_page(request, s, q, col(PluginInstance.id).desc())
+    page = await fetch_keyed_page(request, s, q, col(PluginInstance.id), descending=True)
     base = origin(request)
     return page.response(request, await ser.instances(base, s, page.rows))
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlmodel import Field, SQLModel
 
 
@@ -127,6 +128,9 @@ class PluginComputeResource(SQLModel, table=True):
 
 
 class Feed(SQLModel, table=True):
+    #: the feed list: a user's feeds, newest first
+    __table_args__ = (Index("ix_feed_owner_id_id", "owner_id", "id"),)
+
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(default="", max_length=200)
     owner_id: int = Field(foreign_key="user.id", index=True)
@@ -137,6 +141,12 @@ class Feed(SQLModel, table=True):
 
 class PluginInstance(SQLModel, table=True):
     __tablename__ = "plugin_instance"
+    #: instance lists (a user's, a feed's), newest first: an index scan in
+    #: id order instead of sorting every matching row
+    __table_args__ = (
+        Index("ix_plugin_instance_owner_id_id", "owner_id", "id"),
+        Index("ix_plugin_instance_feed_id_id", "feed_id", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     title: str = Field(default="", max_length=100)
@@ -170,6 +180,11 @@ class PluginInstance(SQLModel, table=True):
     #: When the scheduler took one of the compute resource's job slots for this
     #: instance (just before submitting); ``None`` while it queues for one.
     slot_reserved_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    #: Ended, but the site may still hold its job and data: a worker deletes
+    #: them (retrying while the site is unreachable) and clears this.
+    remote_cleanup_pending: bool = Field(
+        default=False, index=True, sa_column_kwargs={"server_default": sa_false()}
+    )
 
 
 class StatusChange(SQLModel, table=True):

@@ -1,4 +1,5 @@
-"""Feeds: who may see them, sharing, notes, comments, tags and deletion.
+"""Feeds: who may see them, sharing, notes, comments, tags and instance deletion
+(a whole feed is deleted by :mod:`cube.services.lifecycle`).
 
 Permission rules (ChRIS semantics, kept exact):
 
@@ -20,7 +21,6 @@ from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.models import (
-    Comment,
     Feed,
     FeedGroupPermission,
     FeedUserPermission,
@@ -30,7 +30,6 @@ from cube.db.models import (
     PluginInstance,
     StatusChange,
     StoredFile,
-    Tagging,
     User,
 )
 from cube.errors import BadRequest, NotFound, PermissionDenied
@@ -147,30 +146,6 @@ async def _delete_instances(
     # contents last: a failure above leaves every file in place
     for f in files:
         storage.local_path(f.fname).unlink(missing_ok=True)
-
-
-async def delete_feed(session: AsyncSession, storage: Storage, user: User, feed_id: int) -> None:
-    """Delete a feed with its instances, files (rows and contents) and annotations.
-
-    Raises:
-        NotFound, PermissionDenied: see :func:`owned_feed`.
-        BadRequest: an instance of the feed is still active (cancel it first).
-    """
-    feed = await owned_feed(session, user, feed_id)
-    insts = (
-        await session.exec(select(PluginInstance).where(PluginInstance.feed_id == feed.id))
-    ).all()
-    await _delete_instances(session, storage, insts)
-    for model, column in (
-        (FeedUserPermission, FeedUserPermission.feed_id),
-        (FeedGroupPermission, FeedGroupPermission.feed_id),
-        (Note, Note.feed_id),
-        (Comment, Comment.feed_id),
-        (Tagging, Tagging.feed_id),
-    ):
-        await session.exec(delete(model).where(col(column) == feed.id))  # type: ignore[call-overload]
-    await session.delete(feed)
-    await session.flush()
 
 
 async def delete_instance(

@@ -69,15 +69,19 @@ async def transition(
 ) -> bool:
     """Move an instance to ``to`` if it is in one of ``from_statuses``.
 
-    Sets ``start_date`` on entering ``started`` and ``end_date`` on entering a
-    terminal status (unless given). Returns whether the change happened.
+    Sets ``end_date`` on entering a terminal status (unless given), and
+    marks the job for deletion at the site if it may be there; the
+    scheduler sets ``start_date`` when it sees the job running at the site,
+    which may be after ``started`` (submitted) when the site queues it
+    (ChRIS #408). Returns whether the change happened.
     """
     now = utcnow()
     values: dict[str, Any] = {"status": to.value, **fields}
-    if to is S.STARTED:
-        values.setdefault("start_date", now)
     if to in TERMINAL_STATUSES:
         values.setdefault("end_date", now)
+        # a slot is taken just before submitting: from then on the site may
+        # hold a job to delete, whoever ends the instance (a worker, a cancel)
+        values["remote_cleanup_pending"] = col(PluginInstance.slot_reserved_at).is_not(None)
     stmt = (
         update(PluginInstance)
         .where(col(PluginInstance.id) == inst_id)
@@ -386,9 +390,17 @@ async def run_if_ready(
     session: AsyncSession, inst: PluginInstance, previous: PluginInstance | None
 ) -> InstanceStatus:
     """Schedule, park or cancel a ``created`` instance according to its parents
-    (its previous; every ``plugininstances`` parent for a ts instance)."""
+    (its previous; every ``plugininstances`` parent for a ts instance).
+
+    The parents' status is read here, after the instance's row was written,
+    with their rows locked (see :func:`topology.parents_of`): a parent ending
+    meanwhile either committed before this read, and is seen ended, or
+    settles its waiting children after this transaction commits, and sees
+    this one (:func:`settle_waiting`). Reading it earlier left a child
+    ``waiting`` forever when its parent ended in between.
+    """
     assert inst.id is not None
-    parents = await topology.parents_of(session, inst) if previous is not None else []
+    parents = await topology.parents_of(session, inst, lock=True) if previous is not None else []
     target, note = topology.readiness(parents)
     extra = {"error_message": note} if target is S.CANCELLED else {}
     await transition(session, inst.id, [S.CREATED], target, note=note, **extra)
@@ -433,9 +445,22 @@ async def resolve_children(session: AsyncSession, parent: PluginInstance) -> lis
 
 async def settle_waiting(session: AsyncSession, inst_id: int) -> list[int]:
     """Schedule or cancel one waiting instance whose parents may have ended;
-    returns ``[inst_id]`` when it became ``scheduled``."""
-    child = await session.get(PluginInstance, inst_id)
-    assert child is not None
+    returns ``[inst_id]`` when it became ``scheduled``.
+
+    The instance's row is locked before its parents are read (PostgreSQL):
+    two parents of a ts instance ending at once in two workers settle it one
+    after the other, and the second sees the first's parent ended.
+    """
+    child = (
+        await session.exec(
+            select(PluginInstance)
+            .where(PluginInstance.id == inst_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if child is None or child.status != S.WAITING:
+        return []
     target, note = topology.readiness(await topology.parents_of(session, child))
     if target is S.SCHEDULED:
         if await transition(session, inst_id, [S.WAITING], S.SCHEDULED):

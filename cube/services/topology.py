@@ -86,19 +86,33 @@ async def record_ts_parents(session: AsyncSession, inst_id: int, parent_ids: Seq
     await session.flush()
 
 
-async def parents_of(session: AsyncSession, inst: PluginInstance) -> list[PluginInstance]:
-    """Every instance ``inst`` waits for: its ts parents, else its previous (if any)."""
+async def parents_of(
+    session: AsyncSession, inst: PluginInstance, *, lock: bool = False
+) -> list[PluginInstance]:
+    """Every instance ``inst`` waits for: its ts parents (in their order), else
+    its previous (if any), with their current status.
+
+    ``lock`` locks their rows (``FOR UPDATE``, PostgreSQL; SQLite's writer
+    already holds the database lock), in id order so that two callers never
+    wait on each other: a parent's end in flight is then waited for and seen.
+    """
     assert inst.id is not None
     ids = await ts_parent_ids(session, inst.id)
     if not ids and inst.previous_id is not None:
         ids = [inst.previous_id]
-    found = []
-    for parent_id in ids:
-        parent = await session.get(PluginInstance, parent_id)
-        if parent is not None:
-            await session.refresh(parent)  # its status may have changed since it was loaded
-            found.append(parent)
-    return found
+    if not ids:
+        return []
+    q = (
+        select(PluginInstance)
+        .where(col(PluginInstance.id).in_(ids))
+        .order_by(col(PluginInstance.id))
+        # their status may have changed since they were loaded in this session
+        .execution_options(populate_existing=True)
+    )
+    if lock:
+        q = q.with_for_update()
+    found = {p.id: p for p in (await session.exec(q)).all()}
+    return [found[i] for i in ids if i in found]
 
 
 def readiness(parents: Sequence[PluginInstance]) -> tuple[InstanceStatus, str]:

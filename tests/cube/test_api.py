@@ -272,6 +272,11 @@ async def test_bad_instance_requests(
         (ds_url, {"previous_id": 9999}, 400, "previous_id"),
         (ds_url, {"previous_id": fs["id"], "cpu_limit": "9000m"}, 400, "cpu_limit"),
         (ds_url, {"previous_id": fs["id"], "memory_limit": "lots"}, 400, "memory_limit"),
+        (ds_url, {"previous_id": fs["id"], "cpu_limit": "500m"}, 400, "cpu_limit"),  # < min
+        (ds_url, {"previous_id": fs["id"], "memory_limit": "2Gi"}, 400, "memory_limit"),
+        (ds_url, {"previous_id": fs["id"], "number_of_workers": 2}, 400, "number_of_workers"),
+        (ds_url, {"previous_id": fs["id"], "number_of_workers": "x"}, 400, "number_of_workers"),
+        (ds_url, {"previous_id": fs["id"], "gpu_limit": 1}, 400, "gpu_limit"),
         (
             ds_url,
             {"previous_id": fs["id"], "compute_resource_name": "elsewhere"},

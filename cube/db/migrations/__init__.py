@@ -1,0 +1,1 @@
+"""Alembic migrations of CUBE's database (see docs/database.md)."""

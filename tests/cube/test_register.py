@@ -1,0 +1,114 @@
+"""Output registration in bulk (ChRIS #521), on SQLite and PostgreSQL.
+
+10,000 files of one instance are registered in a few statements, with
+their sizes, and registering again replaces them (a registration redone
+after a crash). The time bound here is loose, a guard against a return to
+per-file ORM objects; ``bench/cube.py`` measures it (target ≤ 2 s).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import col, func, select
+
+from cube.db.engine import SessionMaker, create_schema, make_engine, make_sessionmaker
+from cube.db.models import (
+    ComputeResource,
+    Feed,
+    Plugin,
+    PluginInstance,
+    PluginMeta,
+    StoredFile,
+    User,
+)
+from cube.scheduler import register_files
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionMaker]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'cube.db'}"
+    else:
+        url = str(request.getfixturevalue("postgres_url"))
+    engine = make_engine(url)
+    await create_schema(engine)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def seed_instance(sessions: SessionMaker) -> tuple[int, int]:
+    """One user, feed and instance; returns (instance id, owner id)."""
+    async with sessions() as s:
+        user = User(username="chris", password_hash="x")
+        meta = PluginMeta(name="pl-a", type="fs")
+        resource = ComputeResource(
+            name="host",
+            compute_url="u",
+            compute_auth_url="u",
+            compute_user="u",
+            compute_password="p",
+        )
+        s.add_all([user, meta, resource])
+        await s.flush()
+        assert user.id and meta.id and resource.id
+        plugin = Plugin(meta_id=meta.id, version="1", dock_image="i", selfexec="a")
+        feed = Feed(owner_id=user.id)
+        s.add_all([plugin, feed])
+        await s.flush()
+        assert plugin.id and feed.id
+        inst = PluginInstance(
+            plugin_id=plugin.id,
+            feed_id=feed.id,
+            owner_id=user.id,
+            compute_resource_id=resource.id,
+            cpu_limit=1000,
+            memory_limit=200,
+            number_of_workers=1,
+            gpu_limit=0,
+            status="registeringFiles",
+        )
+        s.add(inst)
+        await s.commit()
+        assert inst.id
+        return inst.id, user.id
+
+
+async def test_ten_thousand_files_register_in_bulk(sessions: SessionMaker) -> None:
+    inst_id, owner_id = await seed_instance(sessions)
+    base = "home/chris/feeds/feed_1/pl-a_1/data"
+    files = [(f"{base}/d{i % 100}/f{i}.dcm", i) for i in range(10_000)]
+    started = time.perf_counter()
+    async with sessions() as s:
+        await register_files(s, inst_id, owner_id, files)
+        await s.commit()
+    elapsed = time.perf_counter() - started
+    assert elapsed < 10, f"{elapsed:.2f}s for 10,000 files: per-file inserts again?"
+
+    async with sessions() as s:
+        count, total = (
+            await s.exec(
+                select(func.count(), func.sum(StoredFile.fsize)).where(
+                    StoredFile.plugin_inst_id == inst_id
+                )
+            )
+        ).one()
+        assert (count, total) == (10_000, sum(range(10_000)))
+        row = (
+            await s.exec(select(StoredFile).where(col(StoredFile.fname) == f"{base}/d7/f107.dcm"))
+        ).one()
+        assert (row.fsize, row.owner_id, row.public) == (107, owner_id, False)
+        assert row.creation_date is not None
+
+    # redone after a crash: the same instance's files are replaced, not doubled
+    async with sessions() as s:
+        await register_files(s, inst_id, owner_id, files[:10])
+        await s.commit()
+    async with sessions() as s:
+        count = (
+            await s.exec(select(func.count()).where(StoredFile.plugin_inst_id == inst_id))
+        ).one()
+        assert count == 10
