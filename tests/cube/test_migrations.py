@@ -2,9 +2,10 @@
 
 An empty database upgrades to head; a database populated at 0001 (the
 schema CUBE made with ``create_all`` before migrations, with or without an
-``alembic_version`` table) upgrades with its data intact; and the models
-agree with the migration head, so a model change without its migration fails
-here.
+``alembic_version`` table) or at 0002 upgrades with its data intact, and the
+tables added since hold rows that reference the old ones (and go when their
+feed is deleted); and the models agree with the migration head, so a model
+change without its migration fails here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,23 @@ from sqlmodel import select
 
 from cube.db.engine import create_schema, make_engine, make_sessionmaker
 from cube.db.migrate import BASELINE, MigrationError, current_revision, head, schema_diff, upgrade
-from cube.db.models import PluginInstance, StatusChange, StoredFile
+from cube.db.models import (
+    Comment,
+    Feed,
+    FeedUserPermission,
+    Note,
+    Pipeline,
+    PluginInstance,
+    PluginInstanceParent,
+    PluginPiping,
+    StatusChange,
+    StoredFile,
+    Tag,
+    Tagging,
+    Workflow,
+    WorkflowInstance,
+)
+from cube.services import lifecycle
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -129,6 +146,100 @@ async def test_populated_database_at_0001_upgrades_with_data_intact(
         ]
         changes = (await s.exec(select(StatusChange))).all()
         assert [(c.status, c.note) for c in changes] == [("created", "n")]
+
+
+# Rows as CUBE at 0002 wrote them: a second user and a child instance of
+# feed 1 whose job is still to delete at its site (0002's column).
+SEED_0002 = [
+    """INSERT INTO "user" (id, username, email, password_hash, is_staff, creation_date)
+       VALUES (2, 'bob', 'b@x', 'h', false, '2026-01-01 00:00:00')""",
+    """INSERT INTO plugin_instance (id, title, status, previous_id, plugin_id, feed_id, owner_id,
+       compute_resource_id, compute_resource_pinned, output_path, cpu_limit, memory_limit,
+       number_of_workers, gpu_limit, summary, raw, error_code, error_message, size,
+       start_date, end_date, creation_date, lease_owner, lease_expires, job_status,
+       slot_reserved_at, remote_cleanup_pending)
+       VALUES (2, 'child', 'cancelled', 1, 1, 1, 1, 1, false,
+       'home/chris/feeds/feed_1/pl-a_2/data', 1000, 200, 1, 0, '{}', '', '', 'stopped',
+       0, NULL, '2026-01-01 00:00:05', '2026-01-01 00:00:03', NULL, NULL,
+       'started', '2026-01-01 00:00:04', true)""",
+]
+
+
+async def test_populated_database_at_0002_upgrades_with_data_intact(engine: AsyncEngine) -> None:
+    await upgrade(engine, "0002")
+    async with engine.begin() as conn:
+        for sql in SEED_0001 + SEED_0002:
+            await conn.execute(text(sql))
+    assert await _revision(engine) == "0002"
+
+    await create_schema(engine)
+
+    assert await _revision(engine) == head()
+    assert await _diff(engine) == []
+    sessions = make_sessionmaker(engine)
+    async with sessions() as s:
+        rows = (await s.exec(select(PluginInstance).order_by(PluginInstance.id))).all()  # type: ignore[arg-type]
+        assert [(i.id, i.status, i.previous_id, i.remote_cleanup_pending) for i in rows] == [
+            (1, "finishedSuccessfully", None, False),
+            (2, "cancelled", 1, True),
+        ]
+        assert rows[1].error_message == "stopped" and rows[1].slot_reserved_at is not None
+        # the new tables take rows that reference the old ones (foreign keys on)
+        pipeline = Pipeline(name="p", owner_id=1)
+        tag = Tag(name="t", color="red", owner_id=2)
+        s.add_all([pipeline, tag])
+        await s.flush()
+        assert pipeline.id is not None and tag.id is not None
+        piping = PluginPiping(
+            pipeline_id=pipeline.id,
+            plugin_id=1,
+            title="a",
+            cpu_limit=1000,
+            memory_limit=200,
+            number_of_workers=1,
+            gpu_limit=0,
+        )
+        workflow = Workflow(pipeline_id=pipeline.id, owner_id=1)
+        s.add_all([piping, workflow])
+        await s.flush()
+        assert piping.id is not None and workflow.id is not None
+        workflow_id = workflow.id
+        s.add_all(
+            [
+                PluginInstanceParent(plugin_inst_id=2, parent_id=1, position=0),
+                WorkflowInstance(
+                    plugin_inst_id=2, workflow_id=workflow.id, plugin_piping_id=piping.id
+                ),
+                Note(feed_id=1, content="n"),
+                Comment(feed_id=1, owner_id=2, content="c"),
+                Tagging(tag_id=tag.id, feed_id=1),
+                FeedUserPermission(feed_id=1, user_id=2),
+            ]
+        )
+        await s.commit()
+
+    # deleting the feed deletes the old tables' rows and the new ones that reference them
+    deletion = lifecycle.FeedDeletion(feed_id=1, folder="", cancelled=[], jobs=[])
+    async with sessions() as s:
+        await lifecycle.finish_feed_deletion(s, deletion)
+        await s.commit()
+    async with sessions() as s:
+        for model in (
+            Feed,
+            PluginInstance,
+            StoredFile,
+            StatusChange,
+            PluginInstanceParent,
+            WorkflowInstance,
+            Note,
+            Comment,
+            Tagging,
+            FeedUserPermission,
+        ):
+            assert (await s.exec(select(model))).all() == [], model
+        # what is not the feed's stays
+        assert [t.name for t in (await s.exec(select(Tag))).all()] == ["t"]
+        assert [w.id for w in (await s.exec(select(Workflow))).all()] == [workflow_id]
 
 
 async def test_a_database_from_a_newer_cube_is_refused(engine: AsyncEngine) -> None:
