@@ -27,7 +27,7 @@ from cube.settings import CubeSettings
 from pfcon.client import PfconClient
 from pfcon.errors import PfconError, PfconUnavailable
 from pfcon.schema import JobData, JobDescriptor, JobInfo, JobStatus, JobSubmitted
-from tests.cube.conftest import ADMIN, DS_DESCRIPTOR, FS_DESCRIPTOR, token_for
+from tests.cube.conftest import ADMIN, DS_DESCRIPTOR, FS_DESCRIPTOR, JSON_ACCEPT, token_for
 from tests.cube.test_api import upload
 from tests.cube.test_placement import FakeSite, add_resource, instance, register, until
 
@@ -111,7 +111,7 @@ async def fabric(
         retry_min_seconds=0.1,
         retry_max_seconds=0.3,
     )
-    api: TestClient = await aiohttp_client(create_app(settings))
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
     admin = await token_for(api, *ADMIN)
     site = Site("site")
 

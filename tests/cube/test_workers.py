@@ -31,7 +31,7 @@ from cube.settings import CubeSettings
 from cube.storage import FilesystemStorage
 from pfcon.errors import PfconUnavailable
 from pfcon.schema import JobDescriptor, JobInfo, JobSubmitted
-from tests.cube.conftest import ADMIN, DS_DESCRIPTOR, FS_DESCRIPTOR, token_for
+from tests.cube.conftest import ADMIN, DS_DESCRIPTOR, FS_DESCRIPTOR, JSON_ACCEPT, token_for
 from tests.cube.test_api import upload
 from tests.cube.test_placement import FakeSite, add_resource, register
 
@@ -104,7 +104,7 @@ async def running_worker(
 
 
 async def _api(aiohttp_client: Callable[..., Any], settings: CubeSettings) -> TestClient:
-    return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
+    return await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)  # type: ignore[no-any-return]
 
 
 async def _statuses(settings: CubeSettings) -> Counter[str]:
