@@ -399,11 +399,20 @@ async def instance_files(request: web.Request) -> web.Response:
 
 @routes.delete("/api/v1/plugins/instances/{id:\\d+}/")
 async def delete_instance(request: web.Request) -> web.Response:
-    """Delete a ds/ts instance with its descendants and their files (fs: delete the feed)."""
+    """Delete a ds/ts instance with its descendants and their files (fs: delete
+    the feed), and the jobs that their sites may still hold."""
+    inst_id = int_param(request, "id")
     async with request.app[SESSIONS]() as s:
         user = await require_user(request, s)
-        await fsvc.delete_instance(s, request.app[STORAGE], user, int_param(request, "id"))
+        jobs = await fsvc.delete_instance(s, request.app[STORAGE], user, inst_id)
         await s.commit()
+    scheduler = request.app[SCHEDULER]
+    # a worker here may be deleting one of those jobs: it stops, the site is told here
+    scheduler.stop_instance([i for _, i in jobs])
+    failed = await scheduler.delete_jobs(jobs)
+    if failed:
+        log.warning("instance %s: jobs of instances %s remain at their sites", inst_id, failed)
+    await request.app[HUB].changed()
     return web.Response(status=204)
 
 

@@ -21,6 +21,7 @@ from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.models import (
+    ComputeResource,
     Feed,
     FeedGroupPermission,
     FeedUserPermission,
@@ -120,8 +121,12 @@ async def rename(session: AsyncSession, user: User, feed_id: int, data: dict[str
 
 async def _delete_instances(
     session: AsyncSession, storage: Storage, insts: Sequence[PluginInstance]
-) -> None:
-    """Delete instances (a whole subtree or feed) with their files, values and history.
+) -> list[tuple[ComputeResource, int]]:
+    """Delete instances (a subtree) with their files, values and history.
+
+    Returns the jobs that sites may still hold for them, (resource,
+    instance id): ended instances whose remote cleanup was pending, which the
+    scheduler can no longer do once their rows are gone.
 
     Raises:
         BadRequest: one of them is still active (cancel it first).
@@ -130,6 +135,21 @@ async def _delete_instances(
     if active:
         raise BadRequest(f"instances {active} are still active; cancel them first")
     ids = [i.id for i in insts]
+    jobs = [
+        (resource, inst_id)
+        for inst_id, resource in (
+            await session.exec(
+                select(PluginInstance.id, ComputeResource)
+                .join(
+                    ComputeResource,
+                    col(ComputeResource.id) == col(PluginInstance.compute_resource_id),
+                )
+                .where(col(PluginInstance.id).in_(ids))
+                .where(col(PluginInstance.remote_cleanup_pending).is_(True))
+            )
+        ).all()
+        if inst_id is not None
+    ]
     files = (
         await session.exec(select(StoredFile).where(col(StoredFile.plugin_inst_id).in_(ids)))
     ).all()
@@ -146,12 +166,16 @@ async def _delete_instances(
     # contents last: a failure above leaves every file in place
     for f in files:
         storage.local_path(f.fname).unlink(missing_ok=True)
+    return jobs
 
 
 async def delete_instance(
     session: AsyncSession, storage: Storage, user: User, inst_id: int
-) -> None:
+) -> list[tuple[ComputeResource, int]]:
     """Delete a ds/ts instance and its descendants (ChRIS: an fs one goes with its feed).
+
+    Returns the jobs the caller must delete at their sites (see
+    :func:`_delete_instances`).
 
     Raises:
         NotFound: not readable.
@@ -174,7 +198,7 @@ async def delete_instance(
         ).all()
         subtree.extend(kids)
         frontier = [k.id for k in kids if k.id is not None]
-    await _delete_instances(session, storage, subtree)
+    return await _delete_instances(session, storage, subtree)
 
 
 async def note_of(session: AsyncSession, feed_id: int) -> Note:

@@ -331,3 +331,40 @@ async def test_a_child_created_while_its_parent_ends_is_not_left_waiting(fabric:
         child = await asyncio.wait_for(child_task, 20)
         await creating.commit()
     assert child.status == "scheduled", child.status
+
+
+async def test_deleting_an_ended_instance_deletes_its_job_left_at_the_site(
+    fabric: Fabric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled instance whose job the site still holds (the site was down)
+    is deleted by the user: the scheduler can no longer clean it up once the
+    row is gone, so the deletion tells the site itself."""
+    api, admin, site, plugins = fabric
+    root = await create(api, admin, plugins["fs"], dir="home/chris/uploads/in")
+    await until(api, admin, root["id"], status_is("started"))
+    await site.set_status(jid(root["id"]), JobStatus.FINISHED_SUCCESSFULLY)
+    await until(api, admin, root["id"], status_is("finishedSuccessfully"))
+    child = await create(api, admin, plugins["ds"], previous_id=root["id"])
+    await until(api, admin, child["id"], status_is("started"))
+    scheduler = api.app[SCHEDULER]
+
+    async def no_claims(limit: int) -> list[int]:
+        return []
+
+    # no worker retries the cleanup: only the deletion can delete the job
+    monkeypatch.setattr(scheduler, "claim", no_claims)
+    site.down = True
+    resp = await api.put(
+        f"/api/v1/plugins/instances/{child['id']}/", json={"status": "cancelled"}, headers=admin
+    )
+    assert resp.status == 200
+    while child["id"] in scheduler._tasks:
+        await asyncio.sleep(0.05)
+    assert jid(child["id"]) in site.jobs and await pending_cleanups(api) == 1
+    site.down = False
+
+    resp = await api.delete(f"/api/v1/plugins/instances/{child['id']}/", headers=admin)
+    assert resp.status == 204, await resp.text()
+    assert jid(child["id"]) in site.deleted and jid(child["id"]) not in site.jobs
+    assert (await api.get(f"/api/v1/plugins/instances/{child['id']}/", headers=admin)).status == 404
+    assert await pending_cleanups(api) == 0
