@@ -436,6 +436,7 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
         pfcon_port=free_port(),
         pfioh_port=free_port(),
         pman_port=free_port(),
+        pacs_bridge=False,
         max_jobs=max_jobs,
     )
     stack = Stack(cfg)

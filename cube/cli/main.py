@@ -161,7 +161,7 @@ def up(
     ),
     innetwork: bool = typer.Option(False, "--innetwork", help=INNETWORK_HELP),
 ) -> None:
-    """Run CUBE, pfcon, pfioh and pman here until interrupted (Ctrl-C)."""
+    """Run CUBE, pfcon, pfioh, pman and the PACS bridge here until interrupted (Ctrl-C)."""
     cfg = _config(home, backend, port, gpus, max_jobs, innetwork)
 
     async def go() -> None:
@@ -176,6 +176,12 @@ def up(
                 f"(data in {cfg.home}, {backend.value} backend{mode})"
             )
             console.print(f"plugins: {', '.join(plugins)}; logged in as {cfg.admin_user}")
+            if cfg.pacs_bridge:
+                console.print(
+                    f"DICOM: send studies to AE title CHRIS on port {cfg.dicom_port} "
+                    f"(any calling AE title); PACS bridge API at "
+                    f"http://127.0.0.1:{cfg.pacs_api_port}/api/v1/"
+                )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

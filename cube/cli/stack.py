@@ -57,6 +57,11 @@ class StackConfig:
     pfcon_port: int = 5005
     pfioh_port: int = 5055
     pman_port: int = 5010
+    #: the DICOM bridge (``pacs-bridge``): its REST API and its C-STORE receiver;
+    #: ``pacs_bridge`` False leaves it out
+    pacs_bridge: bool = True
+    pacs_api_port: int = 4005
+    dicom_port: int = 11111
     admin_user: str = "chris"
     admin_password: str = "chris1234"
     pfcon_user: str = "pfcon"
@@ -97,7 +102,7 @@ class StackConfig:
 
 
 class Stack:
-    """Start, bootstrap and stop the four services."""
+    """Start, bootstrap and stop the services."""
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -111,7 +116,9 @@ class Stack:
         # PMAN_KUBECONFIG, PMAN_SWARM_CONSTRAINTS, registry credentials, ...);
         # what the stack wires together below overrides them
         base = {
-            k: v for k, v in os.environ.items() if not k.startswith(("CUBE_", "PFCON_", "PFIOH_"))
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CUBE_", "PFCON_", "PFIOH_", "PACS_BRIDGE_"))
         }
         base.update(
             CUBE_HOME=str(c.home / "cube"),
@@ -129,6 +136,17 @@ class Stack:
             PFCON_PFCON_PASSWORD=c.pfcon_password,
             PFCON_PFIOH_URL=f"http://127.0.0.1:{c.pfioh_port}/api/v1/",
             PFCON_PMAN_URL=f"http://127.0.0.1:{c.pman_port}/api/v1/",
+            # the bridge stores received series in CUBE's storage and registers
+            # them with CUBE's admin account; on one machine any calling AE is let in
+            PACS_BRIDGE_STORAGE_ROOT=str(c.cube_storage),
+            PACS_BRIDGE_ACCEPT_ANY_AET="true",
+            PACS_BRIDGE_DICOM_PORT=str(c.dicom_port),
+            PACS_BRIDGE_API_PORT=str(c.pacs_api_port),
+            PACS_BRIDGE_CUBE_URL=f"{c.cube_url}api/v1/",
+            PACS_BRIDGE_CUBE_USERNAME=c.admin_user,
+            PACS_BRIDGE_CUBE_PASSWORD=c.admin_password,
+            PACS_BRIDGE_SERVICES_FILE=str(c.home / "pacs-bridge" / "services.json"),
+            PACS_BRIDGE_REGISTRY_FILE=str(c.home / "pacs-bridge" / "registrations.jsonl"),
         )
         # keep a stable pfcon signing key per installation
         key_file = c.home / "site" / "pfcon.key"
@@ -155,12 +173,15 @@ class Stack:
 
     def _services(self) -> list[tuple[str, int, list[str]]]:
         c = self.config
-        return [
+        services = [
             ("pfioh", c.pfioh_port, []),
             ("pman", c.pman_port, ["--backend", str(c.backend)]),
             ("pfcon", c.pfcon_port, []),
             ("cube", c.cube_port, []),
         ]
+        if c.pacs_bridge:
+            services.append(("pacs_bridge", c.pacs_api_port, []))
+        return services
 
     async def start(self) -> None:
         """Start every service and wait until each answers its health check.
@@ -182,7 +203,8 @@ class Stack:
         """Start one service (again) and wait for its health check."""
         port, extra = next((p, e) for n, p, e in self._services() if n == name)
         self._spawn(name, [name, "serve", *extra], self._env())
-        await self._wait_healthy(name, f"http://127.0.0.1:{port}/api/v1/health/")
+        health = "status" if name == "pacs_bridge" else "health"
+        await self._wait_healthy(name, f"http://127.0.0.1:{port}/api/v1/{health}/")
 
     async def start_worker(self, name: str) -> None:
         """Start a scheduler worker process (``cube worker``) sharing CUBE's database."""
@@ -267,9 +289,9 @@ class Stack:
             return ids
 
     async def stop(self) -> None:
-        """Stop the services (SIGTERM, then SIGKILL after 10 s), CUBE first."""
+        """Stop the services (SIGTERM, then SIGKILL after 10 s), the DICOM bridge and CUBE first."""
         workers = [n for n in self.procs if n.startswith("cube-worker-")]
-        for name in (*workers, "cube", "pfcon", "pman", "pfioh"):
+        for name in ("pacs_bridge", *workers, "cube", "pfcon", "pman", "pfioh"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue

@@ -21,6 +21,8 @@ def stack_config(home: Path, backend: SiteBackend = SiteBackend.LOCAL, **extra: 
         pfcon_port=free_port(),
         pfioh_port=free_port(),
         pman_port=free_port(),
+        pacs_api_port=free_port(),
+        dicom_port=free_port(),
         **extra,
     )
 
