@@ -1,7 +1,7 @@
 """The bridge's REST API (aiohttp), default port 4005, prefix ``/api/v1/``.
 
 ==========================================  =============================================
-``GET  /api/v1/status/``                    receiver counts, pending series, registrations
+``GET  /api/v1/status/``                    receiver counts, registrations, routing
 ``GET  /api/v1/services/``                  PACS services
 ``PUT  /api/v1/services/{name}/``           add or replace one (:class:`PacsService` body)
 ``GET|DELETE /api/v1/services/{name}/``     one service
@@ -89,8 +89,22 @@ async def status(request: web.Request) -> web.Response:
                 {"series": r.meta.SeriesInstanceUID, "files": len(r.files), "error": e}
                 for r, e in rx.assembler.failed
             ],
+            "routing": _routing(bridge),
         }
     )
+
+
+def _routing(bridge: Bridge) -> dict[str, Any]:
+    """The routing rules' record: series routed, and the failures with their reasons."""
+    router = bridge.router
+    if router is None:
+        return {"rules": 0, "series_routed": 0, "routed": [], "failures": []}
+    return {
+        "rules": len(bridge.settings.rules),
+        "series_routed": len(router.routed),
+        "routed": [r.model_dump(mode="json") for r in list(router.routed)[-20:]],
+        "failures": [r.model_dump(mode="json") for r in router.failures],
+    }
 
 
 @routes.get("/api/v1/services/")

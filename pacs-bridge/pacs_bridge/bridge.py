@@ -18,6 +18,7 @@ from pydicom import dcmread
 from pacs_bridge.errors import InvalidRequest, NotFound, PacsBridgeError
 from pacs_bridge.receiver import Receiver
 from pacs_bridge.registrar import Registrar, make_registrar
+from pacs_bridge.routing import Router
 from pacs_bridge.schema import (
     PacsService,
     QueryIn,
@@ -92,7 +93,11 @@ class Bridge:
     def __init__(self, settings: BridgeSettings, registrar: Registrar | None = None) -> None:
         self.settings = settings
         self.registrar = registrar or make_registrar(settings)
-        self.receiver = Receiver(settings, self.registrar)
+        #: Routing rules at work (None: no rules).
+        self.router = Router(settings) if settings.rules else None
+        self.receiver = Receiver(
+            settings, self.registrar, self.router.route if self.router else None
+        )
         self.services = ServiceStore(settings.resolved_services_file())
         self.retrieves: dict[int, RetrieveStatus] = {}
         self._next_id = 0
@@ -110,6 +115,8 @@ class Bridge:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.receiver.stop()
         await self.registrar.close()
+        if self.router is not None:
+            await self.router.close()
 
     async def __aenter__(self) -> Bridge:
         await self.start()

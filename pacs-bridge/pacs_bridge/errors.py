@@ -12,6 +12,8 @@ status the REST API answers with::
      ├── InvalidDicom (422, "invalid_dicom")    unparseable or incomplete dataset
      ├── RegistrationError (502, "registration") CUBE refused a registration
      │    └── RegistrationUnavailable (503, "unavailable")  CUBE unreachable; retry
+     ├── RoutingError (502, "routing")          CUBE refused a routed feed or workflow
+     │    └── RoutingUnavailable (503, "unavailable")  CUBE unreachable; retry
      └── DicomNetworkError (502, "dicom")       a PACS refused, aborted or was unreachable
 """
 
@@ -69,6 +71,20 @@ class RegistrationError(PacsBridgeError):
 
 class RegistrationUnavailable(RegistrationError):
     """CUBE could not be reached or answered 5xx; the registration may be retried."""
+
+    status = 503
+    code = "unavailable"
+
+
+class RoutingError(PacsBridgeError):
+    """A routing rule could not be carried out: no such pipeline or plugin, or CUBE refused."""
+
+    status = 502
+    code = "routing"
+
+
+class RoutingUnavailable(RoutingError):
+    """CUBE could not be reached or answered 5xx while routing; retrying may succeed."""
 
     status = 503
     code = "unavailable"

@@ -19,6 +19,7 @@ import socketserver
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -99,6 +100,8 @@ def _status(code: int, comment: str) -> Dataset:
 class _Series:
     meta: SeriesMeta
     pacs: str
+    #: The AE title that sent the series' first instance (what routing rules match).
+    calling: str = ""
     files: list[StoragePath] = field(default_factory=list)
     associations: set[int] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
@@ -112,6 +115,8 @@ class SeriesAssembler:
     Call :meth:`stored` and :meth:`ended` on the event loop (the receiver does,
     through ``call_soon_threadsafe``). A registration that fails because the
     registrar is unavailable is retried ``attempts`` times with doubling delays.
+    ``on_registered(calling_aet, registration)`` is called after each successful
+    registration (routing rules; it must not block).
     """
 
     def __init__(
@@ -121,8 +126,10 @@ class SeriesAssembler:
         quiet_seconds: float,
         attempts: int = 5,
         retry_seconds: float = 1.0,
+        on_registered: Callable[[str, SeriesRegistration], object] | None = None,
     ) -> None:
         self.registrar = registrar
+        self.on_registered = on_registered
         self.quiet_seconds = quiet_seconds
         self.attempts = attempts
         self.retry_seconds = retry_seconds
@@ -137,12 +144,22 @@ class SeriesAssembler:
         self.files_registered = 0
         self.files_failed = 0
 
-    def stored(self, assoc: int, pacs: str, meta: SeriesMeta, path: StoragePath | None) -> None:
-        """Note an instance of ``assoc`` (``path`` None: a duplicate, nothing new to register)."""
+    def stored(
+        self,
+        assoc: int,
+        pacs: str,
+        meta: SeriesMeta,
+        path: StoragePath | None,
+        calling: str | None = None,
+    ) -> None:
+        """Note an instance of ``assoc`` (``path`` None: a duplicate, nothing new to register).
+
+        ``calling`` is the sender's AE title (default: ``pacs``).
+        """
         key = (pacs, meta.SeriesInstanceUID)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series(meta=meta, pacs=pacs)
+            series = self._series[key] = _Series(meta=meta, pacs=pacs, calling=calling or pacs)
         series.associations.add(assoc)
         if series.timer is not None:
             # more data: the quiet period starts again when this association ends
@@ -209,6 +226,7 @@ class SeriesAssembler:
                         registration.delay_seconds,
                     )
                     error = ""
+                    self._registered(series.calling, registration)
                     break
                 except RegistrationUnavailable as exc:
                     error = str(exc)
@@ -232,6 +250,14 @@ class SeriesAssembler:
                 self._complete(key)
             elif not series.files and not series.associations and series.timer is None:
                 self._series.pop(key, None)
+
+    def _registered(self, calling: str, registration: SeriesRegistration) -> None:
+        if self.on_registered is None:
+            return
+        try:
+            self.on_registered(calling, registration)
+        except Exception:  # routing trouble never costs a registration
+            log.exception("after registering series %s", registration.meta.SeriesInstanceUID)
 
     async def flush(self) -> None:
         """Register every pending series now (shutdown), and wait for all registrations."""
@@ -271,7 +297,12 @@ class Receiver:
     the port bound (useful with ``dicom_port=0``).
     """
 
-    def __init__(self, settings: BridgeSettings, registrar: Registrar) -> None:
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        registrar: Registrar,
+        on_registered: Callable[[str, SeriesRegistration], object] | None = None,
+    ) -> None:
         if not settings.accept_any_aet and not settings.calling_aets:
             raise InvalidRequest(
                 "the receiver accepts no calling AE title: set PACS_BRIDGE_CALLING_AETS "
@@ -286,6 +317,7 @@ class Receiver:
             quiet_seconds=settings.quiet_seconds,
             attempts=settings.register_attempts,
             retry_seconds=settings.register_retry_seconds,
+            on_registered=on_registered,
         )
         #: received, duplicate, rejected, ... instance counts (updated under ``_lock``).
         self.counts: Counter[str] = Counter()
@@ -429,7 +461,12 @@ class Receiver:
             return _status(OUT_OF_RESOURCES + 1, f"cannot store: {exc.strerror}")
         self._count("stored" if written else "duplicate")
         self._notify(
-            self.assembler.stored, id(event.assoc), pacs, inst.meta, path if written else None
+            self.assembler.stored,
+            id(event.assoc),
+            pacs,
+            inst.meta,
+            path if written else None,
+            calling,
         )
         return SUCCESS
 

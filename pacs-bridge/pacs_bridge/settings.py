@@ -10,9 +10,11 @@ Without ``cube_url`` registrations go to a JSON-lines registry file instead.
 
 from __future__ import annotations
 
+import re
+import string
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The largest AE title DICOM allows (PS3.5 VR AE: 16 characters).
@@ -39,6 +41,89 @@ class Route(BaseModel):
     deidentify: bool = False
     #: The PACS name files are stored and registered under (default: the calling AE title).
     pacs_name: str | None = None
+
+
+#: The DICOM fields a feed title template may name (those of ``SeriesMeta``), plus ``pacs``.
+TITLE_FIELDS = frozenset(
+    {
+        "pacs",
+        "calling_aet",
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyDescription",
+        "AccessionNumber",
+        "SeriesInstanceUID",
+        "SeriesDescription",
+        "Modality",
+        "ProtocolName",
+    }
+)
+
+
+class RoutingRule(BaseModel):
+    """Run a pipeline on each registered series that matches (see :mod:`pacs_bridge.routing`).
+
+    A series matches when every criterion does: ``calling_aet`` is the sender's
+    AE title or ``*``; ``modality`` equals the series' Modality (case-insensitive)
+    or is ``*``; ``series_description`` is a regular expression searched
+    (``re.search``: anchor it with ``^...$`` for a whole match) in the
+    SeriesDescription. The bridge then makes a feed of the series (pl-dircopy
+    on its folder) titled from ``feed_title`` (``str.format`` fields: the
+    DICOM keywords of the series, ``pacs`` and ``calling_aet``), and starts
+    the pipeline named ``pipeline`` on it as a workflow.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    calling_aet: str = "*"
+    modality: str = "*"
+    series_description: str = ""
+    pipeline: str = Field(min_length=1)
+    feed_title: str = "{PatientID} {StudyDescription} {SeriesDescription}"
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(
+                f"series_description {value!r} is not a regular expression: {exc}"
+            ) from exc
+        return value
+
+    @field_validator("feed_title")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            names = {f for _, f, _spec, _conv in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"feed_title {value!r} is not a format string: {exc}") from exc
+        unknown = names - TITLE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"feed_title {value!r} names {sorted(unknown)}; known: {sorted(TITLE_FIELDS)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _aet(self) -> RoutingRule:
+        if self.calling_aet != "*":
+            self.calling_aet = check_ae_title(self.calling_aet)
+        self.modality = self.modality.strip() or "*"
+        return self
+
+    def matches(self, calling_aet: str, modality: str, series_description: str) -> bool:
+        """Whether a series from ``calling_aet`` with these attributes matches the rule."""
+        return (
+            self.calling_aet in ("*", calling_aet)
+            and (self.modality == "*" or self.modality.upper() == modality.strip().upper())
+            and re.search(self.series_description, series_description) is not None
+        )
 
 
 class BridgeSettings(BaseSettings):
@@ -82,6 +167,9 @@ class BridgeSettings(BaseSettings):
     register_retry_seconds: float = Field(default=1.0, ge=0)
     #: Routes by calling AE title (JSON list of :class:`Route`).
     routes: list[Route] = Field(default_factory=list)
+    #: Routing rules: pipelines to run on matching series (JSON list of :class:`RoutingRule`;
+    #: the first matching rule applies; they need ``cube_url``).
+    rules: list[RoutingRule] = Field(default_factory=list)
     #: Key of the deterministic UID and pseudonym remapping of de-identification.
     deid_secret: SecretStr = SecretStr("pacs-bridge-default-deid-secret")
     #: The REST API.
@@ -101,6 +189,23 @@ class BridgeSettings(BaseSettings):
     @classmethod
     def _aets(cls, value: list[str]) -> list[str]:
         return [check_ae_title(v) for v in value]
+
+    @model_validator(mode="after")
+    def _rules_need_cube(self) -> BridgeSettings:
+        if self.rules and not self.cube_url:
+            raise ValueError(
+                "routing rules (PACS_BRIDGE_RULES) need CUBE: set PACS_BRIDGE_CUBE_URL"
+            )
+        return self
+
+    def rule_for(
+        self, calling_aet: str, modality: str, series_description: str
+    ) -> RoutingRule | None:
+        """The first routing rule a series matches (None: no feed is made)."""
+        for rule in self.rules:
+            if rule.matches(calling_aet, modality, series_description):
+                return rule
+        return None
 
     def resolved_registry_file(self) -> Path:
         """The registry file; default ``<storage_root>/../pacs-bridge/registrations.jsonl``."""
