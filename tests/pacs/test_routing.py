@@ -18,7 +18,7 @@ from pacs_bridge.receiver import SeriesAssembler
 from pacs_bridge.registrar import Registrar
 from pacs_bridge.routing import CubeFeedClient, Router, RouteState, feed_title
 from pacs_bridge.schema import SeriesMeta, SeriesRegistration, StoragePath
-from pacs_bridge.settings import BridgeSettings, RoutingRule
+from pacs_bridge.settings import TITLE_FIELDS, BridgeSettings, RoutingRule
 from pydantic import ValidationError
 
 from tests.support.components import free_port
@@ -112,6 +112,11 @@ def registration(description: str = "AXIAL CT", folder: str = FOLDER) -> SeriesR
         files=[StoragePath(f"{folder}/0001-a.dcm"), StoragePath(f"{folder}/0002-b.dcm")],
         registered_at=datetime.now(UTC),
     )
+
+
+def test_title_fields_are_the_registered_keywords() -> None:
+    # settings.py cannot import schema.py (schema imports settings): keep the two in step
+    assert TITLE_FIELDS == set(SeriesMeta.model_fields) | {"pacs", "calling_aet"}
 
 
 def test_feed_title_template() -> None:
