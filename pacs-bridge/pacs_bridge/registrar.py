@@ -28,6 +28,25 @@ from pacs_bridge.schema import (
 from pacs_bridge.settings import BridgeSettings
 
 
+def cube_session(
+    *,
+    token: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 60.0,
+) -> aiohttp.ClientSession:
+    """An HTTP session for CUBE's API: DRF JSON, and a token or HTTP Basic credentials."""
+    headers = {"Accept": "application/json"}
+    auth = None
+    if token:
+        headers["Authorization"] = f"Token {token}"
+    elif username is not None:
+        auth = aiohttp.BasicAuth(username, password or "")
+    return aiohttp.ClientSession(
+        headers=headers, auth=auth, timeout=aiohttp.ClientTimeout(total=timeout)
+    )
+
+
 class Registrar(ABC):
     """Where complete series are registered."""
 
@@ -117,17 +136,9 @@ class CubeRegistrar(Registrar):
         password: str | None = None,
         timeout: float = 60.0,
     ) -> None:
-        if not api_url.endswith("/"):
-            api_url += "/"
-        self.api_url = api_url
-        headers = {"Accept": "application/json"}
-        auth = None
-        if token:
-            headers["Authorization"] = f"Token {token}"
-        elif username is not None:
-            auth = aiohttp.BasicAuth(username, password or "")
-        self._session = aiohttp.ClientSession(
-            headers=headers, auth=auth, timeout=aiohttp.ClientTimeout(total=timeout)
+        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self._session = cube_session(
+            token=token, username=username, password=password, timeout=timeout
         )
 
     async def register(self, registration: SeriesRegistration) -> None:

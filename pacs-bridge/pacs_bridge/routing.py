@@ -31,6 +31,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pacs_bridge.errors import RoutingError, RoutingUnavailable
+from pacs_bridge.registrar import cube_session
 from pacs_bridge.schema import SeriesRegistration
 from pacs_bridge.settings import BridgeSettings, RoutingRule
 
@@ -106,17 +107,9 @@ class CubeFeedClient:
         password: str | None = None,
         timeout: float = 60.0,
     ) -> None:
-        if not api_url.endswith("/"):
-            api_url += "/"
-        self.api_url = api_url
-        headers = {"Accept": "application/json"}
-        auth = None
-        if token:
-            headers["Authorization"] = f"Token {token}"
-        elif username is not None:
-            auth = aiohttp.BasicAuth(username, password or "")
-        self._session = aiohttp.ClientSession(
-            headers=headers, auth=auth, timeout=aiohttp.ClientTimeout(total=timeout)
+        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self._session = cube_session(
+            token=token, username=username, password=password, timeout=timeout
         )
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> str:
