@@ -10,6 +10,7 @@ read the registrations back (:meth:`JsonlRegistry.series`).
 from __future__ import annotations
 
 import asyncio
+import base64
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
@@ -37,14 +38,13 @@ def cube_session(
 ) -> aiohttp.ClientSession:
     """An HTTP session for CUBE's API: DRF JSON, and a token or HTTP Basic credentials."""
     headers = {"Accept": "application/json"}
-    auth = None
     if token:
         headers["Authorization"] = f"Token {token}"
     elif username is not None:
-        auth = aiohttp.BasicAuth(username, password or "")
-    return aiohttp.ClientSession(
-        headers=headers, auth=auth, timeout=aiohttp.ClientTimeout(total=timeout)
-    )
+        # Built by hand: aiohttp 3.14 deprecates BasicAuth and the auth parameter.
+        pair = f"{username}:{password or ''}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout))
 
 
 class Registrar(ABC):
