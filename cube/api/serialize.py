@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from chris_sdk.descriptor import ParameterType, PluginType
@@ -137,6 +137,24 @@ async def feeds(base: str, session: AsyncSession, rows: Sequence[m.Feed]) -> lis
     return [_feed(base, f, owners.get(f.owner_id), counts[f.id or 0]) for f in rows]
 
 
+#: The ``*_jobs`` fields of feeds and workflows, and the instance status each counts.
+_JOB_COUNT_FIELDS = {
+    "created_jobs": "created",
+    "waiting_jobs": "waiting",
+    "scheduled_jobs": "scheduled",
+    "started_jobs": "started",
+    "registering_jobs": "registeringFiles",
+    "finished_jobs": "finishedSuccessfully",
+    "errored_jobs": "finishedWithError",
+    "cancelled_jobs": "cancelled",
+}
+
+
+def _job_counts(counts: dict[str, int]) -> dict[str, Any]:
+    """The ``*_jobs`` fields from instance counts by status (absent statuses count 0)."""
+    return {name: counts.get(status, 0) for name, status in _JOB_COUNT_FIELDS.items()}
+
+
 def _feed(base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int]) -> schema.Feed:
     url = f"{base}/api/v1/{f.id}/"
     return schema.Feed(
@@ -148,14 +166,7 @@ def _feed(base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int]) ->
         public=f.public,
         owner_username=owner.username if owner else "",
         folder_path=f"home/{owner.username if owner else ''}/feeds/feed_{f.id}",
-        created_jobs=counts.get("created", 0),
-        waiting_jobs=counts.get("waiting", 0),
-        scheduled_jobs=counts.get("scheduled", 0),
-        started_jobs=counts.get("started", 0),
-        registering_jobs=counts.get("registeringFiles", 0),
-        finished_jobs=counts.get("finishedSuccessfully", 0),
-        errored_jobs=counts.get("finishedWithError", 0),
-        cancelled_jobs=counts.get("cancelled", 0),
+        **_job_counts(counts),
         plugin_instances=f"{url}plugininstances/",
         files=f"{url}files/",
         note=f"{base}/api/v1/note{f.id}/",
@@ -678,14 +689,7 @@ async def workflow(base: str, session: AsyncSession, w: m.Workflow) -> schema.Wo
         pipeline_id=schema.PipelineId(w.pipeline_id),
         pipeline_name=pipe.name if pipe else "",
         owner_username=owner.username if owner else "",
-        created_jobs=counts.get("created", 0),
-        waiting_jobs=counts.get("waiting", 0),
-        scheduled_jobs=counts.get("scheduled", 0),
-        started_jobs=counts.get("started", 0),
-        registering_jobs=counts.get("registeringFiles", 0),
-        finished_jobs=counts.get("finishedSuccessfully", 0),
-        errored_jobs=counts.get("finishedWithError", 0),
-        cancelled_jobs=counts.get("cancelled", 0),
+        **_job_counts(counts),
         pipeline=f"{base}/api/v1/pipelines/{w.pipeline_id}/",
         plugin_instances=f"{url}plugininstances/",
     )
