@@ -188,11 +188,15 @@ class Scheduler:
         finally:
             self._stopping = True
             renewer.cancel()
-            tasks = list(self._tasks.values())
+            # the ids before the tasks end: each task takes itself out of _tasks
+            held, tasks = list(self._tasks), list(self._tasks.values())
             for t in tasks:
                 t.cancel(msg="scheduler stopping")
             await asyncio.gather(renewer, *tasks, return_exceptions=True)
-            await self._release(list(self._tasks))
+            # let go at once: another worker takes them over without waiting
+            # for the leases to lapse (the abandoned ones are not ours anymore;
+            # _release only touches rows this worker still owns)
+            await self._release(held)
             await self.close()
 
     async def close(self) -> None:

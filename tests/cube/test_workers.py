@@ -251,6 +251,46 @@ async def test_a_lost_lease_stops_the_task_without_touching_the_site(
     assert (await _statuses(settings))["started"] == 1
 
 
+async def test_a_stopping_worker_lets_go_of_its_leases(
+    aiohttp_client: Callable[..., Any], db_settings: CubeSettings
+) -> None:
+    """A worker shut down while it drives an instance releases the lease at
+    once, so another worker takes the instance over without waiting for the
+    lease to lapse; the job keeps running at its site."""
+    api = await _api(aiohttp_client, db_settings)
+    admin = await token_for(api, *ADMIN)
+    assert (await add_resource(api, admin, "site")).status == 201
+    fs = await register(api, admin, FS_DESCRIPTOR, "site")
+    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
+    resp = await api.post(
+        f"/api/v1/plugins/{fs}/instances/", json={"dir": "home/chris/uploads/in"}, headers=admin
+    )
+    inst_id = (await resp.json())["id"]
+    site = CountingSite("site", run_seconds=3600)
+    settings = worker_settings(db_settings, "w1", lease_seconds=3600)
+    async with running_worker(settings, lambda r: WorkerView(site, "w1")):
+
+        async def started() -> None:
+            while (await _statuses(settings))["started"] != 1:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(started(), 20)
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        async with make_sessionmaker(engine)() as s:
+            row = await s.get(PluginInstance, inst_id)
+            assert row is not None
+            assert (row.status, row.lease_owner, row.lease_expires) == ("started", None, None)
+    finally:
+        await engine.dispose()
+    assert site.running() == [f"chris-jid-{inst_id}"]  # shutting down stops no job
+    # another worker picks it up at once (the old lease had an hour to run)
+    site.run_seconds = 0.02
+    async with running_worker(worker_settings(db_settings, "w2"), lambda r: WorkerView(site, "w2")):
+        await site.finish(f"chris-jid-{inst_id}")
+        await _wait_all_done(settings, 1, timeout=20)
+
+
 class UnreachableSite(FakeSite):
     """Refuses every call, as a site whose pfcon is down."""
 
