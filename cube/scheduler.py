@@ -146,6 +146,9 @@ class Scheduler:
         #: Instances of this process waiting for a job slot, per compute
         #: resource id, first come first served (see :meth:`_room_freed`).
         self._slot_queues: dict[int, list[_SlotWaiter]] = {}
+        #: per compute resource id, the loop time when its waiters (of this
+        #: process) may next ask the database for a slot (see _wait_for_slot)
+        self._next_probe: dict[int, float] = {}
         self._stopping = False
         self._policy = CompressionPolicy(
             level=settings.transfer_compression_level,
@@ -380,19 +383,7 @@ class Scheduler:
                 resource_id = resource.id
                 try:
                     if status is S.SCHEDULED:
-                        # in the queue before asking: a slot freed meanwhile wakes it
-                        waiter = self._queue_for_slot(resource, inst.compute_resource_pinned)
-                        retried = False
-                        try:
-                            admitted = await self._admit(inst, resource)
-                            if admitted is None:
-                                await waiter.wait(self.settings.sweep_seconds)
-                                retried = True
-                                continue
-                        finally:
-                            self._leave_slot_queue(waiter)
-                            if waiter.woken.is_set() and not retried:
-                                self._room_freed(waiter.resource_id)  # unused: pass it on
+                        admitted = await self._wait_for_slot(inst, resource)
                         await self._submit(inst, admitted)
                     elif status is S.STARTED:
                         await self._watch(inst, resource)
@@ -510,7 +501,51 @@ class Scheduler:
         )
         if inst.error_message != message:  # each note wakes every long-poll
             await self._note(inst.id, message)
+            inst.error_message = message  # (a detached copy: for the next try's check)
         return None
+
+    async def _wait_for_slot(
+        self, inst: PluginInstance, resource: ComputeResource
+    ) -> ComputeResource:
+        """Hold a job slot for a ``scheduled`` instance: the resource to submit it to.
+
+        The instance waits in this process's queue of its resource, first come
+        first served. A slot freed here wakes one waiter (:meth:`_room_freed`),
+        which asks the database. Otherwise the database is asked once per sweep
+        interval *per resource*, by whichever waiter's turn it is, not once per
+        waiter: a thousand queued instances each asking every sweep would keep
+        the database busy with hundreds of futile reservations a second. That
+        one probe notices slots freed by other processes; when it finds room it
+        wakes the next waiter, so a burst of room fills at once.
+        """
+        assert resource.id is not None
+        rid, sweep = resource.id, self.settings.sweep_seconds
+        loop = asyncio.get_running_loop()
+        # in the queue before asking: a slot freed meanwhile wakes it
+        waiter = self._queue_for_slot(resource, inst.compute_resource_pinned)
+        first = True  # each asks once on arrival (and notes why it waits)
+        try:
+            while True:
+                now = loop.time()
+                woken = waiter.woken.is_set()
+                if first or woken or now >= self._next_probe.get(rid, 0.0):
+                    waiter.woken.clear()
+                    if not (first or woken):
+                        # this waiter probes for all: the others wait for the next turn
+                        self._next_probe[rid] = now + sweep
+                    admitted = await self._admit(inst, resource)
+                    if admitted is not None:
+                        if not (first or woken):
+                            self._next_probe.pop(rid, None)  # there may be more room
+                            self._room_freed(rid)
+                        return admitted
+                    self._next_probe[rid] = loop.time() + sweep
+                    first = False
+                await waiter.wait(max(self._next_probe.get(rid, 0.0) - loop.time(), 0.01))
+        finally:
+            self._leave_slot_queue(waiter)
+            if waiter.woken.is_set():
+                self._room_freed(rid)  # woken but gone (cancelled): pass it on
 
     def _queue_for_slot(self, resource: ComputeResource, pinned: bool) -> _SlotWaiter:
         assert resource.id is not None

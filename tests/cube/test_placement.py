@@ -440,3 +440,62 @@ async def test_waiting_instance_moves_to_a_resource_with_room_unless_pinned(
     body = await until(api, admin, w["id"], lambda i: i["status"] == "started")
     assert body["compute_resource_name"] == "a"
     assert sites["a"].most_running == 1 and sites["b"].most_running == 1
+
+
+async def test_a_long_queue_asks_the_database_once_per_sweep_not_once_per_waiter(
+    aiohttp_client: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty instances wait for one job slot: each asks for a slot once on
+    arrival, then one probe per sweep interval asks for all of them (it would
+    otherwise be thirty per sweep, and a thousand queued instances would keep
+    the database busy with futile reservations). They still all run, in turn."""
+    settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False, sweep_seconds=0.1)
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
+    admin = await token_for(api, *ADMIN)
+    site = FakeSite("one")
+    scheduler = api.app[SCHEDULER]
+    scheduler._client_factory = lambda resource: site
+    asks: list[int] = []
+
+    async def counting(session: Any, inst_id: int, resource: ComputeResource) -> bool:
+        asks.append(inst_id)
+        return await reserve_slot(session, inst_id, resource)
+
+    monkeypatch.setattr("cube.services.placement.reserve_slot", counting)
+    assert (await add_resource(api, admin, "one", max_concurrent_jobs=1)).status == 201
+    fs = await register(api, admin, FS_DESCRIPTOR, "one")
+    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
+    ids = [(await run(api, admin, fs))[1]["id"] for _ in range(30)]
+    task = asyncio.create_task(scheduler.run())
+    try:
+
+        async def settled() -> None:  # one runs (whichever claimed first), 29 wait
+            while True:
+                bodies = [await instance(api, admin, i) for i in ids]
+                if sum(b["status"] == "started" for b in bodies) == 1 and (
+                    sum(is_waiting(b) for b in bodies) == len(ids) - 1
+                ):
+                    return
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(settled(), 20)
+        asks.clear()
+        await asyncio.sleep(1.0)  # about ten sweep intervals with a full resource
+        assert 3 <= len(asks) <= 15, asks  # per resource, not 29 waiters x 10 sweeps
+        for _ in ids:  # each end hands the slot on
+            running = await asyncio.wait_for(_one_running(site), 10)
+            await site.finish(running)
+        for inst_id in ids:
+            await until(api, admin, inst_id, lambda x: x["status"] == "finishedSuccessfully")
+        assert site.most_running == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _one_running(site: FakeSite) -> str:
+    while not site.running():
+        await asyncio.sleep(0.02)
+    (jid_,) = site.running()
+    return jid_
