@@ -1,21 +1,35 @@
 """ChRIS plugin SDK: the descriptor vocabulary and a small app framework.
 
 The SDK imports no service; CUBE imports it for the descriptor model so that
-the two sides of plugin registration share one definition.
+the two sides of plugin registration share one definition. A plugin run
+imports no pydantic: the descriptor models load on first use.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from chris_sdk.app import ChrisPlugin, Invocation, Parameter, PluginFailure, RunFunction
-from chris_sdk.descriptor import (
+from chris_sdk.files import copy_tree
+from chris_sdk.vocabulary import (
     DescriptorError,
     ParameterAction,
     ParameterType,
-    PluginDescriptor,
-    PluginParameterSpec,
     PluginType,
     parse_cpu_millicores,
     parse_memory_mib,
 )
-from chris_sdk.files import copy_tree
+
+if TYPE_CHECKING:
+    from chris_sdk.descriptor import PluginDescriptor, PluginParameterSpec
+
+
+def __getattr__(name: str) -> Any:
+    # The pydantic models load on first use: a plugin run never needs them.
+    if name in ("PluginDescriptor", "PluginParameterSpec"):
+        from chris_sdk import descriptor
+
+        return getattr(descriptor, name)
+    raise AttributeError(f"module 'chris_sdk' has no attribute {name!r}")
+
 
 __all__ = [
     "ChrisPlugin",

@@ -41,18 +41,35 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import ValidationError
-
-from chris_sdk.descriptor import (
+from chris_sdk.vocabulary import (
+    DEFAULT_MIN_CPU,
+    DEFAULT_MIN_MEMORY,
+    FLAG_PATTERN,
+    MAX_LIMIT,
+    PARAMETER_NAME_PATTERN,
+    PLUGIN_NAME_PATTERN,
+    VERSION_PATTERN,
     DescriptorError,
     ParameterAction,
     ParameterType,
-    PluginDescriptor,
-    PluginParameterSpec,
     PluginType,
+    check_text,
+    parse_cpu_millicores,
+    parse_memory_mib,
+    settle_parameter,
+    settle_plugin,
 )
+
+if TYPE_CHECKING:
+    from chris_sdk.descriptor import PluginDescriptor, PluginParameterSpec
+
+# No pydantic here: a plugin run imports this module, and the descriptor models
+# (chris_sdk.descriptor) cost more CPU than a small plugin's whole job. The
+# declaration is checked with the same rules in the standard library
+# (chris_sdk.vocabulary); the models validate the descriptor when it is asked
+# for (--json, descriptor()), as it is at every registration.
 
 #: File names chrisapp uses for ``--saveinputmeta`` / ``--saveoutputmeta``.
 INPUT_META_FILE = "input.meta.json"
@@ -83,18 +100,10 @@ class PluginFailure(Exception):
         self.exit_status = exit_status
 
 
-def _spec_or_error(**fields: Any) -> PluginParameterSpec:
-    """Build a parameter spec, turning pydantic's error into ``DescriptorError``."""
-    try:
-        return PluginParameterSpec(**fields)
-    except ValidationError as exc:
-        errors = [
-            (".".join(str(p) for p in e["loc"]) or "parameter", e["msg"]) for e in exc.errors()
-        ]
-        summary = "; ".join(f"{f}: {m}" if f != "parameter" else m for f, m in errors)
-        raise DescriptorError(
-            f"invalid parameter {fields.get('flag')!r}: {summary}", errors
-        ) from exc
+def _declaration_error(what: str, exc: ValueError) -> DescriptorError:
+    if isinstance(exc, DescriptorError):
+        return DescriptorError(f"{what}: {exc}", exc.errors)
+    return DescriptorError(f"{what}: {exc}", [(what, str(exc))])
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,27 +132,85 @@ class Parameter:
     short_flag: str | None = None
     ui_exposed: bool = True
     action: ParameterAction | str | None = None
-    _spec: PluginParameterSpec = field(init=False, repr=False, compare=False)
+    #: settled at declaration: (type, default, action, short flag)
+    _settled: tuple[ParameterType, Any, ParameterAction, str] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        spec = _spec_or_error(
-            name=self.name,
-            type=self.type,
-            optional=self.optional,
-            flag=self.flag,
-            short_flag=self.short_flag,
-            action=self.action,
-            help=self.help,
-            default=self.default,
-            ui_exposed=self.ui_exposed,
-        )
-        # Frozen dataclass: the validated spec is computed once, here.
-        object.__setattr__(self, "_spec", spec)
+        what = f"invalid parameter {self.flag!r}"
+        try:
+            check_text("flag", self.flag, FLAG_PATTERN, 2, 52)
+            check_text("name", self.name, PARAMETER_NAME_PATTERN, 1, 50)
+            try:
+                ptype = ParameterType(self.type)
+            except ValueError:
+                raise DescriptorError(
+                    f"type must be one of {', '.join(ParameterType)}, got {self.type!r}",
+                    [("type", f"unknown type {self.type!r}")],
+                ) from None
+            try:
+                action = None if self.action is None else ParameterAction(self.action)
+            except ValueError:
+                raise DescriptorError(
+                    f"action must be one of {', '.join(ParameterAction)}, got {self.action!r}",
+                    [("action", f"unknown action {self.action!r}")],
+                ) from None
+            default, action, short_flag = settle_parameter(
+                name=self.name,
+                type=ptype,
+                optional=self.optional,
+                flag=self.flag,
+                short_flag=self.short_flag,
+                action=action,
+                default=self.default,
+                ui_exposed=self.ui_exposed,
+            )
+        except ValueError as exc:
+            raise _declaration_error(what, exc) from exc
+        # Frozen dataclass: the settled values are computed once, here.
+        object.__setattr__(self, "_settled", (ptype, default, action, short_flag))
+
+    @property
+    def param_type(self) -> ParameterType:
+        """The parameter type as the enum."""
+        return self._settled[0]
+
+    @property
+    def settled_default(self) -> Any:
+        """The default, coerced to the type (None for a required parameter)."""
+        return self._settled[1]
+
+    @property
+    def settled_action(self) -> ParameterAction:
+        """The argparse action (a bool's follows its default, as in ChRIS)."""
+        return self._settled[2]
+
+    @property
+    def settled_short_flag(self) -> str:
+        """The short flag (the flag itself when none was given)."""
+        return self._settled[3]
+
+    def descriptor_entry(self) -> dict[str, Any]:
+        """The descriptor's JSON object for this parameter (reference key order)."""
+        return {
+            "name": self.name,
+            "type": self.param_type.value,
+            "optional": self.optional,
+            "flag": self.flag,
+            "short_flag": self.settled_short_flag,
+            "action": self.settled_action.value,
+            "help": self.help,
+            "default": self.settled_default,
+            "ui_exposed": self.ui_exposed,
+        }
 
     @property
     def spec(self) -> PluginParameterSpec:
-        """The validated descriptor parameter (defaults coerced, action filled in)."""
-        return self._spec
+        """The validated descriptor parameter model (imports pydantic)."""
+        from chris_sdk.descriptor import PluginParameterSpec
+
+        return PluginParameterSpec.model_validate(self.descriptor_entry())
 
 
 #: The parameters chrisapp adds to every ts plugin (pl-topologicalcopy's CLI).
@@ -270,7 +337,7 @@ class ChrisPlugin:
         for param in self.parameters:
             if not isinstance(param, Parameter):
                 raise DescriptorError(f"parameters must be Parameter objects, got {param!r}")
-            flags = {param.spec.flag, param.spec.short_flag}
+            flags = {param.flag, param.settled_short_flag}
             if clash := sorted(f for f in flags if f in RESERVED_FLAGS):
                 raise DescriptorError(
                     f"parameter {param.name!r}: flag {clash[0]} is reserved by the SDK",
@@ -282,15 +349,46 @@ class ChrisPlugin:
                     [("parameters", f"reserved name {param.name}")],
                 )
         shorts = [
-            p.spec.short_flag for p in self.all_parameters if p.spec.short_flag != p.spec.flag
+            p.settled_short_flag for p in self.all_parameters if p.settled_short_flag != p.flag
         ]
-        longs = {p.spec.flag for p in self.all_parameters}
+        longs = {p.flag for p in self.all_parameters}
         if len(set(shorts)) != len(shorts) or longs & set(shorts):
             raise DescriptorError(
                 "parameter short flags must be unique", [("parameters", "duplicate short flag")]
             )
-        # Validate the whole descriptor now, so a bad declaration fails at import.
-        self.descriptor(script="/declaration/check")
+        # The whole declaration is checked now, so a bad one fails at import.
+        self._check_declaration()
+
+    def _check_declaration(self) -> None:
+        """The descriptor-level rules (names, version, limits, clashes), as the
+        model applies them, without building the model."""
+        check_text("name", self.name, PLUGIN_NAME_PATTERN, 1, 100)
+        check_text("dock_image", self.dock_image, None, 1, 500)
+        check_text("version", self.version, VERSION_PATTERN, 1, 10)
+        try:
+            limits: dict[str, Any] = {
+                "min_cpu_limit": parse_cpu_millicores(self.min_cpu_limit, DEFAULT_MIN_CPU),
+                "max_cpu_limit": parse_cpu_millicores(self.max_cpu_limit, MAX_LIMIT),
+                "min_memory_limit": parse_memory_mib(self.min_memory_limit, DEFAULT_MIN_MEMORY),
+                "max_memory_limit": parse_memory_mib(self.max_memory_limit, MAX_LIMIT),
+            }
+            for key in ("min_number_of_workers", "max_number_of_workers"):
+                if getattr(self, key) < 1:
+                    raise ValueError(f"{key} must be at least 1")
+            for key in ("min_gpu_limit", "max_gpu_limit"):
+                if (getattr(self, key) or 0) < 0:
+                    raise ValueError(f"{key} must not be negative")
+            limits.update(
+                min_number_of_workers=self.min_number_of_workers,
+                max_number_of_workers=self.max_number_of_workers,
+                min_gpu_limit=self.min_gpu_limit,
+                max_gpu_limit=self.max_gpu_limit,
+            )
+            settle_plugin(limits, [(p.name, p.flag) for p in self.all_parameters])
+        except ValueError as exc:
+            raise DescriptorError(
+                f"invalid plugin {self.name!r}: {exc}", [("plugin", str(exc))]
+            ) from exc
 
     @property
     def plugin_type(self) -> PluginType:
@@ -320,7 +418,7 @@ class ChrisPlugin:
             "dock_image": self.dock_image,
             "public_repo": self.public_repo,
             "type": self.plugin_type.value,
-            "parameters": [p.spec.model_dump(mode="json") for p in self.all_parameters],
+            "parameters": [p.descriptor_entry() for p in self.all_parameters],
             "icon": self.icon,
             "authors": self.authors,
             "title": self.title,
@@ -341,6 +439,8 @@ class ChrisPlugin:
             "min_gpu_limit": self.min_gpu_limit,
             "max_gpu_limit": self.max_gpu_limit,
         }
+        from chris_sdk.descriptor import PluginDescriptor
+
         validated = PluginDescriptor.parse(data)
         # The model resolves an unset max GPU limit (0, or unlimited if a GPU is needed).
         data["max_gpu_limit"] = validated.max_gpu_limit
@@ -348,6 +448,8 @@ class ChrisPlugin:
 
     def descriptor(self, script: str | os.PathLike[str] | None = None) -> PluginDescriptor:
         """The validated descriptor model (limits normalised); see :meth:`descriptor_dict`."""
+        from chris_sdk.descriptor import PluginDescriptor
+
         return PluginDescriptor.parse(self.descriptor_dict(script))
 
     def descriptor_json(self, script: str | os.PathLike[str] | None = None) -> str:
@@ -370,7 +472,7 @@ class ChrisPlugin:
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         for param in self.all_parameters:
-            _add_parameter(parser, param.spec)
+            _add_parameter(parser, param)
         if self.plugin_type is PluginType.DS:
             parser.add_argument("inputdir", type=Path, help="directory of the input files")
         parser.add_argument("outputdir", type=Path, help="directory for the output files")
@@ -457,33 +559,34 @@ class ChrisPlugin:
             return exc.exit_status
 
 
-def _add_parameter(parser: argparse.ArgumentParser, spec: PluginParameterSpec) -> None:
-    """Add one descriptor parameter to ``parser``."""
-    flags = [spec.flag]
-    if spec.short_flag and spec.short_flag != spec.flag:
-        flags.insert(0, spec.short_flag)
-    required = not spec.optional
-    if spec.action in (ParameterAction.STORE_TRUE, ParameterAction.STORE_FALSE):
-        default = spec.default
+def _add_parameter(parser: argparse.ArgumentParser, param: Parameter) -> None:
+    """Add one declared parameter to ``parser``."""
+    flags = [param.flag]
+    if param.settled_short_flag != param.flag:
+        flags.insert(0, param.settled_short_flag)
+    required = not param.optional
+    action = param.settled_action
+    if action in (ParameterAction.STORE_TRUE, ParameterAction.STORE_FALSE):
+        default = param.settled_default
         if default is None:
-            default = spec.action is ParameterAction.STORE_FALSE
+            default = action is ParameterAction.STORE_FALSE
         parser.add_argument(
             *flags,
-            dest=spec.name,
-            action=spec.action.value,
+            dest=param.name,
+            action=action.value,
             default=default,
             required=required,
-            help=spec.help,
+            help=param.help,
         )
         return
     parser.add_argument(
         *flags,
-        dest=spec.name,
-        type=_converter(spec.type),
-        default=spec.default,
+        dest=param.name,
+        type=_converter(param.param_type),
+        default=param.settled_default,
         required=required,
-        metavar=spec.type.value.upper(),
-        help=spec.help,
+        metavar=param.param_type.value.upper(),
+        help=param.help,
     )
 
 
