@@ -1,4 +1,4 @@
-"""The supervisor process of one local job: ``python -m pman.backends.local_runner <statedir>``.
+"""The supervisor process of one local job: ``python -I -S local_runner.py <statedir>``.
 
 pman starts this runner (in a new session, with stdout and stderr appended
 to ``<statedir>/logs``) instead of the plugin itself, so that the job's
@@ -25,16 +25,16 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from types import FrameType
-from typing import Any
 
-from pman.backends.vocabulary import MAX_RUN_MESSAGE
-
-# stdlib only: the runner starts once per job, and pydantic & co. would
-# add half a second to every job's start
+# Only what the job needs: the runner starts once per job, as
+# ``python -I -S <this file> <statedir>`` (no site, no package lookup), and
+# dataclasses, pathlib and typing would each cost more than the rest of its
+# start (dataclasses alone imports inspect and ast).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import Any
 
 JOB_FILE = "job.json"
 PID_FILE = "pid"
@@ -46,22 +46,54 @@ MESSAGE_FILE = "message"
 CANNOT_EXECUTE = 127
 
 
-@dataclass(frozen=True)
 class RunnerJob:
-    """What the runner runs (``job.json``), written by the local backend."""
+    """What the runner runs (``job.json``), written by the local backend.
 
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    #: 0 means unlimited, in seconds.
-    max_run_seconds: float = 0
-    #: Seconds between SIGTERM and SIGKILL when the job is killed for its run time.
-    kill_grace_seconds: float = 10
-    #: RLIMIT_AS for the job, in bytes; ``None`` for no limit.
-    memory_limit_bytes: int | None = None
+    ``argv`` and ``env`` of the job; ``max_run_seconds`` (0: unlimited);
+    ``kill_grace_seconds`` between SIGTERM and SIGKILL when it runs past
+    that; ``memory_limit_bytes`` for RLIMIT_AS (None: no limit);
+    ``max_run_message``, recorded when it is killed for its run time (pman's
+    words, :data:`pman.backends.vocabulary.MAX_RUN_MESSAGE`, written by the backend).
+    """
+
+    __slots__ = (
+        "argv",
+        "env",
+        "kill_grace_seconds",
+        "max_run_message",
+        "max_run_seconds",
+        "memory_limit_bytes",
+    )
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        max_run_seconds: float = 0,
+        kill_grace_seconds: float = 10,
+        memory_limit_bytes: int | None = None,
+        max_run_message: str = "",
+    ) -> None:
+        self.argv = argv
+        self.env = {} if env is None else env
+        self.max_run_seconds = max_run_seconds
+        self.kill_grace_seconds = kill_grace_seconds
+        self.memory_limit_bytes = memory_limit_bytes
+        self.max_run_message = max_run_message
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunnerJob) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return f"RunnerJob({self.as_dict()!r})"
 
     def to_json(self) -> str:
         """This job as ``job.json`` text."""
-        return json.dumps(asdict(self))
+        return json.dumps(self.as_dict())
 
     @classmethod
     def from_json(cls, text: str) -> RunnerJob:
@@ -77,18 +109,23 @@ class RunnerJob:
             job = cls(**data)
         except TypeError as exc:
             raise ValueError(f"invalid job.json: {exc}") from exc
-        if not job.argv or not all(isinstance(a, str) for a in job.argv):
+        if (
+            not isinstance(job.argv, list)
+            or not job.argv
+            or not all(isinstance(a, str) for a in job.argv)
+        ):
             raise ValueError("job.json: argv must be a non-empty list of strings")
         return job
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` so that readers see all of it or nothing.
 
     Raises:
         OSError: the file could not be written.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    head, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
@@ -101,11 +138,11 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _record(statedir: Path, code: int, message: str | None) -> None:
+def _record(statedir: str, code: int, message: str | None) -> None:
     # the message goes first: pman treats exit_code as "the job is over"
     if message:
-        write_atomic(statedir / MESSAGE_FILE, message)
-    write_atomic(statedir / EXIT_CODE_FILE, f"{code}\n")
+        write_atomic(os.path.join(statedir, MESSAGE_FILE), message)
+    write_atomic(os.path.join(statedir, EXIT_CODE_FILE), f"{code}\n")
 
 
 def _limit_memory(limit: int) -> Callable[[], None]:
@@ -122,15 +159,17 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> int | None:
         return None
 
 
-def run(statedir: Path) -> int:
+def run(statedir: str | os.PathLike[str]) -> int:
     """Run the job of ``statedir`` to its end and record the outcome; returns the exit code.
 
     Raises:
         OSError, ValueError: the state dir is unusable (nothing can be
             recorded then; pman reports the job as lost).
     """
-    job = RunnerJob.from_json((statedir / JOB_FILE).read_text(encoding="utf-8"))
-    write_atomic(statedir / PID_FILE, f"{os.getpid()}\n")
+    statedir = os.fspath(statedir)
+    with open(os.path.join(statedir, JOB_FILE), encoding="utf-8") as fh:
+        job = RunnerJob.from_json(fh.read())
+    write_atomic(os.path.join(statedir, PID_FILE), f"{os.getpid()}\n")
 
     terminating = False
 
@@ -163,8 +202,8 @@ def run(statedir: Path) -> int:
     returncode = _wait(proc, job.max_run_seconds or None)
     message: str | None = None
     if returncode is None:
-        message = MAX_RUN_MESSAGE
-        print(f"pman: {MAX_RUN_MESSAGE} ({job.max_run_seconds:g} s)", file=sys.stderr, flush=True)
+        message = job.max_run_message
+        print(f"pman: {message} ({job.max_run_seconds:g} s)", file=sys.stderr, flush=True)
         terminating = True  # our own group signal must not be forwarded again
         os.killpg(0, signal.SIGTERM)
         returncode = _wait(proc, job.kill_grace_seconds)
@@ -179,12 +218,12 @@ def run(statedir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -m pman.backends.local_runner <statedir>``."""
+    """Entry point: ``python -I -S local_runner.py <statedir>`` (or ``-m``)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m pman.backends.local_runner <statedir>", file=sys.stderr)
+        print(f"usage: python -I -S {__file__} <statedir>", file=sys.stderr)
         raise SystemExit(2)
-    raise SystemExit(run(Path(args[0])))
+    raise SystemExit(run(args[0]))
 
 
 if __name__ == "__main__":
