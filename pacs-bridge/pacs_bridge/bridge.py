@@ -170,11 +170,10 @@ class Bridge:
         )
         self.state.save_retrieve(status)
         self.retrieves[status.id] = status
-        # keep the latest keep_history (dicts keep insertion order), running ones always,
-        # as the state database does
-        for old in [k for k, v in self.retrieves.items() if v.state is not RetrieveState.RUNNING][
-            : max(0, len(self.retrieves) - self.settings.keep_history)
-        ]:
+        # as the state database: the keep_history newest ended ones, and every running one
+        # (dicts keep insertion order, the order of ids)
+        ended = [k for k, v in self.retrieves.items() if v.state is not RetrieveState.RUNNING]
+        for old in ended[: max(0, len(ended) - self.settings.keep_history)]:
             del self.retrieves[old]
         task = asyncio.get_running_loop().create_task(self._retrieve(client, what, status))
         self._tasks.add(task)

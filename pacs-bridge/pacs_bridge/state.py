@@ -5,8 +5,8 @@ them (design notes: no service keeps state only in memory that it cannot
 rebuild). :class:`StateStore` keeps each as one JSON document of its wire
 model (:class:`~pacs_bridge.schema.RetrieveStatus`,
 :class:`~pacs_bridge.schema.RoutedSeries`) in a table of its own, written on
-creation and on each change of state, and bounded: beyond ``keep`` rows per
-table the oldest ended ones are deleted.
+creation and on each change of state, and bounded: each table keeps the
+``keep`` newest ended rows (and every running one).
 
 The file defaults to ``state.sqlite3`` beside the services file (see
 :meth:`~pacs_bridge.settings.BridgeSettings.resolved_state_file`). Writes are a
@@ -34,7 +34,7 @@ from pacs_bridge.schema import RetrieveState, RetrieveStatus, RoutedSeries, Rout
 
 M = TypeVar("M", RetrieveStatus, RoutedSeries)
 
-#: Rows kept per table by default (running retrieves and routings are never deleted).
+#: Ended rows kept per table by default (running retrieves and routings are never deleted).
 KEEP = 1000
 
 _SCHEMA = """
@@ -104,7 +104,7 @@ class StateStore:
     # -- retrieves ---------------------------------------------------------------
 
     def save_retrieve(self, status: RetrieveStatus) -> None:
-        """Insert or update a retrieve, then trim ended ones beyond ``keep``."""
+        """Insert or update a retrieve, then delete ended ones older than the ``keep`` newest."""
         running = status.state is RetrieveState.RUNNING
         with self._tx() as db:
             db.execute(
@@ -114,7 +114,7 @@ class StateStore:
             )
             db.execute(
                 "DELETE FROM retrieves WHERE running = 0 AND id NOT IN "
-                "(SELECT id FROM retrieves ORDER BY id DESC LIMIT ?)",
+                "(SELECT id FROM retrieves WHERE running = 0 ORDER BY id DESC LIMIT ?)",
                 (self.keep,),
             )
 
@@ -133,7 +133,10 @@ class StateStore:
     # -- routing -----------------------------------------------------------------
 
     def save_routed(self, record: RoutedSeries) -> None:
-        """Insert or update the routing of one series, then trim ended ones beyond ``keep``."""
+        """Insert or update the routing of one series; then only the ``keep`` newest ended stay.
+
+        A series keeps the place of its first routing.
+        """
         with self._tx() as db:
             db.execute(
                 "INSERT INTO routed (pacs, series, running, failed, doc) VALUES (?, ?, ?, ?, ?) "
@@ -149,7 +152,7 @@ class StateStore:
             )
             db.execute(
                 "DELETE FROM routed WHERE running = 0 AND seq NOT IN "
-                "(SELECT seq FROM routed ORDER BY seq DESC LIMIT ?)",
+                "(SELECT seq FROM routed WHERE running = 0 ORDER BY seq DESC LIMIT ?)",
                 (self.keep,),
             )
 
