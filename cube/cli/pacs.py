@@ -11,6 +11,7 @@ exit with status 1; bad input exits with status 2.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -164,6 +165,7 @@ def query(
         list[str] | None,
         typer.Option("--match", "-m", help="Any DICOM keyword: KEYWORD=VALUE (repeatable)."),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the matches as JSON.")] = False,
     url: UrlOpt = DEFAULT_URL,
 ) -> None:
     """C-FIND on a PACS service; the matches as a table."""
@@ -190,23 +192,68 @@ def query(
             return await bridge.query(name, level, **keys)
 
     results = _run(go())
-    console.print(
-        _matches_table(results, f"{len(results)} {level.value.lower()} match(es) on {name}")
-    )
+    if as_json:
+        # plain, not through rich: a console would wrap long UIDs inside the JSON
+        typer.echo(json.dumps(results, indent=2))
+        return
+    title = f"{len(results)} {level.value.lower()} match(es) on {name}"
+    console.print(_matches_table(level, results, title))
 
 
-def _matches_table(results: list[dict[str, str]], title: str) -> Table:
-    """The C-FIND matches, one column per keyword some match has a value for."""
-    columns: list[str] = []
-    for row in results:
-        columns.extend(k for k, v in row.items() if v and k not in columns)
-    columns = [c for c in columns if c != "QueryRetrieveLevel"]
+#: The columns of a query's table, by level, in this order (other keywords follow).
+COLUMNS: dict[QueryLevel, tuple[str, ...]] = {
+    QueryLevel.PATIENT: (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+    ),
+    QueryLevel.STUDY: (
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "StudyDescription",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+        "StudyInstanceUID",
+    ),
+    QueryLevel.SERIES: (
+        "SeriesNumber",
+        "Modality",
+        "SeriesDescription",
+        "NumberOfSeriesRelatedInstances",
+        "SeriesInstanceUID",
+        "StudyInstanceUID",
+    ),
+}
+#: Short headers for long keywords.
+HEADERS = {
+    "NumberOfPatientRelatedStudies": "studies",
+    "NumberOfStudyRelatedSeries": "series",
+    "NumberOfStudyRelatedInstances": "instances",
+    "NumberOfSeriesRelatedInstances": "instances",
+    "ModalitiesInStudy": "modalities",
+    "PatientBirthDate": "BirthDate",
+    "PatientSex": "Sex",
+}
+#: What every C-FIND answer carries and nobody needs to read.
+NOISE = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"})
+
+
+def _matches_table(level: QueryLevel, results: list[dict[str, str]], title: str) -> Table:
+    """The C-FIND matches: the level's columns first, then any other keyword with a value."""
+    present = {k for row in results for k, v in row.items() if v} - NOISE
+    columns = [c for c in COLUMNS[level] if c in present]
+    columns += sorted(present - set(columns))
     table = Table(title=title)
     for c in columns:
         # a UID is only useful whole (to paste into a retrieve): never wrapped or cut
         whole = c.endswith("UID")
         width = max(len(row.get(c, "")) for row in results) if whole else None
-        table.add_column(c, no_wrap=whole, min_width=width)
+        table.add_column(HEADERS.get(c, c), no_wrap=whole, min_width=width)
     for row in results:
         table.add_row(*(row.get(c, "") for c in columns))
     return table

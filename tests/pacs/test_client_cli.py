@@ -227,6 +227,7 @@ async def test_retrieve_history_survives_a_restart(bridge: BridgeProcess, pacs: 
 
 def chris(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": _pythonpath(), "COLUMNS": "250"}
+    env.pop("CHRIS_PACS_URL", None)
     if url is not None:
         env["CHRIS_PACS_URL"] = url
     return subprocess.run(
@@ -259,6 +260,13 @@ def test_chris_pacs_commands(bridge: BridgeProcess, pacs: Pacs) -> None:
     assert "1 study match(es)" in out.stdout
     out = chris("query", "orthanc", "--level", "SERIES", "--study-uid", a1.study_uid, url=url)
     assert a1.series_uid in out.stdout and a2.series_uid in out.stdout and "CORONAL" in out.stdout
+    assert "SpecificCharacterSet" not in out.stdout  # noise left out of the table
+    out = chris(
+        "query", "orthanc", "--level", "PATIENT", "-m", "PatientID=PAT-B", "--json", url=url
+    )
+    assert out.returncode == 0, out.stderr
+    [patient] = json.loads(out.stdout)
+    assert (patient["PatientID"], patient["PatientName"]) == ("PAT-B", "Beta^Bob")
     out = chris("query", "orthanc", "--level", "SERIES", "-m", f"SeriesInstanceUID={a2.series_uid}")
     # no --url: the default port, where no bridge listens in tests
     assert out.returncode == 1 and "127.0.0.1:4005/ is unreachable" in out.stderr
