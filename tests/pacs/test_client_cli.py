@@ -285,11 +285,22 @@ def test_chris_pacs_commands(bridge: BridgeProcess, pacs: Pacs) -> None:
     assert out.returncode == 0, out.stderr
     assert "CHRIS receiving on DICOM port" in out.stdout and a2.series_uid in out.stdout
 
+    # the retrieved series, once registered, back to the PACS
+    deadline = time.monotonic() + 20
+    while not bridge.registry.registrations():
+        assert time.monotonic() < deadline, "the retrieved series was not registered"
+        time.sleep(0.1)
+    [reg] = bridge.registry.registrations()
+    out = chris("export", "orthanc", *reg.files, url=url)
+    assert out.returncode == 0, out.stderr
+    assert f"{len(a2.files)} instance(s) stored on orthanc" in out.stdout
+
     # errors: one line, exit status 1 (2 for bad input), never a traceback
     failures = {
         "no PACS service 'nope'": chris("echo", "nope", url=url),
         "no retrieve 42": chris("status", "42", url=url),
         "'Bogus' is not a DICOM keyword": chris("query", "orthanc", "-m", "Bogus=1", url=url),
+        "not a path inside the storage": chris("export", "orthanc", "../x.dcm", url=url),
         "the PACS bridge at": chris("services", url=f"http://127.0.0.1:{free_port()}/"),
     }
     dead_port = str(free_port())
