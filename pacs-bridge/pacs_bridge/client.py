@@ -136,7 +136,7 @@ class PacsBridgeClient:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BridgeUnreachable(
-                f"the PACS bridge at {self.url} is unreachable: {exc or type(exc).__name__}"
+                f"the PACS bridge at {self.url} is unreachable: {str(exc) or type(exc).__name__}"
             ) from exc
         if resp.status >= 400:
             raise error_from(resp.status, text)
@@ -268,7 +268,7 @@ class PacsBridgeClient:
                     raise BridgeUnreachable(f"the event stream of retrieve {ident} ended early")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BridgeUnreachable(
-                f"the PACS bridge at {self.url} is unreachable: {exc or type(exc).__name__}"
+                f"the PACS bridge at {self.url} is unreachable: {str(exc) or type(exc).__name__}"
             ) from exc
 
     async def wait_retrieve(self, ident: int) -> RetrieveStatus:

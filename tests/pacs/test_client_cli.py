@@ -19,10 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from pacs_bridge.client import PacsBridgeClient
 from pacs_bridge.errors import BridgeUnreachable, DicomNetworkError, InvalidRequest, NotFound
 from pacs_bridge.registrar import JsonlRegistry
-from pacs_bridge.schema import PacsService, QueryLevel, RetrieveIn, RetrieveState
+from pacs_bridge.schema import (
+    PacsService,
+    QueryLevel,
+    RetrieveIn,
+    RetrieveMethod,
+    RetrieveState,
+    RetrieveStatus,
+)
 
 from tests.pacs.conftest import Pacs
 from tests.support.components import free_port
@@ -191,6 +200,33 @@ async def test_bridge_down_is_unreachable() -> None:
             await client.services()
         with pytest.raises(BridgeUnreachable):
             await anext(client.retrieve_events(1))
+
+
+async def test_answers_not_from_the_api_and_a_stream_cut_short() -> None:
+    """A proxy's error page, and an event stream that ends while the retrieve runs."""
+    running = RetrieveStatus(id=3, service="pacs", method=RetrieveMethod.MOVE)
+
+    async def proxy_error(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>Bad Gateway</html>")
+
+    async def cut_short(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(f"event: running\ndata: {running.model_dump_json()}\n\n".encode())
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/api/v1/services/", proxy_error)
+    app.router.add_get("/api/v1/retrieves/3/events/", cut_short)
+    async with TestServer(app) as server, PacsBridgeClient(str(server.make_url("/"))) as client:
+        with pytest.raises(BridgeUnreachable, match="answered 502 and not as its API"):
+            await client.services()
+        events = []
+        with pytest.raises(BridgeUnreachable, match="ended early"):
+            async for event in client.retrieve_events(3):
+                events.append(event)
+        assert [e.status for e in events] == [running]
 
 
 async def test_retrieve_history_survives_a_restart(bridge: BridgeProcess, pacs: Pacs) -> None:
