@@ -292,6 +292,7 @@ def retrieve(
                 f"retrieve [bold]{started.id}[/bold] started ({started.method.value} from {name})"
             )
             if not wait:
+                console.print(f"follow it with: chris pacs status {started.id} --wait")
                 return started
             return await _follow(bridge, started)
 
@@ -369,6 +370,12 @@ def status(
     retrieve_id: Annotated[
         int | None, typer.Argument(help="A retrieve's id (default: the bridge and its retrieves).")
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="Follow the retrieve to its end (exit 1 if it fails)."
+        ),
+    ] = False,
     url: UrlOpt = DEFAULT_URL,
 ) -> None:
     """The bridge's status and retrieves, or one retrieve's."""
@@ -376,10 +383,17 @@ def status(
 
         async def one() -> RetrieveStatus:
             async with PacsBridgeClient(url) as bridge:
-                return await bridge.retrieve_status(retrieve_id)
+                st = await bridge.retrieve_status(retrieve_id)
+                return await _follow(bridge, st) if wait else st
 
-        console.print(_retrieve_line(_run(one())))
+        final = _run(one())
+        console.print(_retrieve_line(final))
+        if wait and final.state is not RetrieveState.DONE:
+            raise typer.Exit(1)
         return
+    if wait:
+        err.print("[red]--wait follows one retrieve:[/red] name its id", highlight=False)
+        raise typer.Exit(2)
 
     async def every() -> tuple[BridgeStatus, list[RetrieveStatus]]:
         async with PacsBridgeClient(url) as bridge:

@@ -344,6 +344,8 @@ def test_chris_pacs_commands(bridge: BridgeProcess, pacs: Pacs) -> None:
     failures[f"dead (DEAD@127.0.0.1:{dead_port})"] = chris("echo", "dead", url=url)
     failed = chris("retrieve", "dead", "--study-uid", b1.study_uid, "--wait", url=url)
     assert failed.returncode == 1 and "retrieve 2 failed" in failed.stdout, failed.stdout
+    followed = chris("status", "2", "--wait", url=url)
+    assert followed.returncode == 1 and "retrieve 2 failed" in followed.stdout
     for message, proc in failures.items():
         assert proc.returncode == 1, (message, proc.stdout, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
