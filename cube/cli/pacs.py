@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pacs_bridge.client import DEFAULT_URL, PacsBridgeClient
+from pacs_bridge.client import PacsBridgeClient
 from pacs_bridge.errors import PacsBridgeError
 from pacs_bridge.schema import (
     BridgeStatus,
@@ -32,12 +32,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cube.cli.stack import StackConfig
+
 app = typer.Typer(
     help="The PACS bridge: PACS services, query, retrieve, export and status.",
     no_args_is_help=True,
 )
 console = Console()
 err = Console(stderr=True)
+#: The bridge's API as ``chris up`` serves it.
+DEFAULT_URL = f"http://127.0.0.1:{StackConfig.pacs_api_port}/"
 T = TypeVar("T")
 
 UrlOpt = Annotated[
