@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.tree import Tree
 
+from cube.cli.pacs import app as pacs_app
 from cube.cli.publish import publish_image
 from cube.cli.stack import SiteBackend, Stack, StackConfig, StackError
 from cube.client import CubeClient
@@ -36,6 +37,7 @@ pipeline_app = typer.Typer(help="Pipelines: add, list, show and run.", no_args_i
 app.add_typer(plugin_app, name="plugin")
 app.add_typer(feed_app, name="feed")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(pacs_app, name="pacs")
 console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")

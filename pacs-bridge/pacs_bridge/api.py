@@ -8,14 +8,16 @@
 ``POST /api/v1/services/{name}/echo/``      C-ECHO it
 ``POST /api/v1/services/{name}/query/``     C-FIND (:class:`QueryIn`) → ``{"results": [...]}``
 ``POST /api/v1/services/{name}/retrieve/``  start a C-MOVE/C-GET (:class:`RetrieveIn`) → 202
-``POST /api/v1/services/{name}/export/``    C-STORE stored files ``{"files", "study_from"}``
-``GET  /api/v1/retrieves/``                 every retrieve's status
+``POST /api/v1/services/{name}/export/``    C-STORE stored files (:class:`ExportIn`)
+``GET  /api/v1/retrieves/``                 every retrieve's status (kept across restarts)
 ``GET  /api/v1/retrieves/{id}/``            one retrieve's status
 ``GET  /api/v1/retrieves/{id}/events/``     its progress as server-sent events, to the end
 ==========================================  =============================================
 
 Errors are ``{"message": ..., "code": ...}`` with the status of the
-:mod:`pacs_bridge.errors` class, from one middleware.
+:mod:`pacs_bridge.errors` class, from one middleware. Bodies and answers are
+the models of :mod:`pacs_bridge.schema`; :mod:`pacs_bridge.client` is the
+typed client other programs use.
 """
 
 from __future__ import annotations
@@ -29,7 +31,18 @@ from pydantic import BaseModel, ValidationError
 
 from pacs_bridge.bridge import Bridge
 from pacs_bridge.errors import InvalidRequest, PacsBridgeError
-from pacs_bridge.schema import PacsService, QueryIn, RetrieveIn, RetrieveState
+from pacs_bridge.schema import (
+    BridgeStatus,
+    ExportIn,
+    ExportOut,
+    PacsService,
+    QueryIn,
+    QueryOut,
+    RegistrationFailure,
+    RetrieveIn,
+    RetrieveState,
+    RoutingStatus,
+)
 from pacs_bridge.settings import BridgeSettings
 
 BRIDGE = web.AppKey("bridge", Bridge)
@@ -74,37 +87,35 @@ routes = web.RouteTableDef()
 
 @routes.get("/api/v1/status/")
 async def status(request: web.Request) -> web.Response:
-    """The receiver's counts and the registrations."""
-    bridge = request.app[BRIDGE]
+    """The receiver's counts, the registrations and the routing record."""
+    return _json(bridge_status(request.app[BRIDGE]))
+
+
+def bridge_status(bridge: Bridge) -> BridgeStatus:
+    """The bridge's :class:`BridgeStatus` (the latest 20 routed series, every failure kept)."""
     rx = bridge.receiver
-    return _json(
-        {
-            "ae_title": bridge.settings.ae_title,
-            "dicom_port": rx.port,
-            "instances": dict(rx.counts),
-            "series_pending": rx.assembler.pending,
-            "series_registered": len(rx.assembler.registered),
-            "files_registered": rx.assembler.files_registered,
-            "registration_failures": [
-                {"series": r.meta.SeriesInstanceUID, "files": len(r.files), "error": e}
-                for r, e in rx.assembler.failed
-            ],
-            "routing": _routing(bridge),
-        }
-    )
-
-
-def _routing(bridge: Bridge) -> dict[str, Any]:
-    """The routing rules' record: series routed, and the failures with their reasons."""
     router = bridge.router
-    if router is None:
-        return {"rules": 0, "series_routed": 0, "routed": [], "failures": []}
-    return {
-        "rules": len(bridge.settings.rules),
-        "series_routed": len(router.routed),
-        "routed": [r.model_dump(mode="json") for r in list(router.routed)[-20:]],
-        "failures": [r.model_dump(mode="json") for r in router.failures],
-    }
+    routing = RoutingStatus()
+    if router is not None:
+        routing = RoutingStatus(
+            rules=len(bridge.settings.rules),
+            series_routed=len(router.routed),
+            routed=list(router.routed)[-20:],
+            failures=router.failures,
+        )
+    return BridgeStatus(
+        ae_title=bridge.settings.ae_title,
+        dicom_port=rx.port,
+        instances=dict(rx.counts),
+        series_pending=rx.assembler.pending,
+        series_registered=len(rx.assembler.registered),
+        files_registered=rx.assembler.files_registered,
+        registration_failures=[
+            RegistrationFailure(series=r.meta.SeriesInstanceUID, files=len(r.files), error=e)
+            for r, e in rx.assembler.failed
+        ],
+        routing=routing,
+    )
 
 
 @routes.get("/api/v1/services/")
@@ -146,7 +157,7 @@ async def query(request: web.Request) -> web.Response:
     """C-FIND on a PACS service."""
     q = await _body(request, QueryIn)
     results = await request.app[BRIDGE].query(request.match_info["name"], q)
-    return _json({"level": q.level.value, "results": results})
+    return _json(QueryOut(level=q.level, results=results))
 
 
 @routes.post("/api/v1/services/{name}/retrieve/")
@@ -159,19 +170,14 @@ async def retrieve(request: web.Request) -> web.Response:
     return resp
 
 
-class _ExportIn(BaseModel):
-    files: list[str]
-    study_from: str | None = None
-
-
 @routes.post("/api/v1/services/{name}/export/")
 async def export(request: web.Request) -> web.Response:
     """C-STORE stored DICOM files (paths relative to the storage root) to a PACS service."""
-    body = await _body(request, _ExportIn)
+    body = await _body(request, ExportIn)
     result = await request.app[BRIDGE].export(
         request.match_info["name"], body.files, body.study_from
     )
-    return _json({"stored": result.stored, "failed": result.failed})
+    return _json(ExportOut(stored=result.stored, failed=result.failed))
 
 
 @routes.get("/api/v1/retrieves/")

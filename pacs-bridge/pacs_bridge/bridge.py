@@ -2,7 +2,10 @@
 
 The REST API (:mod:`pacs_bridge.api`) is a thin layer over :class:`Bridge`.
 PACS services are kept in a JSON file so that they survive restarts;
-retrieves are tracked in memory with their progress (a restart forgets them).
+retrieves are tracked in memory with their progress while they run, and kept
+in the state database (:mod:`pacs_bridge.state`) when they start and end, so
+that their history survives a restart (one left running by a bridge that
+stopped is marked failed when the next one starts).
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 from pydicom import dcmread
 
-from pacs_bridge.errors import InvalidRequest, NotFound, PacsBridgeError
+from pacs_bridge.errors import InvalidRequest, NotFound, PacsBridgeError, StateError
 from pacs_bridge.receiver import Receiver
 from pacs_bridge.registrar import Registrar, make_registrar
 from pacs_bridge.routing import Router
@@ -29,11 +33,9 @@ from pacs_bridge.schema import (
 )
 from pacs_bridge.scu import DicomClient, ExportResult
 from pacs_bridge.settings import BridgeSettings
+from pacs_bridge.state import StateStore
 
 log = logging.getLogger(__name__)
-
-#: Ended retrieves whose status is kept (in memory).
-KEEP_RETRIEVES = 1000
 
 
 class ServiceStore:
@@ -93,14 +95,18 @@ class Bridge:
     def __init__(self, settings: BridgeSettings, registrar: Registrar | None = None) -> None:
         self.settings = settings
         self.registrar = registrar or make_registrar(settings)
+        #: Retrieve history and the routing record, kept across restarts.
+        self.state = StateStore(settings.resolved_state_file(), keep=settings.keep_history)
+        self.state.interrupt_running()
         #: Routing rules at work (None: no rules).
-        self.router = Router(settings) if settings.rules else None
+        self.router = Router(settings, state=self.state) if settings.rules else None
         self.receiver = Receiver(
             settings, self.registrar, self.router.route if self.router else None
         )
         self.services = ServiceStore(settings.resolved_services_file())
-        self.retrieves: dict[int, RetrieveStatus] = {}
-        self._next_id = 0
+        #: Retrieves by id: those of earlier runs, then this run's (running ones are live).
+        self.retrieves: dict[int, RetrieveStatus] = {r.id: r for r in self.state.retrieves()}
+        self._next_id = self.state.last_retrieve_id()
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
 
@@ -117,6 +123,7 @@ class Bridge:
         await self.registrar.close()
         if self.router is not None:
             await self.router.close()
+        self.state.close()
 
     async def __aenter__(self) -> Bridge:
         await self.start()
@@ -153,12 +160,20 @@ class Bridge:
             RetrieveMethod.GET if client.service.prefer_get else RetrieveMethod.MOVE
         )
         self._next_id += 1
-        status = RetrieveStatus(id=self._next_id, service=name, method=method)
+        status = RetrieveStatus(
+            id=self._next_id,
+            service=name,
+            method=method,
+            StudyInstanceUID=what.StudyInstanceUID,
+            SeriesInstanceUID=what.SeriesInstanceUID,
+            started_at=datetime.now(UTC),
+        )
+        self.state.save_retrieve(status)
         self.retrieves[status.id] = status
-        # keep the latest KEEP_RETRIEVES (dicts keep insertion order), running ones always
-        for old in [k for k, v in self.retrieves.items() if v.state is not RetrieveState.RUNNING][
-            : max(0, len(self.retrieves) - KEEP_RETRIEVES)
-        ]:
+        # as the state database: the keep_history newest ended ones, and every running one
+        # (dicts keep insertion order, the order of ids)
+        ended = [k for k, v in self.retrieves.items() if v.state is not RetrieveState.RUNNING]
+        for old in ended[: max(0, len(ended) - self.settings.keep_history)]:
             del self.retrieves[old]
         task = asyncio.get_running_loop().create_task(self._retrieve(client, what, status))
         self._tasks.add(task)
@@ -181,6 +196,11 @@ class Bridge:
             status.state = RetrieveState.FAILED
             status.error = f"internal error: {exc}"
         finally:
+            status.ended_at = datetime.now(UTC)
+            try:
+                self.state.save_retrieve(status)
+            except StateError as exc:  # the retrieve's outcome stands; only its record is lost
+                log.error("retrieve %d: %s", status.id, exc)
             async with self._changed:
                 self._changed.notify_all()
 

@@ -14,7 +14,12 @@ status the REST API answers with::
      │    └── RegistrationUnavailable (503, "unavailable")  CUBE unreachable; retry
      ├── RoutingError (502, "routing")          CUBE refused a routed feed or workflow
      │    └── RoutingUnavailable (503, "unavailable")  CUBE unreachable; retry
-     └── DicomNetworkError (502, "dicom")       a PACS refused, aborted or was unreachable
+     ├── DicomNetworkError (502, "dicom")       a PACS refused, aborted or was unreachable
+     ├── StateError (500, "state")              the state database cannot be read or written
+     └── BridgeUnreachable (503, "unreachable") (client side) the bridge's API cannot be reached
+
+The REST client (:mod:`pacs_bridge.client`) maps an error answer back to the
+class of its ``code``.
 """
 
 from __future__ import annotations
@@ -95,3 +100,17 @@ class DicomNetworkError(PacsBridgeError):
 
     status = 502
     code = "dicom"
+
+
+class StateError(PacsBridgeError):
+    """The state database (:mod:`pacs_bridge.state`) cannot be opened, read or written."""
+
+    status = 500
+    code = "state"
+
+
+class BridgeUnreachable(PacsBridgeError):
+    """The bridge's REST API cannot be reached or did not answer as the API does (client side)."""
+
+    status = 503
+    code = "unreachable"

@@ -14,7 +14,10 @@ A failure (no such pipeline, CUBE down) is logged and kept in
 :attr:`Router.routed` for the status endpoint; the registration it follows
 stands. CUBE unreachable is retried like a registration, resuming at the step
 that failed (a feed made before CUBE went away is not made twice). Each series
-is routed once per bridge run, when its first part is registered.
+is routed once, when its first part is registered. With a
+:class:`~pacs_bridge.state.StateStore` the record is saved at each step and
+reloaded at start, so the record (and which series were routed) survives a
+restart.
 """
 
 from __future__ import annotations
@@ -24,16 +27,16 @@ import logging
 import posixpath
 from collections import deque
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pacs_bridge.errors import RoutingError, RoutingUnavailable
+from pacs_bridge.errors import RoutingError, RoutingUnavailable, StateError
 from pacs_bridge.registrar import cube_session
-from pacs_bridge.schema import SeriesRegistration
+from pacs_bridge.schema import RoutedSeries, RouteState, SeriesRegistration
 from pacs_bridge.settings import BridgeSettings, RoutingRule
+from pacs_bridge.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,6 @@ M = TypeVar("M", bound=BaseModel)
 
 #: The fs plugin that makes a feed from a storage folder.
 DIRCOPY = "pl-dircopy"
-#: Routed series kept for the status endpoint (and series remembered as routed).
-KEEP = 1000
 
 
 class _CubeWire(BaseModel):
@@ -180,31 +181,6 @@ class CubeFeedClient:
         await self._session.close()
 
 
-class RouteState(StrEnum):
-    """Where the routing of one series stands."""
-
-    RUNNING = "running"
-    STARTED = "started"
-    FAILED = "failed"
-
-
-class RoutedSeries(BaseModel):
-    """The routing of one series, as the status endpoint shows it."""
-
-    pacs: str
-    calling_aet: str
-    series: str
-    folder: str
-    pipeline: str
-    title: str
-    state: RouteState = RouteState.RUNNING
-    feed_id: int | None = None
-    instance_id: int | None = None
-    workflow_id: int | None = None
-    error: str = ""
-    at: datetime
-
-
 def feed_title(rule: RoutingRule, calling_aet: str, registration: SeriesRegistration) -> str:
     """The rule's feed title filled in from the series (CUBE keeps at most 100 characters)."""
     fields = {
@@ -243,8 +219,10 @@ class Router:
         *,
         attempts: int | None = None,
         retry_seconds: float | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.settings = settings
+        self.state = state
         if client is None:
             if not settings.cube_url:
                 raise RoutingError("routing rules need CUBE: set PACS_BRIDGE_CUBE_URL")
@@ -261,9 +239,12 @@ class Router:
         self.retry_seconds = (
             retry_seconds if retry_seconds is not None else settings.register_retry_seconds
         )
-        #: The latest routed series, oldest first.
-        self.routed: deque[RoutedSeries] = deque(maxlen=KEEP)
-        self._seen: deque[tuple[str, str]] = deque(maxlen=KEEP)
+        keep = settings.keep_history
+        #: The latest routed series, oldest first (those of earlier runs first).
+        self.routed: deque[RoutedSeries] = deque(state.routed() if state else (), maxlen=keep)
+        self._seen: deque[tuple[str, str]] = deque(
+            ((r.pacs, r.series) for r in self.routed), maxlen=keep
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
 
@@ -295,14 +276,24 @@ class Router:
         except RoutingError as exc:
             self._fail(record, str(exc))
             return record
+        self._save(record)
         task = asyncio.get_running_loop().create_task(self._run(record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return record
 
+    def _save(self, record: RoutedSeries) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.save_routed(record)
+        except StateError as exc:  # routing goes on; only its record is not kept
+            log.error("routing series %s: %s", record.series, exc)
+
     def _fail(self, record: RoutedSeries, error: str) -> None:
         record.state = RouteState.FAILED
         record.error = error
+        self._save(record)
         log.error(
             "routing series %s to pipeline %r failed: %s", record.series, record.pipeline, error
         )
@@ -315,6 +306,7 @@ class Router:
                     await self._steps(record)
                     record.state = RouteState.STARTED
                     record.error = ""
+                    self._save(record)
                     log.info(
                         "series %s: feed %s, pipeline %r as workflow %s",
                         record.series,
@@ -349,6 +341,7 @@ class Router:
             dircopy = await self.client.newest_plugin(DIRCOPY)
             inst = await self.client.create_feed(dircopy, record.folder, record.title)
             record.instance_id, record.feed_id = inst.id, inst.feed_id
+            self._save(record)
         workflow = await self.client.start_workflow(pipeline, record.instance_id, record.title)
         record.workflow_id = workflow.id
 

@@ -129,14 +129,122 @@ class RetrieveIn(_Wire):
 
 
 class RetrieveStatus(_Wire):
-    """Progress of a retrieve, from the C-MOVE/C-GET pending responses."""
+    """Progress of a retrieve, from the C-MOVE/C-GET pending responses.
+
+    Counts are sub-operations (instances); ``remaining`` is None until the PACS
+    has said how many are left. The bridge keeps ended retrieves in its state
+    database (:mod:`pacs_bridge.state`), so they outlive a restart.
+    """
 
     id: int
     service: str
     method: RetrieveMethod
+    StudyInstanceUID: str = ""
+    SeriesInstanceUID: str | None = None
     state: RetrieveState = RetrieveState.RUNNING
     completed: int = 0
     failed: int = 0
     warning: int = 0
     remaining: int | None = None
     error: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def total(self) -> int | None:
+        """Sub-operations in all (None while the PACS has not said)."""
+        if self.remaining is None:
+            return None
+        return self.completed + self.failed + self.warning + self.remaining
+
+
+class RetrieveEvent(_Wire):
+    """One server-sent event of ``/api/v1/retrieves/{id}/events/``.
+
+    On the wire: ``event: <state>`` and ``data: <RetrieveStatus as JSON>``;
+    the last event of a stream is the one whose state is not ``running``.
+    """
+
+    event: RetrieveState
+    status: RetrieveStatus
+
+
+class QueryOut(_Wire):
+    """A C-FIND's answer: one mapping of DICOM keyword → value per match."""
+
+    level: QueryLevel
+    results: list[dict[str, str]]
+
+
+class ExportIn(_Wire):
+    """An export: stored files (paths relative to the storage root) to C-STORE.
+
+    ``study_from`` names a stored file of the original study whose patient and
+    study identifiers the exported instances take.
+    """
+
+    files: list[str] = Field(min_length=1)
+    study_from: str | None = None
+
+
+class ExportOut(_Wire):
+    """What an export sent: SOPInstanceUIDs stored, and failures by file."""
+
+    stored: list[str]
+    failed: dict[str, str]
+
+
+class RouteState(StrEnum):
+    """Where the routing of one series stands."""
+
+    RUNNING = "running"
+    STARTED = "started"
+    FAILED = "failed"
+
+
+class RoutedSeries(_Wire):
+    """The routing of one series (:mod:`pacs_bridge.routing`), as the status shows it."""
+
+    pacs: str
+    calling_aet: str
+    series: str
+    folder: str
+    pipeline: str
+    title: str
+    state: RouteState = RouteState.RUNNING
+    feed_id: int | None = None
+    instance_id: int | None = None
+    workflow_id: int | None = None
+    error: str = ""
+    at: datetime
+
+
+class RoutingStatus(_Wire):
+    """The routing rules' record: how many series were routed, the latest, the failures."""
+
+    rules: int = 0
+    series_routed: int = 0
+    routed: list[RoutedSeries] = Field(default_factory=list)
+    failures: list[RoutedSeries] = Field(default_factory=list)
+
+
+class RegistrationFailure(_Wire):
+    """A series (part) whose registration was given up on."""
+
+    series: str
+    files: int
+    error: str
+
+
+class BridgeStatus(_Wire):
+    """``GET /api/v1/status/``: the receiver's counts, registrations and routing."""
+
+    ae_title: str
+    dicom_port: int
+    #: Receiver counts by outcome (``received``, ``duplicate``, ``rejected``, ...).
+    instances: dict[str, int]
+    series_pending: int
+    series_registered: int
+    files_registered: int
+    registration_failures: list[RegistrationFailure]
+    routing: RoutingStatus

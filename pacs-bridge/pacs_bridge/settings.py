@@ -177,6 +177,11 @@ class BridgeSettings(BaseSettings):
     api_port: int = Field(default=4005, ge=0, le=65535)
     #: The JSON file of registered PACS services (query/retrieve peers).
     services_file: Path | None = None
+    #: The SQLite file of retrieve history and the routing record (:mod:`pacs_bridge.state`;
+    #: default ``state.sqlite3`` beside the services file).
+    state_file: Path | None = None
+    #: Ended retrieves, and routed series, the state file keeps (the oldest go first).
+    keep_history: int = Field(default=1000, ge=1)
     #: DIMSE timeout of our queries and retrieves (None: wait for ever).
     dimse_timeout: float | None = 120.0
 
@@ -216,6 +221,10 @@ class BridgeSettings(BaseSettings):
     def resolved_services_file(self) -> Path:
         """The services file, defaulting to ``<storage_root>/../pacs-bridge/services.json``."""
         return self.services_file or self.storage_root.parent / "pacs-bridge" / "services.json"
+
+    def resolved_state_file(self) -> Path:
+        """The state database, defaulting to ``state.sqlite3`` beside the services file."""
+        return self.state_file or self.resolved_services_file().parent / "state.sqlite3"
 
     def route_for(self, calling_aet: str) -> Route:
         """The first route matching ``calling_aet`` (a default route when none does)."""

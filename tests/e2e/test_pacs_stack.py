@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pacs_bridge.client import PacsBridgeClient
 
 from cube.cli.stack import Stack
 from cube.client import CubeClient
@@ -48,3 +49,12 @@ async def test_storescu_into_the_stack_registers_the_series(
     stored = [cfg.cube_storage / f.fname for f in files]
     assert all(f.fname.startswith("SERVICES/PACS/") for f in files)
     assert instances(stored) == instances(list(series.files))
+
+    # the bridge's API, through its client, as ``chris pacs status`` reads it; its
+    # state file lies beside the services file in the stack's home
+    async with PacsBridgeClient(f"http://127.0.0.1:{cfg.pacs_api_port}/") as bridge:
+        status = await bridge.status()
+        assert status.dicom_port == cfg.dicom_port
+        assert status.files_registered == len(series.files)
+        assert await bridge.retrieves() == []
+    assert (cfg.home / "pacs-bridge" / "state.sqlite3").is_file()
