@@ -37,12 +37,13 @@ with room (:func:`movable_resources`, same ranking as above).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, Integer, Update, and_, bindparam, update
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -162,18 +163,21 @@ async def place(
     )
 
 
-def _holds_slot(table: type[PluginInstance] = PluginInstance) -> ColumnElement[bool]:
-    """SQL condition: the instance occupies a job slot of its resource."""
-    status = col(table.status)
+def _holds_slot(status: Any, reserved_at: Any) -> ColumnElement[bool]:
+    """SQL condition: the instance (of these columns) occupies a job slot of its resource."""
     return or_(
         status.in_(SUBMITTED),
-        and_(status == S.SCHEDULED.value, col(table.slot_reserved_at).is_not(None)),
+        and_(status == S.SCHEDULED.value, reserved_at.is_not(None)),
     )
 
 
 async def held_slots(session: AsyncSession, resource_ids: Sequence[int]) -> dict[int, int]:
     """Job slots in use per resource id (resources with none are absent)."""
-    return await _count(session, resource_ids, _holds_slot())
+    return await _count(
+        session,
+        resource_ids,
+        _holds_slot(col(PluginInstance.status), col(PluginInstance.slot_reserved_at)),
+    )
 
 
 async def _count(
@@ -205,25 +209,46 @@ async def reserve_slot(session: AsyncSession, inst_id: int, resource: ComputeRes
         await session.exec(
             select(ComputeResource.id).where(ComputeResource.id == resource.id).with_for_update()
         )
-    stmt = (
-        update(PluginInstance)
-        .where(col(PluginInstance.id) == inst_id)
-        .where(col(PluginInstance.status) == S.SCHEDULED.value)
-        .where(col(PluginInstance.slot_reserved_at).is_(None))
+    result = await session.exec(
+        _reserve_statement(resource.max_concurrent_jobs > 0),  # type: ignore[call-overload]
+        params={
+            "inst_id": inst_id,
+            "resource_id": resource.id,
+            "max_jobs": resource.max_concurrent_jobs,
+            "now": utcnow(),
+        },
     )
-    if resource.max_concurrent_jobs > 0:
-        other = aliased(PluginInstance)
+    return bool(result.rowcount == 1)
+
+
+@functools.cache
+def _reserve_statement(limited: bool) -> Update:
+    """The slot reservation, built once per process (bind parameters: inst_id,
+    resource_id, max_jobs, now): building it per call, with its aliased
+    subquery, cost more CPU than running it."""
+    table = PluginInstance.__table__  # type: ignore[attr-defined]
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("inst_id"))
+        .where(table.c.status == S.SCHEDULED.value)
+        .where(table.c.slot_reserved_at.is_(None))
+    )
+    resource_id = bindparam("resource_id", type_=table.c.compute_resource_id.type)
+    if limited:
+        other = table.alias("other")
         in_use = (
             select(func.count())
             .select_from(other)
-            .where(col(other.compute_resource_id) == resource.id)
-            .where(_holds_slot(other))
+            .where(other.c.compute_resource_id == resource_id)
+            .where(_holds_slot(other.c.status, other.c.slot_reserved_at))
             .scalar_subquery()
         )
-        stmt = stmt.where(in_use < resource.max_concurrent_jobs)
-    stmt = stmt.values(slot_reserved_at=utcnow(), compute_resource_id=resource.id, error_message="")
-    result = await session.exec(stmt)  # type: ignore[call-overload]
-    return bool(result.rowcount == 1)
+        stmt = stmt.where(in_use < bindparam("max_jobs", type_=Integer()))
+    return stmt.values(
+        slot_reserved_at=bindparam("now", type_=table.c.slot_reserved_at.type),
+        compute_resource_id=resource_id,
+        error_message="",
+    )
 
 
 async def movable_resources(session: AsyncSession, inst: PluginInstance) -> list[ComputeResource]:
