@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -178,11 +179,17 @@ class Scheduler:
     async def run(self) -> None:
         """Claim and drive instances until cancelled."""
         renewer = asyncio.create_task(self._renew_leases())
+        loop = asyncio.get_running_loop()
+        settled_at = -math.inf
         try:
             while not self._stopping:
                 self._kick.clear()
                 try:
-                    await self._settle_waiting()
+                    # the safety net runs on the sweep, not at every kick (each
+                    # new instance kicks): it scans all waiting instances
+                    if loop.time() - settled_at >= self.settings.sweep_seconds:
+                        settled_at = loop.time()
+                        await self._settle_waiting()
                     await self._claim_all()
                 except Exception:
                     log.exception("claiming work failed; trying again")
