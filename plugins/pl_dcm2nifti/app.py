@@ -27,8 +27,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-
 from chris_sdk import ChrisPlugin, PluginFailure, PluginType
+
 from pl_dcm2nifti.series import SeriesError, Volume, load_series, to_volume
 
 

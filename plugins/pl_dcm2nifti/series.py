@@ -239,7 +239,9 @@ def to_volume(series: Series) -> Volume:
         values=values,
         affine_lps=affine,
         tags=tags,
-        sop_instances=tuple((str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in series.datasets),
+        sop_instances=tuple(
+            (str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in series.datasets
+        ),
     )
 
 

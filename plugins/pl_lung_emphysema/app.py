@@ -31,10 +31,10 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from numpy.typing import NDArray
-
 from chris_sdk import ChrisPlugin, Parameter, ParameterType, PluginFailure, PluginType
+from numpy.typing import NDArray
 from pl_dcm2nifti.series import SeriesError, load_series, to_volume
+
 from pl_lung_emphysema.measure import LAA_THRESHOLD_HU, MeasureError, measure
 from pl_lung_emphysema.outputs import montage, secondary_capture
 
@@ -81,6 +81,8 @@ def read_input(inputdir: Path) -> CtInput:
         try:
             tags = json.loads(sidecar_path.read_text())
             image = nib.load(path)
+            if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+                raise PluginFailure(f"{path.name} is not a NIfTI-1 or NIfTI-2 image")
             hu = np.asarray(image.get_fdata(dtype=np.float64))
             affine_ras = np.asarray(image.affine, dtype=np.float64)
         except (OSError, ValueError) as exc:
@@ -141,7 +143,13 @@ def quantify(options: argparse.Namespace, inputdir: Path | None, outputdir: Path
     sheet = montage(result)
     sheet.save(outputdir / OVERLAY)
     sc = secondary_capture(sheet, ct.tags, ct.instances, result, outputdir / SECONDARY_CAPTURE)
-    report = {
+    source: dict[str, Any] = {"input": ct.origin}
+    source.update(
+        (key, ct.tags[key])
+        for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
+        if key in ct.tags
+    )
+    report: dict[str, Any] = {
         "laa950_percent": round(result.laa950_percent, 4),
         "lung_volume_ml": round(result.lung_volume_ml, 2),
         "mean_lung_density_hu": round(result.mean_lung_density_hu, 2),
@@ -159,14 +167,7 @@ def quantify(options: argparse.Namespace, inputdir: Path | None, outputdir: Path
         ],
         "method": "fast" if options.fast else "accurate",
         "inplane_step": result.step,
-        "source": {
-            "input": ct.origin,
-            **{
-                key: ct.tags[key]
-                for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
-                if key in ct.tags
-            },
-        },
+        "source": source,
         "secondary_capture": {
             "file": SECONDARY_CAPTURE,
             "SOPInstanceUID": str(sc.SOPInstanceUID),

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -17,7 +18,10 @@ from chris_sdk import PluginDescriptor, PluginType
 from ct_phantom import Phantom, PhantomSpec, make_phantom, slice_position, write_series
 from pl_dcm2nifti.app import plugin
 
-SMALL = {"shape": (20, 72, 80), "pixel_spacing": (1.5, 1.25), "slice_spacing": 3.0}
+
+def small(**kwargs: Any) -> PhantomSpec:
+    """A small phantom (20 slices of 72 × 80) with anisotropic pixels."""
+    return PhantomSpec(shape=(20, 72, 80), pixel_spacing=(1.5, 1.25), slice_spacing=3.0, **kwargs)
 
 
 def oblique_cosines(degrees: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -31,7 +35,7 @@ def oblique_cosines(degrees: float) -> tuple[tuple[float, ...], tuple[float, ...
 
 @pytest.fixture(scope="module")
 def phantom() -> Phantom:
-    return make_phantom(PhantomSpec(emphysema_fraction=0.2, seed=3, **SMALL))  # type: ignore[arg-type]
+    return make_phantom(small(emphysema_fraction=0.2, seed=3))
 
 
 def run(inputdir: Path, outputdir: Path) -> int:
@@ -89,7 +93,7 @@ def test_axial_series_geometry_values_and_sidecar(phantom: Phantom, tmp_path: Pa
 
 def test_oblique_series_geometry(tmp_path: Path) -> None:
     row, col = oblique_cosines(25.0)
-    spec = PhantomSpec(emphysema_fraction=0.1, row_cosine=row, column_cosine=col, **SMALL)  # type: ignore[arg-type]
+    spec = small(emphysema_fraction=0.1, row_cosine=row, column_cosine=col)
     phantom = make_phantom(spec)
     dicom = tmp_path / "in"
     write_series(phantom, dicom)
@@ -106,7 +110,7 @@ def test_oblique_series_geometry(tmp_path: Path) -> None:
 
 def test_two_series_give_two_volumes(phantom: Phantom, tmp_path: Path) -> None:
     write_series(phantom, tmp_path / "in" / "one")
-    write_series(make_phantom(PhantomSpec(emphysema_fraction=0.4, **SMALL)), tmp_path / "in" / "two")  # type: ignore[arg-type]
+    write_series(make_phantom(small(emphysema_fraction=0.4)), tmp_path / "in" / "two")
     out = tmp_path / "out"
     assert run(tmp_path / "in", out) == 0
     assert sorted(p.name for p in out.iterdir()) == [
@@ -140,7 +144,7 @@ def test_mixed_orientation_in_one_series_is_a_clear_error(
     files = write_series(phantom, tmp_path / "in", series_uid="1.2.3.4.5")
     row, col = oblique_cosines(10.0)
     tilted = write_series(
-        make_phantom(PhantomSpec(row_cosine=row, column_cosine=col, **SMALL)),  # type: ignore[arg-type]
+        make_phantom(small(row_cosine=row, column_cosine=col)),
         tmp_path / "tilted",
         series_uid="1.2.3.4.5",
     )
