@@ -19,6 +19,8 @@ EXPECTED = {
     "pl-dircopy": "chris-fabric/pl-dircopy:1.0.0",
     "pl-simpledsapp": "chris-fabric/pl-simpledsapp:1.0.0",
     "pl-topologicalcopy": "chris-fabric/pl-topologicalcopy:1.0.0",
+    "pl-dcm2nifti": "chris-fabric/pl-dcm2nifti:1.0.0",
+    "pl-lung-emphysema": "chris-fabric/pl-lung-emphysema:1.0.0",
 }
 
 
