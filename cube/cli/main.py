@@ -313,7 +313,8 @@ async def _demo_emphysema(c: CubeClient, cfg: StackConfig) -> bool:
     except EmphysemaDemoError as exc:
         err.print(f"[red]emphysema demo failed[/red]: {exc}")
         return False
-    console.print(await _feed_tree(c, result.feed_id, with_files=True))
+    # Without files: the tree would list every uploaded slice.
+    console.print(await _feed_tree(c, result.feed_id, with_files=False))
     console.print(
         f"%LAA-950: reported {result.measured_laa950_percent:.2f} %, phantom truth "
         f"{result.true_laa950_percent:.2f} % (|error| {result.error:.2f}, tolerance "
