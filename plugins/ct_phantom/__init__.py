@@ -11,7 +11,8 @@ Used by the tests of ``pl-dcm2nifti`` and ``pl-lung-emphysema`` and by
   vessels (about 40 HU), with emphysematous patches (about -980 HU) covering
   a chosen fraction of the lung: the patches are the top of a smooth random
   field, so they form clusters, as real emphysema does;
-* Gaussian noise everywhere.
+* the blur of a CT's point spread function (so tissue boundaries have
+  partial-volume voxels), then Gaussian noise everywhere.
 
 The truth (:attr:`Phantom.laa950_percent`, :attr:`Phantom.lung_volume_ml`,
 :attr:`Phantom.mean_lung_density_hu`) is measured on the final noisy voxels
@@ -57,13 +58,16 @@ class PhantomSpec:
     (0 to 0.9) is the fraction of lung voxels made emphysematous before noise.
     ``row_cosine``/``column_cosine`` are ImageOrientationPatient's two
     direction cosines (LPS); the slice normal is their cross product.
-    ``noise_hu`` is the standard deviation of the Gaussian noise.
+    ``blur_mm`` is the standard deviation of the in-plane Gaussian blur (the
+    scanner's point spread function; 0 for crisp edges) and ``noise_hu`` that
+    of the Gaussian noise.
     """
 
     emphysema_fraction: float = 0.15
     shape: tuple[int, int, int] = (56, 144, 160)
     pixel_spacing: tuple[float, float] = (2.0, 2.0)
     slice_spacing: float = 5.0
+    blur_mm: float = 1.2
     noise_hu: float = 15.0
     seed: int = 0
     origin: tuple[float, float, float] = (-160.0, -144.0, -140.0)
@@ -148,6 +152,9 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
             vessel = ((grid[2] - cx) ** 2 + (grid[1] - cy) ** 2) <= 3.0**2
             hu[vessel & lungs & (np.abs(grid[0]) < 0.5 * lung_axes[0])] = SOFT_TISSUE_HU
 
+    if spec.blur_mm > 0:
+        # In-plane only: across 5 mm slices the scanner's blur is well under a voxel.
+        hu = ndimage.gaussian_filter(hu, sigma=(0.0, spec.blur_mm / dy, spec.blur_mm / dx))
     hu += rng.normal(0.0, spec.noise_hu, spec.shape)
     volume = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     lung_values = volume[lungs]
