@@ -11,11 +11,14 @@ the segmentation (and, for ``--fast``, of the subsample).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from chris_sdk import ParameterType, PluginDescriptor, PluginType
 from ct_phantom import Phantom, PhantomSpec, make_phantom, write_series
 from PIL import Image
 from pl_dcm2nifti.app import plugin as dcm2nifti
@@ -169,3 +172,30 @@ def _outside(hu: np.ndarray) -> np.ndarray:
         np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel()])
     )
     return np.isin(labels, border[border > 0])  # type: ignore[no-any-return]
+
+
+def test_descriptor_declares_fast() -> None:
+    descriptor = PluginDescriptor.parse(emphysema.descriptor_json(script=Path(sys.executable)))
+    assert (descriptor.name, descriptor.type) == ("pl-lung-emphysema", PluginType.DS)
+    assert descriptor.dock_image == "chris-fabric/pl-lung-emphysema:1.0.0"
+    [fast] = descriptor.parameters
+    assert (fast.name, fast.flag, fast.type, fast.default) == (
+        "fast",
+        "--fast",
+        ParameterType.BOOL,
+        False,
+    )
+
+
+def test_runs_as_a_process(tmp_path: Path) -> None:
+    dicom = series_dir(tmp_path, 0.1, seed=4)
+    result = subprocess.run(
+        [sys.executable, "-m", "pl_lung_emphysema", "--fast", str(dicom), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert abs(float(report(tmp_path / "out")["laa950_percent"]) - truth["laa"]) <= 1.0  # type: ignore[arg-type]
