@@ -221,9 +221,16 @@ def demo(
     ),
     port: int = typer.Option(8000, help="CUBE's port."),
     innetwork: bool = typer.Option(False, "--innetwork", help=INNETWORK_HELP),
+    emphysema: bool = typer.Option(
+        True,
+        "--emphysema/--no-emphysema",
+        help="Also run the emphysema-v1 pipeline on a synthetic chest CT and check its result.",
+    ),
 ) -> None:
     """Start the fabric, run dircopy → simpledsapp → simpledsapp on sample data,
-    print the feed, and stop. Exits non-zero unless the feed succeeds."""
+    print the feed; then run the emphysema-v1 pipeline on a synthetic chest CT
+    and check its %LAA-950 against the phantom's truth; stop. Exits non-zero
+    unless the feeds succeed and the measure is within tolerance."""
     cfg = _config(home, backend, port, innetwork=innetwork)
 
     async def go() -> bool:
@@ -235,7 +242,10 @@ def demo(
             await stack.bootstrap()
             c = await CubeClient.from_login(cfg.cube_url, cfg.admin_user, cfg.admin_password)
             async with c:
-                return await _demo_feed(c, cfg)
+                ok = await _demo_feed(c, cfg)
+                if emphysema:
+                    ok = await _demo_emphysema(c, cfg) and ok
+                return ok
         finally:
             await stack.stop()
 
@@ -279,6 +289,44 @@ async def _demo_feed(c: CubeClient, cfg: StackConfig) -> bool:
         f"[red]demo failed[/red]: statuses {[i.status.value for i in instances]}, "
         f"outputs {sorted(got)}"
     )
+    return False
+
+
+async def _demo_emphysema(c: CubeClient, cfg: StackConfig) -> bool:
+    # Imported here: numpy and scipy (the phantom) are not needed by the other commands.
+    from cube.cli.emphysema_demo import (
+        FRACTION,
+        LAA_TOLERANCE,
+        EmphysemaDemoError,
+        run_emphysema_demo,
+    )
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = cfg.home / "sample" / f"emphysema-{stamp}"
+    folder = f"home/{cfg.admin_user}/uploads/emphysema-{stamp}"
+    console.print(
+        f"emphysema: synthetic chest CT (emphysematous fraction {FRACTION}) → {folder}, "
+        "pipeline emphysema-v1"
+    )
+    try:
+        result = await run_emphysema_demo(
+            c, workdir, folder, title=f"emphysema demo {stamp}", wait=_live_wait
+        )
+    except EmphysemaDemoError as exc:
+        err.print(f"[red]emphysema demo failed[/red]: {exc}")
+        return False
+    # Without files: the tree would list every uploaded slice.
+    console.print(await _feed_tree(c, result.feed_id, with_files=False))
+    console.print(
+        f"%LAA-950: reported {result.measured_laa950_percent:.2f} %, phantom truth "
+        f"{result.true_laa950_percent:.2f} % (|error| {result.error:.2f}, tolerance "
+        f"{LAA_TOLERANCE}); lung volume {result.report['lung_volume_ml']:.0f} mL"
+    )
+    console.print(f"report: {result.report_fname} (downloaded to {result.report_local})")
+    if result.ok:
+        console.print(f"[green]emphysema feed {result.feed_id} checked against the truth[/green]")
+        return True
+    err.print("[red]emphysema demo failed[/red]: %LAA-950 outside the tolerance")
     return False
 
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,15 @@ import aiohttp
 from cube.client import CubeClient, CubeClientError
 
 #: The reference plugins registered on every embedded install (console scripts).
-REFERENCE_PLUGINS = ("dircopy", "simpledsapp", "topologicalcopy")
+REFERENCE_PLUGINS = (
+    "dircopy",
+    "simpledsapp",
+    "topologicalcopy",
+    "dcm2nifti",
+    "lungemphysema",
+)
+#: The pipelines registered on every embedded install: (name, package, YAML file).
+REFERENCE_PIPELINES = (("emphysema-v1", "pl_lung_emphysema", "emphysema-v1.yaml"),)
 #: Where plugin images carry their descriptor.
 DESCRIPTOR_LABEL = "org.chrisproject.descriptor"
 
@@ -254,10 +263,10 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     async def bootstrap(self) -> dict[str, int]:
-        """Register the local compute resource and the reference plugins.
+        """Register the local compute resource, the reference plugins and pipelines.
 
-        Idempotent: an existing resource or plugin is kept. Returns plugin
-        name → id.
+        Idempotent: an existing resource, plugin or pipeline is kept. Returns
+        plugin name → id.
         """
         c = self.config
         client = await CubeClient.from_login(c.cube_url, c.admin_user, c.admin_password)
@@ -286,6 +295,12 @@ class Stack:
                 desc = await asyncio.to_thread(reference_descriptor, script, image)
                 plugin = await client.register_plugin(desc, [c.compute_name])
                 ids[plugin.name] = plugin.id
+            for name, package, filename in REFERENCE_PIPELINES:
+                if await client.pipelines(name_exact=name):
+                    continue
+                source = resources.files(package).joinpath(filename)
+                with resources.as_file(source) as path:
+                    await client.upload_pipeline(path, "yaml")
             return ids
 
     async def stop(self) -> None:

@@ -10,7 +10,9 @@ or import it and call :func:`ensure_images`. Steps (see ``README.md`` here):
    bookworm root filesystem made by ``mmdebstrap`` (python3, python3-venv,
    ca-certificates) and ``docker import``-ed; skipped when it exists;
 2. wheels, built on the host: the project itself (``pip wheel --no-deps``)
-   and pydantic with its dependencies, pinned to the host's version; the
+   and pydantic with its dependencies, pinned to the host's version, plus
+   the wheels the recipes' ``requirements`` name (numpy, scipy, ... for the
+   imaging plugins), likewise pinned; the
    host's Python must be 3.11 like bookworm's ``python3``, so binary wheels fit;
 3. one image per plugin from its recipe ``<plugin>.Dockerfile`` (classic
    builder, ``FROM`` the local base, no network in ``RUN``), then the
@@ -18,9 +20,10 @@ or import it and call :func:`ensure_images`. Steps (see ``README.md`` here):
    the label :data:`DESCRIPTOR_LABEL`.
 
 A plugin image is rebuilt only when its fingerprint (base image id, recipe,
-``pyproject.toml``, pydantic version, and the sources of ``chris_sdk`` and of
-the plugin's package) differs from the one in its :data:`FINGERPRINT_LABEL`,
-or with ``rebuild=True``; wheels are built only when some image is rebuilt.
+``pyproject.toml``, the versions of pydantic and of the recipe's
+requirements, and the sources of ``chris_sdk`` and of the plugin's packages)
+differs from the one in its :data:`FINGERPRINT_LABEL`, or with
+``rebuild=True``; wheels are built only when some image is rebuilt.
 
 The module logs (``logging``) and raises :class:`ImageBuildError`; only
 :func:`main` writes to the terminal.
@@ -41,6 +44,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -105,6 +109,11 @@ class PluginRecipe:
     module: str  #: its Python package, e.g. ``pl_dircopy``
     selfexec: str  #: its console script, e.g. ``dircopy``
     tag: str  #: the image reference, e.g. ``chris-fabric/pl-dircopy:1.0.0``
+    #: other project packages the plugin imports (part of its fingerprint)
+    modules: tuple[str, ...] = ()
+    #: distributions besides pydantic that its recipe installs, as wheels pinned
+    #: to the host's versions (part of its fingerprint)
+    requirements: tuple[str, ...] = ()
 
     @property
     def dockerfile(self) -> Path:
@@ -125,6 +134,22 @@ PLUGINS: dict[str, PluginRecipe] = {
             "pl_topologicalcopy",
             "topologicalcopy",
             "chris-fabric/pl-topologicalcopy:1.0.0",
+        ),
+        PluginRecipe(
+            "pl-dcm2nifti",
+            "pl_dcm2nifti",
+            "dcm2nifti",
+            "chris-fabric/pl-dcm2nifti:1.0.0",
+            requirements=("numpy", "nibabel", "pydicom"),
+        ),
+        PluginRecipe(
+            "pl-lung-emphysema",
+            "pl_lung_emphysema",
+            "lungemphysema",
+            "chris-fabric/pl-lung-emphysema:1.0.0",
+            # it reads DICOM with pl-dcm2nifti's series module
+            modules=("pl_dcm2nifti",),
+            requirements=("numpy", "scipy", "nibabel", "pillow", "pydicom"),
         ),
     )
 }
@@ -228,12 +253,15 @@ def ensure_base_image(
 # -- 2. wheels ------------------------------------------------------------------------------
 
 
-def build_wheels(work_dir: Path = DEFAULT_WORK_DIR) -> Path:
-    """Build the project wheel and the pydantic wheels; return the wheel directory.
+def build_wheels(work_dir: Path = DEFAULT_WORK_DIR, requirements: Iterable[str] = ()) -> Path:
+    """Build the project wheel, the pydantic wheels and those of ``requirements``
+    (distribution names, pinned to the host's versions, with their dependencies);
+    return the wheel directory.
 
     The project is built from a copy of the source tree (without caches,
     venvs and tests) so that nothing is written into the working tree.
-    Raises ``ImageBuildError`` when the host's Python is not 3.11 or pip fails.
+    Raises ``ImageBuildError`` when the host's Python is not 3.11 or pip fails
+    (also when a requirement is not installed on the host).
     """
     if sys.version_info[:2] != IMAGE_PYTHON:
         raise ImageBuildError(
@@ -251,8 +279,25 @@ def build_wheels(work_dir: Path = DEFAULT_WORK_DIR) -> Path:
     _run([*pip, "--no-deps", str(source)], "pip wheel (project)")
     # Pinned to the host's pydantic: the version the project is tested with.
     _run([*pip, f"pydantic=={dist_version('pydantic')}"], "pip wheel (pydantic)")
+    if pinned := _pinned(requirements):
+        # The versions the project is tested with; binary wheels for the image's 3.11.
+        _run([*pip, *pinned], "pip wheel (plugin requirements)")
     shutil.rmtree(source)
     return wheel_dir
+
+
+def _pinned(requirements: Iterable[str]) -> list[str]:
+    """``name==<host version>`` for each distribution (sorted, deduplicated).
+
+    Raises ``ImageBuildError`` for one not installed on the host.
+    """
+    pinned = []
+    for name in sorted(set(requirements)):
+        try:
+            pinned.append(f"{name}=={dist_version(name)}")
+        except PackageNotFoundError as exc:
+            raise ImageBuildError(f"{name} is not installed here; install the project") from exc
+    return pinned
 
 
 def _package_files(package: Path) -> list[Path]:
@@ -269,18 +314,22 @@ def fingerprint(recipe: PluginRecipe, base_id: str) -> str:
 
     Covers what goes into the image and matters to the plugin: the base image
     id, the recipe, ``pyproject.toml`` (metadata, entry points), the host's
-    pydantic version (the one the wheels pin), and the source files of
-    ``chris_sdk`` and of the plugin's package. Computed from the sources, so
+    versions of pydantic and of the recipe's requirements (the ones the
+    wheels pin), and the source files of ``chris_sdk``, of the plugin's
+    package and of the other packages it imports. Computed from the sources, so
     an up-to-date image is recognised without building any wheel.
     """
     digest = hashlib.sha256()
     digest.update(f"base:{base_id}\npydantic:{dist_version('pydantic')}\n".encode())
+    for pin in _pinned(recipe.requirements):
+        digest.update(f"{pin}\n".encode())
     plugins_dir = REPO_ROOT / "plugins"
     files = [
         recipe.dockerfile,
         REPO_ROOT / "pyproject.toml",
         *_package_files(plugins_dir / "chris_sdk"),
         *_package_files(plugins_dir / recipe.module),
+        *(f for module in recipe.modules for f in _package_files(plugins_dir / module)),
     ]
     for path in files:
         with path.open("rb") as f:
@@ -433,7 +482,9 @@ def ensure_images(
             for name in sorted(set(names) - set(stale)):
                 log.info("%s is up to date", PLUGINS[name].tag)
             if stale:
-                wheel_dir = build_wheels(work_dir)
+                wheel_dir = build_wheels(
+                    work_dir, [r for name in stale for r in PLUGINS[name].requirements]
+                )
                 for name in stale:
                     build_plugin_image(
                         client, PLUGINS[name], wheel_dir, prints[name], work_dir=work_dir

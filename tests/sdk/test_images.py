@@ -19,6 +19,8 @@ EXPECTED = {
     "pl-dircopy": "chris-fabric/pl-dircopy:1.0.0",
     "pl-simpledsapp": "chris-fabric/pl-simpledsapp:1.0.0",
     "pl-topologicalcopy": "chris-fabric/pl-topologicalcopy:1.0.0",
+    "pl-dcm2nifti": "chris-fabric/pl-dcm2nifti:1.0.0",
+    "pl-lung-emphysema": "chris-fabric/pl-lung-emphysema:1.0.0",
 }
 
 
@@ -130,3 +132,35 @@ def test_descriptor_label_matches_json_in_the_image(
     # The default command shows the help.
     help_text = docker_engine.containers.run(tag, remove=True, network_disabled=True).decode()
     assert help_text.startswith(f"usage: {selfexec}")
+
+
+def test_emphysema_pipeline_in_containers(
+    docker_engine: Any, images: dict[str, str], tmp_path: Path
+) -> None:
+    """pl-dcm2nifti then pl-lung-emphysema in their images (no network) on a phantom CT."""
+    from ct_phantom import PhantomSpec, make_phantom, write_series
+
+    phantom = make_phantom(PhantomSpec(emphysema_fraction=0.3, seed=5))
+    write_series(phantom, tmp_path / "dicom")
+    nifti, result = tmp_path / "nifti", tmp_path / "result"
+    nifti.mkdir()
+    result.mkdir()
+    run_plugin(
+        docker_engine,
+        images["pl-dcm2nifti"],
+        ["dcm2nifti", "/share/incoming", "/share/outgoing"],
+        tmp_path / "dicom",
+        nifti,
+    )
+    assert len(list(nifti.glob("*.nii.gz"))) == 1
+    run_plugin(
+        docker_engine,
+        images["pl-lung-emphysema"],
+        ["lungemphysema", "--fast", "/share/incoming", "/share/outgoing"],
+        nifti,
+        result,
+    )
+    report = json.loads((result / "emphysema-report.json").read_text())
+    assert report["method"] == "fast"
+    assert abs(report["laa950_percent"] - phantom.laa950_percent) <= 1.0
+    assert (result / "emphysema-sc.dcm").is_file() and (result / "emphysema-overlay.png").is_file()

@@ -1,0 +1,1 @@
+"""pl-dcm2nifti: DICOM series to NIfTI volumes with JSON sidecars (a ds plugin)."""
