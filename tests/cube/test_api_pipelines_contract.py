@@ -366,9 +366,9 @@ async def test_pipeline_delete_owner_only_and_not_while_a_workflow_runs(
     assert "running workflow" in (await resp.json())["detail"]
     resp = await api.delete(path, headers={**world.alice, **CJ})
     assert resp.status == 409
-    assert "running workflow" in (await resp.json(content_type=None))["collection"]["error"][
-        "message"
-    ]
+    assert (
+        "running workflow" in (await resp.json(content_type=None))["collection"]["error"]["message"]
+    )
     instances = await ok(
         await api.get(
             f"/api/v1/pipelines/workflows/{wid}/plugininstances/", headers={**world.alice, **JSON}
