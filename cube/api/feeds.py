@@ -19,6 +19,8 @@ from cube.api.common import (
     SCHEDULER,
     SESSIONS,
     STORAGE,
+    anonymous_or,
+    current_user,
     fetch_keyed_page,
     fetch_page,
     get_or_404,
@@ -163,12 +165,12 @@ async def public_feeds(request: web.Request) -> web.Response:
         return page.response(request, await ser.feeds(base, s, page.rows))
 
 
-@routes.get("/api/v1/{id:\\d+}/", model=schema.Feed, name="feed-detail")
+@routes.get("/api/v1/{id:\\d+}/", model=schema.Feed, name="feed-detail", public=True)
 async def get_feed(request: web.Request) -> web.Response:
-    """A feed the user may read."""
+    """A feed the user may read (a public feed: anyone, even anonymous)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         return model_response(await ser.feed(origin(request), s, feed))
 
 
@@ -207,22 +209,24 @@ async def delete_feed(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.get("/api/v1/{id:\\d+}/plugininstances/", model=schema.PluginInstance, many=True)
+@routes.get(
+    "/api/v1/{id:\\d+}/plugininstances/", model=schema.PluginInstance, many=True, public=True
+)
 async def feed_instances(request: web.Request) -> web.Response:
-    """The instances of a feed the user may read."""
+    """The instances of a feed the user may read (public feeds: anyone)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         q = select(PluginInstance).where(PluginInstance.feed_id == feed.id)
         return await _instance_page(request, s, q)
 
 
-@routes.get("/api/v1/{id:\\d+}/files/", model=schema.PluginInstanceFile, many=True)
+@routes.get("/api/v1/{id:\\d+}/files/", model=schema.PluginInstanceFile, many=True, public=True)
 async def feed_files(request: web.Request) -> web.Response:
-    """The output files of every instance of a feed (legacy v5 link)."""
+    """The output files of every instance of a feed (legacy v5 link; public feeds: anyone)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         q = (
             select(StoredFile)
             .join(PluginInstance, col(PluginInstance.id) == col(StoredFile.plugin_inst_id))
@@ -299,10 +303,11 @@ async def list_instances(request: web.Request) -> web.Response:
         return await _instance_page(request, s, q)
 
 
-@routes.get("/api/v1/plugins/instances/{id:\\d+}/", model=schema.PluginInstance)
+@routes.get("/api/v1/plugins/instances/{id:\\d+}/", model=schema.PluginInstance, public=True)
 async def get_instance(request: web.Request) -> web.Response:
-    """An instance. ``?wait=S&status=X`` long-polls: it answers as soon as the
-    status differs from ``X``, or after ``S`` seconds (at most 60)."""
+    """An instance (of a public feed: anyone may read it). ``?wait=S&status=X``
+    long-polls: it answers as soon as the status differs from ``X``, or after
+    ``S`` seconds (at most 60)."""
     inst_id = int_param(request, "id")
     known = request.query.get("status")
     try:
@@ -313,8 +318,8 @@ async def get_instance(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     while True:
         async with request.app[SESSIONS]() as s:
-            user = await require_user(request, s)
-            inst = await isvc.visible_instance(s, user, inst_id)
+            user = await current_user(request, s)
+            inst = await anonymous_or(user, isvc.visible_instance(s, user, inst_id))
             remaining = deadline - time.monotonic()
             if not known or inst.status != known or remaining <= 0:
                 return model_response(await ser.instance(origin(request), s, inst))
@@ -340,26 +345,32 @@ async def update_instance(request: web.Request) -> web.Response:
 
 
 @routes.get(
-    "/api/v1/plugins/instances/{id:\\d+}/descendants/", model=schema.PluginInstance, many=True
+    "/api/v1/plugins/instances/{id:\\d+}/descendants/",
+    model=schema.PluginInstance,
+    many=True,
+    public=True,
 )
 async def descendants(request: web.Request) -> web.Response:
     """The instance and every instance below it."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        root = await isvc.visible_instance(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        root = await anonymous_or(user, isvc.visible_instance(s, user, int_param(request, "id")))
         assert root.id is not None
         q = select(PluginInstance).where(_subtree(root.id))
         return await _instance_page(request, s, q)
 
 
 @routes.get(
-    "/api/v1/plugins/instances/{id:\\d+}/parameters/", model=schema.ParameterValue, many=True
+    "/api/v1/plugins/instances/{id:\\d+}/parameters/",
+    model=schema.ParameterValue,
+    many=True,
+    public=True,
 )
 async def instance_parameters(request: web.Request) -> web.Response:
     """The parameter values an instance was given."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        inst = await isvc.visible_instance(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        inst = await anonymous_or(user, isvc.visible_instance(s, user, int_param(request, "id")))
         assert inst.id is not None
         pairs = await isvc.parameter_values(s, inst.id)
         page = list_page(request, pairs)
@@ -370,13 +381,14 @@ async def instance_parameters(request: web.Request) -> web.Response:
 @routes.get(
     "/api/v1/plugins/{type:(string|integer|float|boolean|path|unextpath)}-parameter/{id:\\d+}/",
     model=schema.ParameterValue,
+    public=True,
 )
 async def get_parameter_value(request: web.Request) -> web.Response:
     """One parameter value of an instance."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        value = await get_or_404(s, ParameterValue, int_param(request, "id"))
-        await isvc.visible_instance(s, user, value.plugin_inst_id)
+        user = await current_user(request, s)
+        value = await anonymous_or(user, get_or_404(s, ParameterValue, int_param(request, "id")))
+        await anonymous_or(user, isvc.visible_instance(s, user, value.plugin_inst_id))
         for v, p in await isvc.parameter_values(s, value.plugin_inst_id):
             if v.id == value.id:
                 return model_response(ser.parameter_value(origin(request), v, p))
@@ -384,13 +396,16 @@ async def get_parameter_value(request: web.Request) -> web.Response:
 
 
 @routes.get(
-    "/api/v1/plugins/instances/{id:\\d+}/files/", model=schema.PluginInstanceFile, many=True
+    "/api/v1/plugins/instances/{id:\\d+}/files/",
+    model=schema.PluginInstanceFile,
+    many=True,
+    public=True,
 )
 async def instance_files(request: web.Request) -> web.Response:
     """The output files of an instance."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        inst = await isvc.visible_instance(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        inst = await anonymous_or(user, isvc.visible_instance(s, user, int_param(request, "id")))
         q = select(StoredFile).where(StoredFile.plugin_inst_id == inst.id)
         page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)

@@ -96,8 +96,11 @@ async def transition(
     return True
 
 
-async def visible_instance(session: AsyncSession, user: User, inst_id: int) -> PluginInstance:
-    """An instance the user may see (owner, staff, public or shared feed).
+async def visible_instance(
+    session: AsyncSession, user: User | None, inst_id: int
+) -> PluginInstance:
+    """An instance the user may see (owner, staff, public or shared feed;
+    ``None``, an anonymous caller: public feeds only).
 
     Raises:
         NotFound: no such instance, or not visible.
@@ -105,7 +108,8 @@ async def visible_instance(session: AsyncSession, user: User, inst_id: int) -> P
     inst = await session.get(PluginInstance, inst_id)
     if inst is None:
         raise NotFound("Not found.")
-    if inst.owner_id != user.id and not await feeds.can_read(session, user, inst.feed_id):
+    own = user is not None and inst.owner_id == user.id
+    if not own and not await feeds.can_read(session, user, inst.feed_id):
         raise NotFound("Not found.")
     return inst
 
