@@ -365,6 +365,21 @@ class PluginInstance(_Wire):
     files: Link
     parameters: Link
     compute_resource: Link
+    #: The instance's splits (``POST`` one to make ts children per filter).
+    splits: Link
+
+
+class PluginInstanceSplit(_Wire):
+    """A split of an instance: the ts children made per filter expression."""
+
+    url: Link
+    id: int
+    creation_date: datetime
+    filter: str
+    plugin_inst_id: PluginInstanceId
+    #: Ids of the ts instances made, comma-separated (as ChRIS serves it).
+    created_plugin_inst_ids: str
+    plugin_inst: Link
 
 
 class ParameterValue(_Wire):

@@ -37,6 +37,7 @@ from cube.db.models import (
     ParameterValue,
     Plugin,
     PluginInstance,
+    PluginInstanceSplit,
     PluginMeta,
     StoredFile,
     User,
@@ -46,7 +47,7 @@ from cube.errors import BadRequest, NotFound
 from cube.schema import InstanceStatus
 from cube.services import feeds as fsvc
 from cube.services import instances as isvc
-from cube.services import lifecycle
+from cube.services import lifecycle, splits
 
 routes = ApiRoutes()
 log = logging.getLogger(__name__)
@@ -410,6 +411,52 @@ async def instance_files(request: web.Request) -> web.Response:
         page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)
         return page.response(request, [ser.instance_file(base, f, inst.feed_id) for f in page.rows])
+
+
+@routes.get(
+    "/api/v1/plugins/instances/{id:\\d+}/splits/",
+    model=schema.PluginInstanceSplit,
+    many=True,
+    public=True,
+)
+async def instance_splits(request: web.Request) -> web.Response:
+    """The splits of an instance (of a public feed: anyone may list them)."""
+    async with request.app[SESSIONS]() as s:
+        user = await current_user(request, s)
+        _, q = await anonymous_or(user, splits.splits_of(s, user, int_param(request, "id")))
+        page = await fetch_page(request, s, q, col(PluginInstanceSplit.id))
+        base = origin(request)
+        return page.response(request, [ser.split(base, sp) for sp in page.rows])
+
+
+@routes.post(
+    "/api/v1/plugins/instances/{id:\\d+}/splits/",
+    model=schema.PluginInstanceSplit,
+    body=("filter", "compute_resource_name"),
+)
+async def create_split(request: web.Request) -> web.Response:
+    """Split an instance: one ``pl-topologicalcopy`` child per comma-separated
+    ``filter`` expression (the feed's owner)."""
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        made = await splits.create_split(s, user, int_param(request, "id"), data)
+        await s.commit()
+        body = ser.split(origin(request), made)
+    request.app[SCHEDULER].kick()
+    await request.app[HUB].changed()
+    return model_response(body, status=201)
+
+
+@routes.get(
+    "/api/v1/plugins/instances/splits/{id:\\d+}/", model=schema.PluginInstanceSplit, public=True
+)
+async def get_split(request: web.Request) -> web.Response:
+    """One split (of a public feed's instance: anyone may read it)."""
+    async with request.app[SESSIONS]() as s:
+        user = await current_user(request, s)
+        made = await anonymous_or(user, splits.visible_split(s, user, int_param(request, "id")))
+        return model_response(ser.split(origin(request), made))
 
 
 @routes.delete("/api/v1/plugins/instances/{id:\\d+}/")

@@ -291,6 +291,20 @@ def _instance(
         files=f"{url}files/",
         parameters=f"{url}parameters/",
         compute_resource=f"{base}/api/v1/computeresources/{resource.id}/",
+        splits=f"{url}splits/",
+    )
+
+
+def split(base: str, sp: m.PluginInstanceSplit) -> schema.PluginInstanceSplit:
+    """A split of an instance (``plugins/instances/splits/<id>/``)."""
+    return schema.PluginInstanceSplit(
+        url=f"{base}/api/v1/plugins/instances/splits/{sp.id}/",
+        id=sp.id or 0,
+        creation_date=as_utc(sp.creation_date),  # type: ignore[arg-type]
+        filter=sp.filter,
+        plugin_inst_id=schema.PluginInstanceId(sp.plugin_inst_id),
+        created_plugin_inst_ids=sp.created_plugin_inst_ids,
+        plugin_inst=f"{base}/api/v1/plugins/instances/{sp.plugin_inst_id}/",
     )
 
 

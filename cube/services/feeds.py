@@ -31,6 +31,7 @@ from cube.db.models import (
     Note,
     ParameterValue,
     PluginInstance,
+    PluginInstanceSplit,
     StatusChange,
     StoredFile,
     User,
@@ -162,6 +163,7 @@ async def _delete_instances(
         (StoredFile, StoredFile.plugin_inst_id),
         (ParameterValue, ParameterValue.plugin_inst_id),
         (StatusChange, StatusChange.plugin_inst_id),
+        (PluginInstanceSplit, PluginInstanceSplit.plugin_inst_id),
     ):
         await session.exec(delete(model).where(col(column).in_(ids)))  # type: ignore[call-overload]
     # children first: an instance references its previous one

@@ -26,6 +26,7 @@ from cube.db.models import (
     ParameterValue,
     PluginInstance,
     PluginInstanceParent,
+    PluginInstanceSplit,
     StatusChange,
     StoredFile,
     Tagging,
@@ -117,6 +118,7 @@ async def finish_feed_deletion(session: AsyncSession, deletion: FeedDeletion) ->
         # a parent in this feed has its ts children in this feed too
         (PluginInstanceParent, PluginInstanceParent.parent_id),
         (WorkflowInstance, WorkflowInstance.plugin_inst_id),
+        (PluginInstanceSplit, PluginInstanceSplit.plugin_inst_id),
     ):
         await session.exec(delete(model).where(col(column).in_(instances)))  # type: ignore[call-overload]
     # one statement for all instances: parent and child rows go together
