@@ -355,6 +355,12 @@ class PluginInstance(_Wire):
     size: int
     error_code: str
     error_message: str = ""
+    #: ChRIS's asynchronous deletion state (inactive, pending, failed). CUBE
+    #: deletes synchronously (the DELETE answers once the rows are gone), so an
+    #: instance that can be read is never being deleted: always ``inactive``.
+    deletion_status: str = "inactive"
+    deletion_requested_at: datetime | None = None
+    deletion_error: str = ""
     status_history: list[StatusChange] = []
     previous: OptLink
     feed: Link

@@ -81,6 +81,27 @@ def _subtree(root_id: int) -> Any:
     return col(PluginInstance.id).in_(sa.select(tree.c.id))
 
 
+#: ChRIS's instance ``deletion_status`` values (its migration 0004).
+DELETION_STATUSES = ("inactive", "pending", "failed")
+
+
+def _deletion_status(value: str) -> Any:
+    """Condition of the ``deletion_status`` filter.
+
+    Deletion is synchronous here (see :class:`cube.schema.PluginInstance`):
+    every instance that can be listed is ``inactive``, none is ``pending`` or
+    ``failed``.
+
+    Raises:
+        BadRequest: not one of ChRIS's values.
+    """
+    if value not in DELETION_STATUSES:
+        raise BadRequest.field(
+            "deletion_status", f"one of {', '.join(DELETION_STATUSES)}, not {value!r}"
+        )
+    return sa.true() if value == "inactive" else sa.false()
+
+
 INSTANCE_FILTERS = (
     Filter("id", PluginInstance.id, int),
     Filter("min_start_date", PluginInstance.start_date, datetime, "gte"),
@@ -116,6 +137,7 @@ INSTANCE_FILTERS = (
             )
         ),
     ),
+    Filter("deletion_status", where=_deletion_status),
 )
 
 #: Instance filters on the owner, plugin and meta tables (joined when used).

@@ -70,11 +70,12 @@ def split_filters(raw: Any) -> list[str]:
         raise BadRequest.field("filter", "comma-separated regular expressions (a string)")
     if len(raw) > MAX_FILTER_CHARS:
         raise BadRequest.field("filter", f"at most {MAX_FILTER_CHARS} characters")
-    parts = raw.split(",")
+    # spaces around the commas are not part of an expression (ChRIS strips them too)
+    parts = [part.strip() for part in raw.split(",")]
     if len(parts) > MAX_SPLIT_CHILDREN:
         raise BadRequest.field("filter", f"at most {MAX_SPLIT_CHILDREN} expressions")
     try:
-        parse_filters(raw, len(parts))
+        parse_filters(",".join(parts), len(parts))
     except ValueError as exc:
         raise BadRequest.field("filter", str(exc)) from exc
     return parts

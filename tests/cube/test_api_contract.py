@@ -311,7 +311,11 @@ async def test_search_filters_by_kind(api: TestClient, world: World) -> None:
     assert await ids(f"{base}?previous_id={fs}&plugin_type=ds") == [ds["id"]]
     assert await ids(f"{base}?owner_username=alice&title=chi") == [ds["id"]]
     assert await ids(f"{base}?plugin_name_exact=pl-dsthing&plugin_version=2.0") == [ds["id"]]
-    for bad in ("root_id=x", "active=maybe", "min_start_date=yesterday"):
+    # deletion is synchronous: what can be listed is never being deleted
+    assert sorted(await ids(f"{base}?deletion_status=inactive")) == [fs, ds["id"]]
+    assert await ids(f"{base}?deletion_status=pending") == []
+    assert await ids(f"{base}?deletion_status=failed&feed_id={feed}") == []
+    for bad in ("root_id=x", "active=maybe", "min_start_date=yesterday", "deletion_status=gone"):
         resp = await api.get(f"{base}?{bad}", headers={**world.alice, **JSON})
         assert resp.status == 400
         assert bad.split("=")[0] in await resp.json()

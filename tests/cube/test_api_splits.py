@@ -58,7 +58,7 @@ async def test_split_makes_one_ts_child_per_filter(api: TestClient, world: World
     assert "pl-topologicalcopy" in (await resp.json())["detail"]
     tc = await register_topologicalcopy(api, world)
     made = await ok(
-        await api.post(splits, json={"filter": r"\.txt$,^out"}, headers={**world.alice, **JSON}),
+        await api.post(splits, json={"filter": r"\.txt$, ^out"}, headers={**world.alice, **JSON}),
         201,
     )
     assert made["filter"] == r"\.txt$,^out" and made["plugin_inst_id"] == inst
