@@ -7,11 +7,13 @@ must carry the same resources as the JSON one (``url`` as ``href``, links as
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from cube import schema
 from tests.cube.apiworld import CJ, JSON, World, basic, build_world, local, ok
 
 pytestmark = pytest.mark.asyncio
@@ -319,3 +321,27 @@ async def test_search_filters_by_kind(api: TestClient, world: World) -> None:
         resp = await api.get(f"{base}?{bad}", headers={**world.alice, **JSON})
         assert resp.status == 400
         assert bad.split("=")[0] in await resp.json()
+
+
+async def test_instance_summary_is_a_json_string_as_chris_serves_it(
+    api: TestClient, world: World
+) -> None:
+    path = f"/api/v1/plugins/instances/{world.ids['fs_inst']}/"
+    js = await ok(await api.get(path, headers={**world.alice, **JSON}))
+    assert isinstance(js["summary"], str)
+    summary = json.loads(js["summary"])
+    assert summary["compute"]["return"]["status"] is False  # ChRIS's default shape
+    cj = await ok(await api.get(path, headers={**world.alice, **CJ}))
+    data = {d["name"]: d["value"] for d in cj["collection"]["items"][0]["data"]}
+    assert data["summary"] == js["summary"]
+    # CUBE's own client reads the string back as the dict
+    assert schema.PluginInstance.model_validate(js).summary == summary
+    listed = await ok(
+        await api.get(
+            f"/api/v1/{world.ids['feed']}/plugininstances/", headers={**world.alice, **JSON}
+        )
+    )
+    assert all(isinstance(i["summary"], str) for i in listed["results"])
+    doc = await ok(await api.get("/api/v1/schema/"))
+    props = doc["components"]["schemas"]["PluginInstance"]["properties"]
+    assert props["summary"]["type"] == "string"
