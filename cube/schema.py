@@ -381,6 +381,9 @@ class PluginInstance(_Wire):
     deletion_error: str = ""
     status_history: list[StatusChange] = []
     previous: OptLink
+    #: The file browser folder of ``output_path`` (``null`` for an instance
+    #: made before folders got ids at creation, until its folder is looked at).
+    output_folder: OptLink = None
     feed: Link
     plugin: Link
     #: The workflow the instance was made by (``null`` outside workflows).

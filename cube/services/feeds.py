@@ -27,6 +27,7 @@ from cube.db.models import (
     Feed,
     FeedGroupPermission,
     FeedUserPermission,
+    Folder,
     GroupMember,
     Note,
     ParameterValue,
@@ -125,6 +126,17 @@ async def rename(session: AsyncSession, user: User, feed_id: int, data: dict[str
     return feed
 
 
+async def forget_folders(session: AsyncSession, path: str) -> None:
+    """Drop the file browser ids of folder ``path`` and of every folder below
+    it, whose files are being deleted: a folder with a row but no files is
+    shown as an (empty) folder."""
+    await session.exec(
+        delete(Folder).where(  # type: ignore[call-overload]
+            or_(col(Folder.path) == path, col(Folder.path).startswith(path + "/", autoescape=True))
+        )
+    )
+
+
 async def _delete_instances(
     session: AsyncSession, storage: Storage, insts: Sequence[PluginInstance]
 ) -> list[tuple[ComputeResource, int]]:
@@ -166,6 +178,9 @@ async def _delete_instances(
         (PluginInstanceSplit, PluginInstanceSplit.plugin_inst_id),
     ):
         await session.exec(delete(model).where(col(column).in_(ids)))  # type: ignore[call-overload]
+    for inst in insts:
+        # the instance's own directory (``<plugin>_<id>``), its children's inside it
+        await forget_folders(session, inst.output_path.removesuffix("/data"))
     # children first: an instance references its previous one
     for inst in sorted(insts, key=lambda i: i.id or 0, reverse=True):
         await session.delete(inst)

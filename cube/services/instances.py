@@ -38,6 +38,7 @@ from cube.db.models import (
 from cube.errors import BadRequest, NotFound, PermissionDenied
 from cube.schema import TERMINAL_STATUSES, InstanceStatus
 from cube.services import feeds, placement, topology
+from cube.services.files import folder_row
 from cube.services.plugins import get_plugin, plugin_parameters
 from cube.storage import check_storage_path
 
@@ -311,6 +312,9 @@ async def create_instance(
     if ts_parents:
         await topology.record_ts_parents(session, inst.id, [t.id for t in ts_parents if t.id])
     await session.flush()
+    # the output folder gets its file browser id now, so the instance's
+    # ``output_folder`` link (ChRIS v6) is there from the start
+    await folder_row(session, inst.output_path)
     await run_if_ready(session, inst, previous)
     await session.refresh(inst)
     return inst

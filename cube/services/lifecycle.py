@@ -34,7 +34,7 @@ from cube.db.models import (
     WorkflowInstance,
 )
 from cube.schema import InstanceStatus
-from cube.services.feeds import owned_feed
+from cube.services.feeds import forget_folders, owned_feed
 from cube.services.instances import ACTIVE, transition
 
 S = InstanceStatus
@@ -135,3 +135,4 @@ async def finish_feed_deletion(session: AsyncSession, deletion: FeedDeletion) ->
     for model, column in annotations:
         await session.exec(delete(model).where(col(column) == feed_id))  # type: ignore[call-overload]
     await session.exec(delete(Feed).where(col(Feed.id) == feed_id))  # type: ignore[call-overload]
+    await forget_folders(session, deletion.folder)

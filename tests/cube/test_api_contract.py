@@ -345,3 +345,53 @@ async def test_instance_summary_is_a_json_string_as_chris_serves_it(
     doc = await ok(await api.get("/api/v1/schema/"))
     props = doc["components"]["schemas"]["PluginInstance"]["properties"]
     assert props["summary"]["type"] == "string"
+
+
+async def test_instance_output_folder_links_its_file_browser_folder(
+    api: TestClient, world: World
+) -> None:
+    path = f"/api/v1/plugins/instances/{world.ids['fs_inst']}/"
+    js = await ok(await api.get(path, headers={**world.alice, **JSON}))
+    folder = await ok(await api.get(local(js["output_folder"]), headers={**world.alice, **JSON}))
+    assert folder["path"] == js["output_path"]
+    files = await ok(await api.get(local(folder["files"]), headers={**world.alice, **JSON}))
+    assert "out.txt" in [f["fname"].rsplit("/", 1)[-1] for f in files["results"]]
+    cj = await ok(await api.get(path, headers={**world.alice, **CJ}))
+    links = {link["rel"]: link["href"] for link in cj["collection"]["items"][0]["links"]}
+    assert links["output_folder"] == js["output_folder"]
+    # another user cannot open it
+    resp = await api.get(local(js["output_folder"]), headers={**world.carol, **JSON})
+    assert resp.status == 404
+
+
+async def test_deleted_instances_and_feeds_leave_no_folders(api: TestClient, world: World) -> None:
+    fs = await ok(
+        await api.get(
+            f"/api/v1/plugins/instances/{world.ids['fs_inst']}/", headers={**world.alice, **JSON}
+        )
+    )
+    ds = await ok(
+        await api.post(
+            f"/api/v1/plugins/{world.ids['ds']}/instances/",
+            json={"previous_id": fs["id"]},
+            headers=world.alice,
+        ),
+        201,
+    )
+    await ok(await api.get(local(ds["output_folder"]), headers={**world.alice, **JSON}))
+    await ok(await api.put(local(ds["url"]), json={"status": "cancelled"}, headers=world.alice))
+    assert (await api.delete(local(ds["url"]), headers=world.alice)).status == 204
+    resp = await api.get(local(ds["output_folder"]), headers={**world.alice, **JSON})
+    assert resp.status == 404
+    # the fs instance's folder no longer lists the deleted instance's directory
+    fs_dir = fs["output_path"].removesuffix("/data")
+    found = await ok(
+        await api.get(f"/api/v1/filebrowser/search/?path={fs_dir}", headers={**world.alice, **JSON})
+    )
+    (folder,) = found["results"]
+    children = await ok(await api.get(local(folder["children"]), headers={**world.alice, **JSON}))
+    assert [c["path"] for c in children["results"]] == [fs["output_path"]]
+    assert (await api.delete(f"/api/v1/{world.ids['feed']}/", headers=world.alice)).status == 204
+    for gone in (fs["output_folder"], folder["url"]):
+        resp = await api.get(local(gone), headers={**world.alice, **JSON})
+        assert resp.status == 404, gone
