@@ -6,12 +6,13 @@ existing clients read them unchanged. Hyperlinks are absolute URLs.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, NewType, TypeVar
 
 from chris_sdk.descriptor import PluginType
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 
 class HyperLink:
@@ -326,6 +327,23 @@ class StatusChange(_Wire):
     note: str = ""
 
 
+def _summary_from_wire(value: Any) -> Any:
+    """A summary as read from the wire: ChRIS's JSON string (or already a dict)."""
+    if isinstance(value, str):
+        return json.loads(value) if value else {}
+    return value
+
+
+#: An instance's ``summary``: a dict in Python, a JSON *string* on the wire, as
+#: ChRIS serves it (a CharField holding JSON; ChRIS_ui ``JSON.parse``-s it and
+#: aiochris types it ``str``).
+Summary = Annotated[
+    dict[str, Any],
+    BeforeValidator(_summary_from_wire),
+    PlainSerializer(lambda value: json.dumps(value), return_type=str),
+]
+
+
 class PluginInstance(_Wire):
     url: Link
     id: PluginInstanceId
@@ -345,7 +363,7 @@ class PluginInstance(_Wire):
     pipeline_id: int | None = None
     pipeline_name: str = ""
     workflow_id: int | None = None
-    summary: dict[str, Any]
+    summary: Summary
     raw: str = ""
     owner_username: str
     cpu_limit: int
@@ -355,8 +373,17 @@ class PluginInstance(_Wire):
     size: int
     error_code: str
     error_message: str = ""
+    #: ChRIS's asynchronous deletion state (inactive, pending, failed). CUBE
+    #: deletes synchronously (the DELETE answers once the rows are gone), so an
+    #: instance that can be read is never being deleted: always ``inactive``.
+    deletion_status: str = "inactive"
+    deletion_requested_at: datetime | None = None
+    deletion_error: str = ""
     status_history: list[StatusChange] = []
     previous: OptLink
+    #: The file browser folder of ``output_path`` (``null`` for an instance
+    #: made before folders got ids at creation, until its folder is looked at).
+    output_folder: OptLink = None
     feed: Link
     plugin: Link
     #: The workflow the instance was made by (``null`` outside workflows).
@@ -365,6 +392,21 @@ class PluginInstance(_Wire):
     files: Link
     parameters: Link
     compute_resource: Link
+    #: The instance's splits (``POST`` one to make ts children per filter).
+    splits: Link
+
+
+class PluginInstanceSplit(_Wire):
+    """A split of an instance: the ts children made per filter expression."""
+
+    url: Link
+    id: int
+    creation_date: datetime
+    filter: str
+    plugin_inst_id: PluginInstanceId
+    #: Ids of the ts instances made, comma-separated (as ChRIS serves it).
+    created_plugin_inst_ids: str
+    plugin_inst: Link
 
 
 class ParameterValue(_Wire):

@@ -135,6 +135,25 @@ async def require_user(request: web.Request, session: AsyncSession) -> User:
     return user
 
 
+async def anonymous_or(user: User | None, read: Awaitable[T]) -> T:
+    """Await ``read``, a lookup of what ``user`` may read (``None``: anonymous,
+    who reads public feeds only).
+
+    A resource an anonymous caller may not read answers 401, not 404: as in
+    ChRIS (DRF), a caller without credentials is told to authenticate.
+
+    Raises:
+        NotAuthenticated: anonymous, and not public.
+        NotFound: authenticated, and not readable (or absent).
+    """
+    try:
+        return await read
+    except NotFound:
+        if user is None:
+            raise NotAuthenticated("Authentication credentials were not provided.") from None
+        raise
+
+
 async def require_staff(request: web.Request, session: AsyncSession) -> User:
     """An authenticated staff (admin) user, or 401/403."""
     user = await require_user(request, session)

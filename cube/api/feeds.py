@@ -19,6 +19,8 @@ from cube.api.common import (
     SCHEDULER,
     SESSIONS,
     STORAGE,
+    anonymous_or,
+    current_user,
     fetch_keyed_page,
     fetch_page,
     get_or_404,
@@ -35,6 +37,7 @@ from cube.db.models import (
     ParameterValue,
     Plugin,
     PluginInstance,
+    PluginInstanceSplit,
     PluginMeta,
     StoredFile,
     User,
@@ -44,7 +47,7 @@ from cube.errors import BadRequest, NotFound
 from cube.schema import InstanceStatus
 from cube.services import feeds as fsvc
 from cube.services import instances as isvc
-from cube.services import lifecycle
+from cube.services import lifecycle, splits
 
 routes = ApiRoutes()
 log = logging.getLogger(__name__)
@@ -76,6 +79,27 @@ def _subtree(root_id: int) -> Any:
         sa.select(col(PluginInstance.id)).where(col(PluginInstance.previous_id) == tree.c.id)
     )
     return col(PluginInstance.id).in_(sa.select(tree.c.id))
+
+
+#: ChRIS's instance ``deletion_status`` values (its migration 0004).
+DELETION_STATUSES = ("inactive", "pending", "failed")
+
+
+def _deletion_status(value: str) -> Any:
+    """Condition of the ``deletion_status`` filter.
+
+    Deletion is synchronous here (see :class:`cube.schema.PluginInstance`):
+    every instance that can be listed is ``inactive``, none is ``pending`` or
+    ``failed``.
+
+    Raises:
+        BadRequest: not one of ChRIS's values.
+    """
+    if value not in DELETION_STATUSES:
+        raise BadRequest.field(
+            "deletion_status", f"one of {', '.join(DELETION_STATUSES)}, not {value!r}"
+        )
+    return sa.true() if value == "inactive" else sa.false()
 
 
 INSTANCE_FILTERS = (
@@ -113,6 +137,7 @@ INSTANCE_FILTERS = (
             )
         ),
     ),
+    Filter("deletion_status", where=_deletion_status),
 )
 
 #: Instance filters on the owner, plugin and meta tables (joined when used).
@@ -163,12 +188,12 @@ async def public_feeds(request: web.Request) -> web.Response:
         return page.response(request, await ser.feeds(base, s, page.rows))
 
 
-@routes.get("/api/v1/{id:\\d+}/", model=schema.Feed, name="feed-detail")
+@routes.get("/api/v1/{id:\\d+}/", model=schema.Feed, name="feed-detail", public=True)
 async def get_feed(request: web.Request) -> web.Response:
-    """A feed the user may read."""
+    """A feed the user may read (a public feed: anyone, even anonymous)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         return model_response(await ser.feed(origin(request), s, feed))
 
 
@@ -207,22 +232,24 @@ async def delete_feed(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.get("/api/v1/{id:\\d+}/plugininstances/", model=schema.PluginInstance, many=True)
+@routes.get(
+    "/api/v1/{id:\\d+}/plugininstances/", model=schema.PluginInstance, many=True, public=True
+)
 async def feed_instances(request: web.Request) -> web.Response:
-    """The instances of a feed the user may read."""
+    """The instances of a feed the user may read (public feeds: anyone)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         q = select(PluginInstance).where(PluginInstance.feed_id == feed.id)
         return await _instance_page(request, s, q)
 
 
-@routes.get("/api/v1/{id:\\d+}/files/", model=schema.PluginInstanceFile, many=True)
+@routes.get("/api/v1/{id:\\d+}/files/", model=schema.PluginInstanceFile, many=True, public=True)
 async def feed_files(request: web.Request) -> web.Response:
-    """The output files of every instance of a feed (legacy v5 link)."""
+    """The output files of every instance of a feed (legacy v5 link; public feeds: anyone)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         q = (
             select(StoredFile)
             .join(PluginInstance, col(PluginInstance.id) == col(StoredFile.plugin_inst_id))
@@ -299,10 +326,11 @@ async def list_instances(request: web.Request) -> web.Response:
         return await _instance_page(request, s, q)
 
 
-@routes.get("/api/v1/plugins/instances/{id:\\d+}/", model=schema.PluginInstance)
+@routes.get("/api/v1/plugins/instances/{id:\\d+}/", model=schema.PluginInstance, public=True)
 async def get_instance(request: web.Request) -> web.Response:
-    """An instance. ``?wait=S&status=X`` long-polls: it answers as soon as the
-    status differs from ``X``, or after ``S`` seconds (at most 60)."""
+    """An instance (of a public feed: anyone may read it). ``?wait=S&status=X``
+    long-polls: it answers as soon as the status differs from ``X``, or after
+    ``S`` seconds (at most 60)."""
     inst_id = int_param(request, "id")
     known = request.query.get("status")
     try:
@@ -313,8 +341,8 @@ async def get_instance(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     while True:
         async with request.app[SESSIONS]() as s:
-            user = await require_user(request, s)
-            inst = await isvc.visible_instance(s, user, inst_id)
+            user = await current_user(request, s)
+            inst = await anonymous_or(user, isvc.visible_instance(s, user, inst_id))
             remaining = deadline - time.monotonic()
             if not known or inst.status != known or remaining <= 0:
                 return model_response(await ser.instance(origin(request), s, inst))
@@ -340,26 +368,32 @@ async def update_instance(request: web.Request) -> web.Response:
 
 
 @routes.get(
-    "/api/v1/plugins/instances/{id:\\d+}/descendants/", model=schema.PluginInstance, many=True
+    "/api/v1/plugins/instances/{id:\\d+}/descendants/",
+    model=schema.PluginInstance,
+    many=True,
+    public=True,
 )
 async def descendants(request: web.Request) -> web.Response:
     """The instance and every instance below it."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        root = await isvc.visible_instance(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        root = await anonymous_or(user, isvc.visible_instance(s, user, int_param(request, "id")))
         assert root.id is not None
         q = select(PluginInstance).where(_subtree(root.id))
         return await _instance_page(request, s, q)
 
 
 @routes.get(
-    "/api/v1/plugins/instances/{id:\\d+}/parameters/", model=schema.ParameterValue, many=True
+    "/api/v1/plugins/instances/{id:\\d+}/parameters/",
+    model=schema.ParameterValue,
+    many=True,
+    public=True,
 )
 async def instance_parameters(request: web.Request) -> web.Response:
     """The parameter values an instance was given."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        inst = await isvc.visible_instance(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        inst = await anonymous_or(user, isvc.visible_instance(s, user, int_param(request, "id")))
         assert inst.id is not None
         pairs = await isvc.parameter_values(s, inst.id)
         page = list_page(request, pairs)
@@ -370,13 +404,14 @@ async def instance_parameters(request: web.Request) -> web.Response:
 @routes.get(
     "/api/v1/plugins/{type:(string|integer|float|boolean|path|unextpath)}-parameter/{id:\\d+}/",
     model=schema.ParameterValue,
+    public=True,
 )
 async def get_parameter_value(request: web.Request) -> web.Response:
     """One parameter value of an instance."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        value = await get_or_404(s, ParameterValue, int_param(request, "id"))
-        await isvc.visible_instance(s, user, value.plugin_inst_id)
+        user = await current_user(request, s)
+        value = await anonymous_or(user, get_or_404(s, ParameterValue, int_param(request, "id")))
+        await anonymous_or(user, isvc.visible_instance(s, user, value.plugin_inst_id))
         for v, p in await isvc.parameter_values(s, value.plugin_inst_id):
             if v.id == value.id:
                 return model_response(ser.parameter_value(origin(request), v, p))
@@ -384,17 +419,66 @@ async def get_parameter_value(request: web.Request) -> web.Response:
 
 
 @routes.get(
-    "/api/v1/plugins/instances/{id:\\d+}/files/", model=schema.PluginInstanceFile, many=True
+    "/api/v1/plugins/instances/{id:\\d+}/files/",
+    model=schema.PluginInstanceFile,
+    many=True,
+    public=True,
 )
 async def instance_files(request: web.Request) -> web.Response:
     """The output files of an instance."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        inst = await isvc.visible_instance(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        inst = await anonymous_or(user, isvc.visible_instance(s, user, int_param(request, "id")))
         q = select(StoredFile).where(StoredFile.plugin_inst_id == inst.id)
         page = await fetch_page(request, s, q, col(StoredFile.id))
         base = origin(request)
         return page.response(request, [ser.instance_file(base, f, inst.feed_id) for f in page.rows])
+
+
+@routes.get(
+    "/api/v1/plugins/instances/{id:\\d+}/splits/",
+    model=schema.PluginInstanceSplit,
+    many=True,
+    public=True,
+)
+async def instance_splits(request: web.Request) -> web.Response:
+    """The splits of an instance (of a public feed: anyone may list them)."""
+    async with request.app[SESSIONS]() as s:
+        user = await current_user(request, s)
+        _, q = await anonymous_or(user, splits.splits_of(s, user, int_param(request, "id")))
+        page = await fetch_page(request, s, q, col(PluginInstanceSplit.id))
+        base = origin(request)
+        return page.response(request, [ser.split(base, sp) for sp in page.rows])
+
+
+@routes.post(
+    "/api/v1/plugins/instances/{id:\\d+}/splits/",
+    model=schema.PluginInstanceSplit,
+    body=("filter", "compute_resource_name"),
+)
+async def create_split(request: web.Request) -> web.Response:
+    """Split an instance: one ``pl-topologicalcopy`` child per comma-separated
+    ``filter`` expression (the feed's owner)."""
+    data = await read_body(request)
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        made = await splits.create_split(s, user, int_param(request, "id"), data)
+        await s.commit()
+        body = ser.split(origin(request), made)
+    request.app[SCHEDULER].kick()
+    await request.app[HUB].changed()
+    return model_response(body, status=201)
+
+
+@routes.get(
+    "/api/v1/plugins/instances/splits/{id:\\d+}/", model=schema.PluginInstanceSplit, public=True
+)
+async def get_split(request: web.Request) -> web.Response:
+    """One split (of a public feed's instance: anyone may read it)."""
+    async with request.app[SESSIONS]() as s:
+        user = await current_user(request, s)
+        made = await anonymous_or(user, splits.visible_split(s, user, int_param(request, "id")))
+        return model_response(ser.split(origin(request), made))
 
 
 @routes.delete("/api/v1/plugins/instances/{id:\\d+}/")

@@ -19,6 +19,7 @@ from cube.api.common import (
     SESSIONS,
     SETTINGS,
     STORAGE,
+    anonymous_or,
     current_user,
     fetch_page,
     get_or_404,
@@ -31,7 +32,7 @@ from cube.api.common import (
 )
 from cube.api.render import ApiRoutes, Filter, apply_filters, search_filters
 from cube.db.models import DownloadToken, Folder, PluginInstance, StoredFile, User
-from cube.errors import BadRequest, NotAuthenticated, NotFound
+from cube.errors import BadRequest, NotFound
 from cube.services import files as fsvc
 from cube.services import users as usvc
 
@@ -214,12 +215,12 @@ async def list_files(request: web.Request) -> web.Response:
         return page.response(request, [ser.instance_file(base, f, i.feed_id) for f, i in page.rows])
 
 
-@routes.get("/api/v1/files/{id:\\d+}/", model=schema.PluginInstanceFile)
+@routes.get("/api/v1/files/{id:\\d+}/", model=schema.PluginInstanceFile, public=True)
 async def get_file(request: web.Request) -> web.Response:
-    """One file (an output, or an upload)."""
+    """One file (an output, or an upload; of a public feed: anyone may read it)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        row = await fsvc.readable_file(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        row = await anonymous_or(user, fsvc.readable_file(s, user, int_param(request, "id")))
         if row.plugin_inst_id is None:
             return model_response(ser.user_file(origin(request), row, await _owner_name(s, row)))
         inst = await s.get(PluginInstance, row.plugin_inst_id)
@@ -242,11 +243,13 @@ async def list_service_files(request: web.Request) -> web.Response:
         )
 
 
-async def download_user(request: web.Request, s: AsyncSession) -> User:
-    """The caller of a download: credentials, or a ``download_token`` query parameter.
+async def download_user(request: web.Request, s: AsyncSession) -> User | None:
+    """The caller of a download: credentials, or a ``download_token`` query
+    parameter; ``None`` without either (an anonymous caller, who may download
+    the files of public feeds only).
 
     Raises:
-        NotAuthenticated: neither, or a bad one.
+        NotAuthenticated: bad credentials or a bad token.
     """
     user = await current_user(request, s)
     if user is not None:
@@ -254,18 +257,19 @@ async def download_user(request: web.Request, s: AsyncSession) -> User:
     token = request.query.get("download_token")
     if token:
         return await usvc.user_for_download_token(s, token)
-    raise NotAuthenticated("Authentication credentials were not provided.")
+    return None
 
 
-@routes.get("/api/v1/userfiles/{id:\\d+}/{name}")
-@routes.get("/api/v1/files/{id:\\d+}/{name}")
-@routes.get("/api/v1/filebrowser/files/{id:\\d+}/{name}")
-@routes.get("/api/v1/filebrowser/linkfiles/{id:\\d+}/{name}")
+@routes.get("/api/v1/userfiles/{id:\\d+}/{name}", public=True)
+@routes.get("/api/v1/files/{id:\\d+}/{name}", public=True)
+@routes.get("/api/v1/filebrowser/files/{id:\\d+}/{name}", public=True)
+@routes.get("/api/v1/filebrowser/linkfiles/{id:\\d+}/{name}", public=True)
 async def download(request: web.Request) -> web.StreamResponse:
-    """Stream a file's bytes (``file_resource`` links)."""
+    """Stream a file's bytes (``file_resource`` links); the files of public
+    feeds (and public files) need no credentials."""
     async with request.app[SESSIONS]() as s:
         user = await download_user(request, s)
-        row = await fsvc.readable_file(s, user, int_param(request, "id"))
+        row = await anonymous_or(user, fsvc.readable_file(s, user, int_param(request, "id")))
     path = request.app[STORAGE].local_path(row.fname)
     if not path.is_file():
         raise NotFound("the file's contents are missing from storage")

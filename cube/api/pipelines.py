@@ -3,7 +3,7 @@
 Resources (``reference/chris.md`` §1.3, §6), each described once by its
 serialiser in :mod:`cube.api.serialize`:
 
-* ``pipelines/`` (GET, POST), ``pipelines/search/``, ``pipelines/<id>/`` (GET, PUT),
+* ``pipelines/`` (GET, POST), ``pipelines/search/``, ``pipelines/<id>/`` (GET, PUT, DELETE),
   ``pipelines/<id>/json/`` (the export), ``.../plugins/``, ``.../pipings/``,
   ``.../parameters/`` (also ``.../defaultparameters/``), ``.../workflows/`` (GET, POST);
 * ``pipelines/pipings/<id>/``, ``pipelines/<type>-parameter/<id>/``;
@@ -152,6 +152,17 @@ async def update_pipeline(request: web.Request) -> web.Response:
         pipeline = await psvc.update_pipeline(s, user, int_param(request, "id"), data)
         await s.commit()
         return model_response(await ser.pipeline(origin(request), s, pipeline))
+
+
+@routes.delete(f"{P}/{{id:\\d+}}/")
+async def delete_pipeline(request: web.Request) -> web.Response:
+    """Delete a pipeline with its nodes, source file and workflows (its owner or
+    staff); refused (409) while one of its workflows runs."""
+    async with request.app[SESSIONS]() as s:
+        user = await require_user(request, s)
+        await psvc.delete_pipeline(s, request.app[STORAGE], user, int_param(request, "id"))
+        await s.commit()
+    return web.Response(status=204)
 
 
 @routes.get(f"{P}/{{id:\\d+}}/json/", model=schema.PipelineExport)

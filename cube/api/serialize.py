@@ -214,6 +214,14 @@ async def instances(
         for h in found.all():
             history[h.plugin_inst_id].append(h)
     in_workflows = await workflows_of_instances(session, [i.id or 0 for i in rows])
+    folders: dict[str, int] = {}
+    if rows:
+        found_folders = await session.exec(
+            select(m.Folder.path, m.Folder.id).where(
+                col(m.Folder.path).in_({i.output_path for i in rows})
+            )
+        )
+        folders = {path: fid for path, fid in found_folders.all() if fid is not None}
     out = []
     for i in rows:
         p = plugins[i.plugin_id]
@@ -227,6 +235,7 @@ async def instances(
                 owners[i.owner_id],
                 history[i.id or 0],
                 in_workflows.get(i.id or 0),
+                folders.get(i.output_path),
             )
         )
     return out
@@ -241,6 +250,7 @@ def _instance(
     owner: m.User,
     history: Sequence[m.StatusChange],
     in_workflow: tuple[m.Workflow, m.Pipeline] | None,
+    folder_id: int | None,
 ) -> schema.PluginInstance:
     url = f"{base}/api/v1/plugins/instances/{i.id}/"
     status = schema.InstanceStatus(i.status)
@@ -282,6 +292,7 @@ def _instance(
             for h in history
         ],
         previous=f"{base}/api/v1/plugins/instances/{i.previous_id}/" if i.previous_id else None,
+        output_folder=f"{base}/api/v1/filebrowser/{folder_id}/" if folder_id else None,
         feed=f"{base}/api/v1/{i.feed_id}/",
         plugin=f"{base}/api/v1/plugins/{p.id}/",
         workflow=(
@@ -291,6 +302,20 @@ def _instance(
         files=f"{url}files/",
         parameters=f"{url}parameters/",
         compute_resource=f"{base}/api/v1/computeresources/{resource.id}/",
+        splits=f"{url}splits/",
+    )
+
+
+def split(base: str, sp: m.PluginInstanceSplit) -> schema.PluginInstanceSplit:
+    """A split of an instance (``plugins/instances/splits/<id>/``)."""
+    return schema.PluginInstanceSplit(
+        url=f"{base}/api/v1/plugins/instances/splits/{sp.id}/",
+        id=sp.id or 0,
+        creation_date=as_utc(sp.creation_date),  # type: ignore[arg-type]
+        filter=sp.filter,
+        plugin_inst_id=schema.PluginInstanceId(sp.plugin_inst_id),
+        created_plugin_inst_ids=sp.created_plugin_inst_ids,
+        plugin_inst=f"{base}/api/v1/plugins/instances/{sp.plugin_inst_id}/",
     )
 
 

@@ -18,6 +18,8 @@ from cube import schema
 from cube.api import serialize as ser
 from cube.api.common import (
     SESSIONS,
+    anonymous_or,
+    current_user,
     fetch_page,
     get_or_404,
     int_param,
@@ -56,12 +58,12 @@ def _text(data: dict[str, Any], name: str, limit: int | None = None) -> str | No
 # -- note --------------------------------------------------------------------------
 
 
-@routes.get("/api/v1/note{id:\\d+}/", model=schema.Note)
+@routes.get("/api/v1/note{id:\\d+}/", model=schema.Note, public=True)
 async def get_note(request: web.Request) -> web.Response:
-    """The note of a feed (path ``note<feed id>/``, as ChRIS)."""
+    """The note of a feed (path ``note<feed id>/``, as ChRIS; a public feed's: anyone)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         assert feed.id is not None
         note = await fsvc.note_of(s, feed.id)
         await s.commit()
@@ -101,18 +103,19 @@ async def _comment_page(request: web.Request, s: AsyncSession, q: Any) -> web.Re
     return page.response(request, [ser.comment(base, c, u.username) for c, u in page.rows])
 
 
-@routes.get("/api/v1/{id:\\d+}/comments/", model=schema.Comment, many=True)
+@routes.get("/api/v1/{id:\\d+}/comments/", model=schema.Comment, many=True, public=True)
 @routes.get(
     "/api/v1/{id:\\d+}/comments/search/",
     model=schema.Comment,
     many=True,
     filters=COMMENT_FILTERS,
+    public=True,
 )
 async def feed_comments(request: web.Request) -> web.Response:
-    """The comments on a feed the user may read."""
+    """The comments on a feed the user may read (a public feed's: anyone)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         q = (
             select(Comment, User)
             .join(User, col(User.id) == col(Comment.owner_id))
@@ -334,12 +337,12 @@ async def tag_taggings(request: web.Request) -> web.Response:
         return page.response(request, [ser.tagging(base, t) for t in page.rows])
 
 
-@routes.get("/api/v1/{id:\\d+}/tags/", model=schema.Tag, many=True)
+@routes.get("/api/v1/{id:\\d+}/tags/", model=schema.Tag, many=True, public=True)
 async def feed_tags(request: web.Request) -> web.Response:
-    """The tags on a feed the user may read."""
+    """The tags on a feed the user may read (a public feed's: anyone)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         q = (
             select(Tag, User)
             .join(User, col(User.id) == col(Tag.owner_id))
@@ -349,12 +352,12 @@ async def feed_tags(request: web.Request) -> web.Response:
         return await _tag_page(request, s, q)
 
 
-@routes.get("/api/v1/{id:\\d+}/taggings/", model=schema.Tagging, many=True)
+@routes.get("/api/v1/{id:\\d+}/taggings/", model=schema.Tagging, many=True, public=True)
 async def feed_taggings(request: web.Request) -> web.Response:
-    """The taggings of a feed the user may read."""
+    """The taggings of a feed the user may read (a public feed's: anyone)."""
     async with request.app[SESSIONS]() as s:
-        user = await require_user(request, s)
-        feed = await fsvc.readable_feed(s, user, int_param(request, "id"))
+        user = await current_user(request, s)
+        feed = await anonymous_or(user, fsvc.readable_feed(s, user, int_param(request, "id")))
         page = await fetch_page(
             request, s, select(Tagging).where(Tagging.feed_id == feed.id), col(Tagging.id)
         )

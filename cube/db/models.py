@@ -505,3 +505,18 @@ class PipelineSourceFile(SQLModel, table=True):
     owner_id: int = Field(foreign_key="user.id", index=True)
     pipeline_id: int = Field(foreign_key="pipeline.id", index=True, ondelete="CASCADE")
     creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class PluginInstanceSplit(SQLModel, table=True):
+    """A split of an instance's output (reference §1.3): one ts child
+    (``pl-topologicalcopy``) per comma-separated filter expression."""
+
+    __tablename__ = "plugin_instance_split"
+
+    id: int | None = Field(default=None, primary_key=True)
+    plugin_inst_id: int = Field(foreign_key="plugin_instance.id", index=True, ondelete="CASCADE")
+    #: The filter expressions, comma-separated, as posted.
+    filter: str = Field(default="", max_length=600)
+    #: Ids of the ts instances the split made, comma-separated (ChRIS's field).
+    created_plugin_inst_ids: str = Field(default="", max_length=600)
+    creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

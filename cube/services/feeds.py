@@ -8,7 +8,9 @@ Permission rules (ChRIS semantics, kept exact):
   a group the user is a member of (``FeedGroupPermission``) may be *read*
   (the feed, its instances, files, note, comments and tags) — sharing grants
   read access and the right to comment, nothing more;
-- anyone else gets 404, as if the feed did not exist.
+- anyone else gets 404, as if the feed did not exist;
+- an anonymous caller (``user`` None in the read functions) may read public
+  feeds only, as ChRIS lets its UI show them to visitors.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from cube.db.models import (
     Feed,
     FeedGroupPermission,
     FeedUserPermission,
+    Folder,
     GroupMember,
     Note,
     ParameterValue,
     PluginInstance,
+    PluginInstanceSplit,
     StatusChange,
     StoredFile,
     User,
@@ -38,8 +42,11 @@ from cube.schema import InstanceStatus
 from cube.storage import Storage
 
 
-def visible_condition(user: User) -> Any:
-    """A SQL condition on ``Feed`` true for the feeds ``user`` may read."""
+def visible_condition(user: User | None) -> Any:
+    """A SQL condition on ``Feed`` true for the feeds ``user`` may read
+    (``None``, an anonymous caller: the public ones)."""
+    if user is None:
+        return col(Feed.public).is_(True)
     if user.is_staff:
         return True
     shared_user = select(FeedUserPermission.feed_id).where(FeedUserPermission.user_id == user.id)
@@ -56,13 +63,13 @@ def visible_condition(user: User) -> Any:
     )
 
 
-def visible_feeds(user: User) -> Any:
+def visible_feeds(user: User | None) -> Any:
     """A query of the feeds ``user`` may read."""
     return select(Feed).where(visible_condition(user))
 
 
-async def readable_feed(session: AsyncSession, user: User, feed_id: int) -> Feed:
-    """A feed ``user`` may read.
+async def readable_feed(session: AsyncSession, user: User | None, feed_id: int) -> Feed:
+    """A feed ``user`` (``None``: anonymous) may read.
 
     Raises:
         NotFound: no such feed, or not readable.
@@ -86,8 +93,8 @@ async def owned_feed(session: AsyncSession, user: User, feed_id: int) -> Feed:
     return feed
 
 
-async def can_read(session: AsyncSession, user: User, feed_id: int) -> bool:
-    """Whether ``user`` may read feed ``feed_id``."""
+async def can_read(session: AsyncSession, user: User | None, feed_id: int) -> bool:
+    """Whether ``user`` (``None``: anonymous) may read feed ``feed_id``."""
     found = await session.exec(
         select(Feed.id).where(Feed.id == feed_id).where(visible_condition(user))
     )
@@ -117,6 +124,17 @@ async def rename(session: AsyncSession, user: User, feed_id: int, data: dict[str
     session.add(feed)
     await session.flush()
     return feed
+
+
+async def forget_folders(session: AsyncSession, path: str) -> None:
+    """Drop the file browser ids of folder ``path`` and of every folder below
+    it, whose files are being deleted: a folder with a row but no files is
+    shown as an (empty) folder."""
+    await session.exec(
+        delete(Folder).where(  # type: ignore[call-overload]
+            or_(col(Folder.path) == path, col(Folder.path).startswith(path + "/", autoescape=True))
+        )
+    )
 
 
 async def _delete_instances(
@@ -157,8 +175,12 @@ async def _delete_instances(
         (StoredFile, StoredFile.plugin_inst_id),
         (ParameterValue, ParameterValue.plugin_inst_id),
         (StatusChange, StatusChange.plugin_inst_id),
+        (PluginInstanceSplit, PluginInstanceSplit.plugin_inst_id),
     ):
         await session.exec(delete(model).where(col(column).in_(ids)))  # type: ignore[call-overload]
+    for inst in insts:
+        # the instance's own directory (``<plugin>_<id>``), its children's inside it
+        await forget_folders(session, inst.output_path.removesuffix("/data"))
     # children first: an instance references its previous one
     for inst in sorted(insts, key=lambda i: i.id or 0, reverse=True):
         await session.delete(inst)

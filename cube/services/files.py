@@ -75,20 +75,21 @@ async def upload_file(
     return row
 
 
-async def can_read_file(session: AsyncSession, user: User, row: StoredFile) -> bool:
+async def can_read_file(session: AsyncSession, user: User | None, row: StoredFile) -> bool:
     """Whether ``user`` may read a stored file: their own, public, staff, an
-    output of a feed they may read, or a PACS file for members of ``pacs_users``."""
-    if row.owner_id == user.id or row.public or user.is_staff:
+    output of a feed they may read, or a PACS file for members of ``pacs_users``.
+    ``None`` (an anonymous caller) reads public files and outputs of public feeds."""
+    if row.public or (user is not None and (row.owner_id == user.id or user.is_staff)):
         return True
     if row.plugin_inst_id is not None:
         inst = await session.get(PluginInstance, row.plugin_inst_id)
         return inst is not None and await feeds.can_read(session, user, inst.feed_id)
-    if row.fname.startswith(PACS_ROOT + "/"):
+    if user is not None and row.fname.startswith(PACS_ROOT + "/"):
         return await groups.is_member(session, user, PACS_GROUP)
     return False
 
 
-async def readable_file(session: AsyncSession, user: User, file_id: int) -> StoredFile:
+async def readable_file(session: AsyncSession, user: User | None, file_id: int) -> StoredFile:
     """A stored file the user may read (see :func:`can_read_file`).
 
     Raises:

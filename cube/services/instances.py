@@ -38,6 +38,7 @@ from cube.db.models import (
 from cube.errors import BadRequest, NotFound, PermissionDenied
 from cube.schema import TERMINAL_STATUSES, InstanceStatus
 from cube.services import feeds, placement, topology
+from cube.services.files import folder_row
 from cube.services.plugins import get_plugin, plugin_parameters
 from cube.storage import check_storage_path
 
@@ -96,8 +97,11 @@ async def transition(
     return True
 
 
-async def visible_instance(session: AsyncSession, user: User, inst_id: int) -> PluginInstance:
-    """An instance the user may see (owner, staff, public or shared feed).
+async def visible_instance(
+    session: AsyncSession, user: User | None, inst_id: int
+) -> PluginInstance:
+    """An instance the user may see (owner, staff, public or shared feed;
+    ``None``, an anonymous caller: public feeds only).
 
     Raises:
         NotFound: no such instance, or not visible.
@@ -105,7 +109,8 @@ async def visible_instance(session: AsyncSession, user: User, inst_id: int) -> P
     inst = await session.get(PluginInstance, inst_id)
     if inst is None:
         raise NotFound("Not found.")
-    if inst.owner_id != user.id and not await feeds.can_read(session, user, inst.feed_id):
+    own = user is not None and inst.owner_id == user.id
+    if not own and not await feeds.can_read(session, user, inst.feed_id):
         raise NotFound("Not found.")
     return inst
 
@@ -307,6 +312,9 @@ async def create_instance(
     if ts_parents:
         await topology.record_ts_parents(session, inst.id, [t.id for t in ts_parents if t.id])
     await session.flush()
+    # the output folder gets its file browser id now, so the instance's
+    # ``output_folder`` link (ChRIS v6) is there from the start
+    await folder_row(session, inst.output_path)
     await run_if_ready(session, inst, previous)
     await session.refresh(inst)
     return inst

@@ -26,6 +26,7 @@ from cube.db.models import (
     ParameterValue,
     PluginInstance,
     PluginInstanceParent,
+    PluginInstanceSplit,
     StatusChange,
     StoredFile,
     Tagging,
@@ -33,7 +34,7 @@ from cube.db.models import (
     WorkflowInstance,
 )
 from cube.schema import InstanceStatus
-from cube.services.feeds import owned_feed
+from cube.services.feeds import forget_folders, owned_feed
 from cube.services.instances import ACTIVE, transition
 
 S = InstanceStatus
@@ -117,6 +118,7 @@ async def finish_feed_deletion(session: AsyncSession, deletion: FeedDeletion) ->
         # a parent in this feed has its ts children in this feed too
         (PluginInstanceParent, PluginInstanceParent.parent_id),
         (WorkflowInstance, WorkflowInstance.plugin_inst_id),
+        (PluginInstanceSplit, PluginInstanceSplit.plugin_inst_id),
     ):
         await session.exec(delete(model).where(col(column).in_(instances)))  # type: ignore[call-overload]
     # one statement for all instances: parent and child rows go together
@@ -133,3 +135,4 @@ async def finish_feed_deletion(session: AsyncSession, deletion: FeedDeletion) ->
     for model, column in annotations:
         await session.exec(delete(model).where(col(column) == feed_id))  # type: ignore[call-overload]
     await session.exec(delete(Feed).where(col(Feed.id) == feed_id))  # type: ignore[call-overload]
+    await forget_folders(session, deletion.folder)

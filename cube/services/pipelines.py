@@ -48,6 +48,7 @@ import yaml
 from chris_sdk.descriptor import ParameterType, PluginType, parse_cpu_millicores, parse_memory_mib
 from chris_sdk.topology import parse_filters
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import delete
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -61,10 +62,12 @@ from cube.db.models import (
     PluginParameter,
     PluginPiping,
     User,
+    Workflow,
+    WorkflowInstance,
     utcnow,
 )
 from cube.errors import BadRequest, Conflict, NotFound, PermissionDenied
-from cube.services.instances import parameter_values, visible_instance
+from cube.services.instances import ACTIVE, parameter_values, visible_instance
 from cube.services.plugins import plugin_parameters
 from cube.services.topology import TS_FILTER, TS_PLUGININSTANCES, children_of, ts_parent_ids
 from cube.storage import Storage, check_storage_path
@@ -585,6 +588,53 @@ async def update_pipeline(
     session.add(pipeline)
     await session.flush()
     return pipeline
+
+
+async def delete_pipeline(
+    session: AsyncSession, storage: Storage, user: User, pipeline_id: int
+) -> None:
+    """DELETE a pipeline (its owner or staff), with its nodes, their defaults,
+    its source file and its workflows.
+
+    The plugin instances its workflows made stay (in their feeds); they only
+    lose the link to the workflow. A pipeline with a workflow still running is
+    refused: the scheduler reads the workflow while it starts each instance
+    (``CHRIS_WORKFLOW_*`` environment), so the run would lose it half way.
+
+    Raises:
+        NotFound: no such pipeline, or not visible to the user.
+        PermissionDenied: visible (locked) but not the user's.
+        Conflict: a workflow of the pipeline has an active instance.
+    """
+    pipeline = await visible_pipeline(session, user, pipeline_id)
+    if pipeline.owner_id != user.id and not user.is_staff:
+        raise PermissionDenied("only the owner may delete a pipeline")
+    running = (
+        await session.exec(
+            select(Workflow.id)
+            .join(WorkflowInstance, col(WorkflowInstance.workflow_id) == col(Workflow.id))
+            .join(PluginInstance, col(PluginInstance.id) == col(WorkflowInstance.plugin_inst_id))
+            .where(Workflow.pipeline_id == pipeline_id)
+            .where(col(PluginInstance.status).in_(ACTIVE))
+        )
+    ).first()
+    if running is not None:
+        raise Conflict(
+            f"pipeline {pipeline.name!r} has a running workflow ({running}); "
+            "cancel it or wait for it to finish"
+        )
+    sources = (
+        await session.exec(
+            select(PipelineSourceFile.fname).where(PipelineSourceFile.pipeline_id == pipeline_id)
+        )
+    ).all()
+    # workflows first: their instance rows name the pipeline's nodes
+    await session.exec(delete(Workflow).where(col(Workflow.pipeline_id) == pipeline_id))
+    # nodes, their defaults and source file rows go by ON DELETE CASCADE
+    await session.delete(pipeline)
+    await session.flush()
+    for fname in sources:
+        storage.local_path(fname).unlink(missing_ok=True)
 
 
 async def pipings(session: AsyncSession, pipeline_id: int) -> list[PluginPiping]:

@@ -7,11 +7,13 @@ must carry the same resources as the JSON one (``url`` as ``href``, links as
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from cube import schema
 from tests.cube.apiworld import CJ, JSON, World, basic, build_world, local, ok
 
 pytestmark = pytest.mark.asyncio
@@ -311,7 +313,85 @@ async def test_search_filters_by_kind(api: TestClient, world: World) -> None:
     assert await ids(f"{base}?previous_id={fs}&plugin_type=ds") == [ds["id"]]
     assert await ids(f"{base}?owner_username=alice&title=chi") == [ds["id"]]
     assert await ids(f"{base}?plugin_name_exact=pl-dsthing&plugin_version=2.0") == [ds["id"]]
-    for bad in ("root_id=x", "active=maybe", "min_start_date=yesterday"):
+    # deletion is synchronous: what can be listed is never being deleted
+    assert sorted(await ids(f"{base}?deletion_status=inactive")) == [fs, ds["id"]]
+    assert await ids(f"{base}?deletion_status=pending") == []
+    assert await ids(f"{base}?deletion_status=failed&feed_id={feed}") == []
+    for bad in ("root_id=x", "active=maybe", "min_start_date=yesterday", "deletion_status=gone"):
         resp = await api.get(f"{base}?{bad}", headers={**world.alice, **JSON})
         assert resp.status == 400
         assert bad.split("=")[0] in await resp.json()
+
+
+async def test_instance_summary_is_a_json_string_as_chris_serves_it(
+    api: TestClient, world: World
+) -> None:
+    path = f"/api/v1/plugins/instances/{world.ids['fs_inst']}/"
+    js = await ok(await api.get(path, headers={**world.alice, **JSON}))
+    assert isinstance(js["summary"], str)
+    summary = json.loads(js["summary"])
+    assert summary["compute"]["return"]["status"] is False  # ChRIS's default shape
+    cj = await ok(await api.get(path, headers={**world.alice, **CJ}))
+    data = {d["name"]: d["value"] for d in cj["collection"]["items"][0]["data"]}
+    assert data["summary"] == js["summary"]
+    # CUBE's own client reads the string back as the dict
+    assert schema.PluginInstance.model_validate(js).summary == summary
+    listed = await ok(
+        await api.get(
+            f"/api/v1/{world.ids['feed']}/plugininstances/", headers={**world.alice, **JSON}
+        )
+    )
+    assert all(isinstance(i["summary"], str) for i in listed["results"])
+    doc = await ok(await api.get("/api/v1/schema/"))
+    props = doc["components"]["schemas"]["PluginInstance"]["properties"]
+    assert props["summary"]["type"] == "string"
+
+
+async def test_instance_output_folder_links_its_file_browser_folder(
+    api: TestClient, world: World
+) -> None:
+    path = f"/api/v1/plugins/instances/{world.ids['fs_inst']}/"
+    js = await ok(await api.get(path, headers={**world.alice, **JSON}))
+    folder = await ok(await api.get(local(js["output_folder"]), headers={**world.alice, **JSON}))
+    assert folder["path"] == js["output_path"]
+    files = await ok(await api.get(local(folder["files"]), headers={**world.alice, **JSON}))
+    assert "out.txt" in [f["fname"].rsplit("/", 1)[-1] for f in files["results"]]
+    cj = await ok(await api.get(path, headers={**world.alice, **CJ}))
+    links = {link["rel"]: link["href"] for link in cj["collection"]["items"][0]["links"]}
+    assert links["output_folder"] == js["output_folder"]
+    # another user cannot open it
+    resp = await api.get(local(js["output_folder"]), headers={**world.carol, **JSON})
+    assert resp.status == 404
+
+
+async def test_deleted_instances_and_feeds_leave_no_folders(api: TestClient, world: World) -> None:
+    fs = await ok(
+        await api.get(
+            f"/api/v1/plugins/instances/{world.ids['fs_inst']}/", headers={**world.alice, **JSON}
+        )
+    )
+    ds = await ok(
+        await api.post(
+            f"/api/v1/plugins/{world.ids['ds']}/instances/",
+            json={"previous_id": fs["id"]},
+            headers=world.alice,
+        ),
+        201,
+    )
+    await ok(await api.get(local(ds["output_folder"]), headers={**world.alice, **JSON}))
+    await ok(await api.put(local(ds["url"]), json={"status": "cancelled"}, headers=world.alice))
+    assert (await api.delete(local(ds["url"]), headers=world.alice)).status == 204
+    resp = await api.get(local(ds["output_folder"]), headers={**world.alice, **JSON})
+    assert resp.status == 404
+    # the fs instance's folder no longer lists the deleted instance's directory
+    fs_dir = fs["output_path"].removesuffix("/data")
+    found = await ok(
+        await api.get(f"/api/v1/filebrowser/search/?path={fs_dir}", headers={**world.alice, **JSON})
+    )
+    (folder,) = found["results"]
+    children = await ok(await api.get(local(folder["children"]), headers={**world.alice, **JSON}))
+    assert [c["path"] for c in children["results"]] == [fs["output_path"]]
+    assert (await api.delete(f"/api/v1/{world.ids['feed']}/", headers=world.alice)).status == 204
+    for gone in (fs["output_folder"], folder["url"]):
+        resp = await api.get(local(gone), headers={**world.alice, **JSON})
+        assert resp.status == 404, gone

@@ -31,4 +31,9 @@ async def test_openapi_document_covers_the_api(api: TestClient) -> None:
     assert set(detail) == {"get", "put", "delete"}
     assert {p["name"] for p in detail["get"]["parameters"]} == {"id"}
     assert "security" not in paths["/api/v1/auth-token/"]["post"]
-    assert "security" in detail["get"]
+    assert "security" in detail["put"] and "security" not in detail["get"]
+    # a public feed and its instances are readable anonymously; changing them is not
+    feed = paths["/api/v1/{id}/"]
+    assert "security" not in feed["get"] and "security" in feed["put"]
+    assert "security" not in paths["/api/v1/plugins/instances/{id}/descendants/"]["get"]
+    assert set(paths["/api/v1/pipelines/{id}/"]) == {"get", "put", "delete"}

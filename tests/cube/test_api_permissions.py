@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from cube.api.common import STORAGE
 from cube.app import create_app
 from cube.settings import CubeSettings
-from tests.cube.apiworld import JSON, World, build_world, ok
+from tests.cube.apiworld import CJ, JSON, World, build_world, ok
 from tests.cube.conftest import ADMIN, token_for
 
 pytestmark = pytest.mark.asyncio
@@ -158,6 +158,66 @@ async def test_public_feed_is_readable_not_changeable(api: TestClient, world: Wo
     # the root lists only one's own feeds
     root = await ok(await api.get("/api/v1/", headers=world.carol))
     assert root["count"] == 0
+
+
+async def test_public_feed_is_readable_anonymously(api: TestClient, world: World) -> None:
+    feed, inst = world.ids["feed"], world.ids["fs_inst"]
+    anonymous_paths = [
+        *feed_paths(world),
+        f"/api/v1/{feed}/comments/search/?title=x",
+        f"/api/v1/plugins/instances/{inst}/descendants/",
+    ]
+    # private: without credentials, every read asks for them (401), in both media types
+    for path in anonymous_paths:
+        resp = await api.get(path, headers=JSON)
+        assert resp.status == 401, (path, resp.status)
+        resp = await api.get(path, headers=CJ)
+        assert resp.status == 401, (path, resp.status)
+        assert (
+            "credentials" in (await resp.json(content_type=None))["collection"]["error"]["message"]
+        )
+    await ok(await api.put(f"/api/v1/{feed}/", json={"public": True}, headers=world.alice))
+    for path in anonymous_paths:
+        resp = await api.get(path, headers=JSON)
+        assert resp.status == 200, (path, resp.status)
+    # the same resources as alice reads them, in both media types
+    for path in (f"/api/v1/{feed}/", f"/api/v1/plugins/instances/{inst}/"):
+        mine = await ok(await api.get(path, headers={**world.alice, **JSON}))
+        assert await ok(await api.get(path, headers=JSON)) == mine
+        cj = await ok(await api.get(path, headers=CJ))
+        assert cj["collection"]["items"][0]["href"] == mine["url"]
+    listed = await ok(await api.get(f"/api/v1/{feed}/plugininstances/", headers=CJ))
+    assert [i["href"] for i in listed["collection"]["items"]] == [
+        f"{origin_of(mine['url'])}/api/v1/plugins/instances/{inst}/"
+    ]
+    download = await api.get(f"/api/v1/files/{world.ids['out']}/out.txt")
+    assert download.status == 200 and await download.read() == b"output!"
+    # reading is all: anonymous changes ask for credentials
+    changes = [
+        ("PUT", f"/api/v1/{feed}/", {"name": "mine now"}),
+        ("PUT", f"/api/v1/note{feed}/", {"content": "x"}),
+        ("PUT", f"/api/v1/plugins/instances/{inst}/", {"status": "cancelled"}),
+        ("POST", f"/api/v1/{feed}/comments/", {"content": "x"}),
+        ("DELETE", f"/api/v1/plugins/instances/{inst}/", None),
+        ("DELETE", f"/api/v1/{feed}/", None),
+    ]
+    for method, path, body in changes:
+        resp = await api.request(method, path, json=body, headers=JSON)
+        assert resp.status == 401, (method, path, resp.status)
+    # bad credentials are refused, not taken for an anonymous caller
+    resp = await api.get(f"/api/v1/{feed}/", headers={"Authorization": "Token nope", **JSON})
+    assert resp.status == 401
+    # other users' uploads and private feeds stay closed to anonymous callers
+    resp = await api.get(f"/api/v1/userfiles/{world.ids['userfile']}/in.txt")
+    assert resp.status == 401
+    await ok(await api.put(f"/api/v1/{feed}/", json={"public": False}, headers=world.alice))
+    resp = await api.get(f"/api/v1/files/{world.ids['out']}/out.txt")
+    assert resp.status == 401
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host`` of an absolute URL."""
+    return "/".join(url.split("/")[:3])
 
 
 async def test_groups_are_staff_managed(api: TestClient, world: World) -> None:

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
+from cube.api.common import STORAGE
 from tests.cube.apiworld import CJ, JSON, World, build_world, local, ok
 from tests.cube.test_api_contract import assert_same
 
@@ -344,4 +345,91 @@ async def test_openapi_describes_the_pipeline_routes(api: TestClient) -> None:
     assert {"Pipeline", "PluginPiping", "PipingDefaultParameter", "PipelineSourceFile"} <= set(
         doc["components"]["schemas"]
     )
-    assert set(paths["/api/v1/pipelines/{id}/"]) == {"get", "put"}
+    assert set(paths["/api/v1/pipelines/{id}/"]) == {"get", "put", "delete"}
+
+
+async def test_pipeline_delete_owner_only_and_not_while_a_workflow_runs(
+    api: TestClient, world: World
+) -> None:
+    pid, wid = world.ids["pipeline"], world.ids["workflow"]
+    path = f"/api/v1/pipelines/{pid}/"
+    # bobby cannot see alice's unlocked pipeline; once locked he sees it but may not delete it
+    resp = await api.delete(path, headers={**world.bob, **JSON})
+    assert resp.status == 404
+    await ok(await api.put(path, json={"locked": True}, headers={**world.alice, **JSON}))
+    resp = await api.delete(path, headers={**world.bob, **CJ})
+    assert resp.status == 403
+    assert "owner" in (await resp.json(content_type=None))["collection"]["error"]["message"]
+    # the workflow's instance waits on the fs instance: the delete is refused, saying why
+    resp = await api.delete(path, headers={**world.alice, **JSON})
+    assert resp.status == 409
+    assert "running workflow" in (await resp.json())["detail"]
+    resp = await api.delete(path, headers={**world.alice, **CJ})
+    assert resp.status == 409
+    assert (
+        "running workflow" in (await resp.json(content_type=None))["collection"]["error"]["message"]
+    )
+    instances = await ok(
+        await api.get(
+            f"/api/v1/pipelines/workflows/{wid}/plugininstances/", headers={**world.alice, **JSON}
+        )
+    )
+    (made,) = instances["results"]
+    await ok(
+        await api.put(
+            f"/api/v1/plugins/instances/{made['id']}/",
+            json={"status": "cancelled"},
+            headers={**world.alice, **JSON},
+        )
+    )
+    source = await ok(
+        await api.get(
+            f"/api/v1/pipelines/sourcefiles/{world.ids['source']}/", headers={**world.alice, **JSON}
+        )
+    )
+    stored = api.server.app[STORAGE].local_path(source["fname"])
+    assert stored.is_file()
+    resp = await api.delete(path, headers={**world.alice, **JSON})
+    assert resp.status == 204
+    # the pipeline, its nodes, defaults, workflow and source file are gone; the instance stays
+    for gone in (
+        path,
+        f"/api/v1/pipelines/pipings/{world.ids['piping']}/",
+        f"/api/v1/pipelines/{world.ids['default_type']}-parameter/{world.ids['default']}/",
+        f"/api/v1/pipelines/workflows/{wid}/",
+        f"/api/v1/pipelines/sourcefiles/{world.ids['source']}/",
+    ):
+        resp = await api.get(gone, headers={**world.alice, **JSON})
+        assert resp.status == 404, gone
+    assert not stored.exists()
+    kept = await ok(
+        await api.get(f"/api/v1/plugins/instances/{made['id']}/", headers={**world.alice, **JSON})
+    )
+    assert kept["status"] == "cancelled" and kept["workflow_id"] is None
+    resp = await api.delete(path, headers={**world.alice, **JSON})
+    assert resp.status == 404
+
+
+async def test_staff_may_delete_any_pipeline(api: TestClient, world: World) -> None:
+    tree = [
+        {
+            "title": "node",
+            "plugin_id": world.ids["ds"],
+            "previous": None,
+            "plugin_parameter_defaults": [{"name": "prefix", "default": "t_"}],
+        }
+    ]
+    made = await ok(
+        await api.post(
+            "/api/v1/pipelines/",
+            json={"name": "unused", "plugin_tree": tree, "locked": False},
+            headers={**world.alice, **JSON},
+        ),
+        201,
+    )
+    resp = await api.delete(f"/api/v1/pipelines/{made['id']}/", headers={**world.admin, **CJ})
+    assert resp.status == 204
+    listed = await ok(
+        await api.get("/api/v1/pipelines/search/?name=unused", headers={**world.alice, **JSON})
+    )
+    assert listed["count"] == 0
