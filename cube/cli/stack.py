@@ -30,6 +30,10 @@ from cube.client import CubeClient, CubeClientError
 
 #: The reference plugins registered on every embedded install (console scripts).
 REFERENCE_PLUGINS = ("dircopy", "simpledsapp", "topologicalcopy")
+#: Registered only where available, being heavy (torch): on the local backend
+#: when the console script is installed, on container backends when the image
+#: was built (``build.py --plugins pl-infer``); skipped otherwise.
+OPTIONAL_PLUGINS = ("infer",)
 #: Where plugin images carry their descriptor.
 DESCRIPTOR_LABEL = "org.chrisproject.descriptor"
 
@@ -257,7 +261,8 @@ class Stack:
         """Register the local compute resource and the reference plugins.
 
         Idempotent: an existing resource or plugin is kept. Returns plugin
-        name → id.
+        name → id. :data:`OPTIONAL_PLUGINS` that are not available are
+        left out.
         """
         c = self.config
         client = await CubeClient.from_login(c.cube_url, c.admin_user, c.admin_password)
@@ -277,13 +282,18 @@ class Stack:
                     max_concurrent_jobs=c.max_jobs,
                 )
             ids: dict[str, int] = {}
-            for script in REFERENCE_PLUGINS:
-                image = c.images.get(script)
-                if image is None and c.backend is not SiteBackend.LOCAL:
-                    # container backends run the image: take the descriptor valid inside it
-                    host = await asyncio.to_thread(reference_descriptor, script)
-                    image = str(host["dock_image"])
-                desc = await asyncio.to_thread(reference_descriptor, script, image)
+            for script in (*REFERENCE_PLUGINS, *OPTIONAL_PLUGINS):
+                try:
+                    image = c.images.get(script)
+                    if image is None and c.backend is not SiteBackend.LOCAL:
+                        # container backends run the image: take the descriptor valid inside it
+                        host = await asyncio.to_thread(reference_descriptor, script)
+                        image = str(host["dock_image"])
+                    desc = await asyncio.to_thread(reference_descriptor, script, image)
+                except StackError:
+                    if script in OPTIONAL_PLUGINS:
+                        continue  # not installed or its image not built: not offered here
+                    raise
                 plugin = await client.register_plugin(desc, [c.compute_name])
                 ids[plugin.name] = plugin.id
             return ids
