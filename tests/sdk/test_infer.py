@@ -25,6 +25,7 @@ from pl_infer.app import plugin
 from pl_infer.phantom import chest_volume, dice
 
 from tests.support.dicom import ct_slice
+from tests.support.images import build_module
 
 REPO = Path(__file__).resolve().parents[2]
 #: The least Dice against the phantom's truth a run must reach (the shipped
@@ -88,6 +89,16 @@ def test_console_script_is_declared() -> None:
     result = run_infer("--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["max_gpu_limit"] == 1
+
+
+def test_image_recipe_is_on_request_with_the_hosts_torch() -> None:
+    build = build_module()
+    recipe = build.PLUGINS["pl-infer"]
+    assert not recipe.by_default and recipe.dockerfile.exists()
+    # torch pinned to exactly the host's build (the wheel pip installed here)
+    assert f"torch=={torch.__version__}" in build._pinned(recipe.extra)
+    with pytest.raises(build.ImageBuildError, match="not installed on the host"):
+        build._pinned(["no-such-distribution-here"])
 
 
 # -- device selection -----------------------------------------------------------------------

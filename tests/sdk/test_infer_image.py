@@ -33,11 +33,6 @@ def image(docker_engine: Any) -> str:
     return TAG
 
 
-def test_not_in_the_default_image_set() -> None:
-    recipe = build_module().PLUGINS["pl-infer"]
-    assert not recipe.by_default and "torch" in recipe.extra
-
-
 def test_image_segments_a_phantom_on_the_cpu(
     docker_engine: Any, image: str, tmp_path: Path
 ) -> None:
