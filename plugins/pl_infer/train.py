@@ -1,6 +1,6 @@
 """Train LungNet on synthetic CT phantoms and write the weights pl-infer ships.
 
-Run from the repository root (about two minutes on one CPU core)::
+Run from the repository root (3 to 6 minutes on one shared CPU core)::
 
     PYTHONPATH=plugins python -m pl_infer.train --out plugins/pl_infer/weights
 
