@@ -37,6 +37,10 @@ REFERENCE_PLUGINS = (
     "dcm2nifti",
     "lungemphysema",
 )
+#: Registered only where available, being heavy (torch): on the local backend
+#: when the console script is installed, on container backends when the image
+#: was built (``build.py --plugins pl-infer``); skipped otherwise.
+OPTIONAL_PLUGINS = ("infer",)
 #: The pipelines registered on every embedded install: (name, package, YAML file).
 REFERENCE_PIPELINES = (("emphysema-v1", "pl_lung_emphysema", "emphysema-v1.yaml"),)
 #: Where plugin images carry their descriptor.
@@ -266,7 +270,8 @@ class Stack:
         """Register the local compute resource, the reference plugins and pipelines.
 
         Idempotent: an existing resource, plugin or pipeline is kept. Returns
-        plugin name → id.
+        plugin name → id. :data:`OPTIONAL_PLUGINS` that are not available are
+        left out.
         """
         c = self.config
         client = await CubeClient.from_login(c.cube_url, c.admin_user, c.admin_password)
@@ -286,13 +291,18 @@ class Stack:
                     max_concurrent_jobs=c.max_jobs,
                 )
             ids: dict[str, int] = {}
-            for script in REFERENCE_PLUGINS:
-                image = c.images.get(script)
-                if image is None and c.backend is not SiteBackend.LOCAL:
-                    # container backends run the image: take the descriptor valid inside it
-                    host = await asyncio.to_thread(reference_descriptor, script)
-                    image = str(host["dock_image"])
-                desc = await asyncio.to_thread(reference_descriptor, script, image)
+            for script in (*REFERENCE_PLUGINS, *OPTIONAL_PLUGINS):
+                try:
+                    image = c.images.get(script)
+                    if image is None and c.backend is not SiteBackend.LOCAL:
+                        # container backends run the image: take the descriptor valid inside it
+                        host = await asyncio.to_thread(reference_descriptor, script)
+                        image = str(host["dock_image"])
+                    desc = await asyncio.to_thread(reference_descriptor, script, image)
+                except StackError:
+                    if script in OPTIONAL_PLUGINS:
+                        continue  # not installed or its image not built: not offered here
+                    raise
                 plugin = await client.register_plugin(desc, [c.compute_name])
                 ids[plugin.name] = plugin.id
             for name, package, filename in REFERENCE_PIPELINES:

@@ -14,6 +14,8 @@ or import it and call :func:`ensure_images`. Steps (see ``README.md`` here):
    the wheels the recipes' ``requirements`` name (numpy, scipy, ... for the
    imaging plugins), likewise pinned; the
    host's Python must be 3.11 like bookworm's ``python3``, so binary wheels fit;
+   a recipe's ``extra`` distributions (pl-infer's torch, numpy, nibabel,
+   pydicom) get wheels of their own, at the host's versions, for its image only;
 3. one image per plugin from its recipe ``<plugin>.Dockerfile`` (classic
    builder, ``FROM`` the local base, no network in ``RUN``), then the
    descriptor printed by ``<selfexec> --json`` *inside* that image is added as
@@ -112,8 +114,14 @@ class PluginRecipe:
     #: other project packages the plugin imports (part of its fingerprint)
     modules: tuple[str, ...] = ()
     #: distributions besides pydantic that its recipe installs, as wheels pinned
-    #: to the host's versions (part of its fingerprint)
+    #: to the host's versions in the shared wheel directory (part of its fingerprint)
     requirements: tuple[str, ...] = ()
+    #: large distributions the plugin needs (e.g. torch), installed in the image at
+    #: the host's versions from wheels made for this recipe alone (fingerprinted)
+    extra: tuple[str, ...] = ()
+    #: built when no plugin list is given; heavy images (torch's) only on request,
+    #: so the suites that need the light reference images do not wait for them
+    by_default: bool = True
 
     @property
     def dockerfile(self) -> Path:
@@ -150,6 +158,14 @@ PLUGINS: dict[str, PluginRecipe] = {
             # it reads DICOM with pl-dcm2nifti's series module
             modules=("pl_dcm2nifti",),
             requirements=("numpy", "scipy", "nibabel", "pillow", "pydicom"),
+        ),
+        PluginRecipe(
+            "pl-infer",
+            "pl_infer",
+            "infer",
+            "chris-fabric/pl-infer:1.0.0",
+            extra=("torch", "numpy", "nibabel", "pydicom"),
+            by_default=False,
         ),
     )
 }
@@ -300,6 +316,27 @@ def _pinned(requirements: Iterable[str]) -> list[str]:
     return pinned
 
 
+def build_extra_wheels(recipe: PluginRecipe, work_dir: Path = DEFAULT_WORK_DIR) -> Path | None:
+    """Wheels of ``recipe.extra`` and their dependencies, pinned to the host's versions.
+
+    They go to a directory of their own (``wheels-<plugin>/``), so that a
+    large one (torch, ~200 MB) is copied only into the build context of the
+    plugin that needs it. pip takes them from its configured sources (for
+    torch, the file the host's own install came from). Returns ``None`` when
+    the recipe has no extras. Raises ``ImageBuildError``.
+    """
+    if not recipe.extra:
+        return None
+    pins = _pinned(recipe.extra)
+    wheel_dir = work_dir / f"wheels-{recipe.name}"
+    if wheel_dir.exists():
+        shutil.rmtree(wheel_dir)
+    wheel_dir.mkdir(parents=True)
+    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheel_dir)]
+    _run([*pip, *pins], f"pip wheel ({recipe.name} extras)")
+    return wheel_dir
+
+
 def _package_files(package: Path) -> list[Path]:
     """The source files of a package directory (no caches), sorted."""
     return sorted(
@@ -314,15 +351,18 @@ def fingerprint(recipe: PluginRecipe, base_id: str) -> str:
 
     Covers what goes into the image and matters to the plugin: the base image
     id, the recipe, ``pyproject.toml`` (metadata, entry points), the host's
-    versions of pydantic and of the recipe's requirements (the ones the
-    wheels pin), and the source files of ``chris_sdk``, of the plugin's
-    package and of the other packages it imports. Computed from the sources, so
+    versions of pydantic, of the recipe's requirements and of its ``extra``
+    distributions (the ones the wheels pin), and the source files (data files
+    included) of ``chris_sdk``, of the plugin's package and of the other
+    packages it imports. Computed from the sources, so
     an up-to-date image is recognised without building any wheel.
     """
     digest = hashlib.sha256()
     digest.update(f"base:{base_id}\npydantic:{dist_version('pydantic')}\n".encode())
     for pin in _pinned(recipe.requirements):
         digest.update(f"{pin}\n".encode())
+    if recipe.extra:
+        digest.update(f"extra:{','.join(_pinned(recipe.extra))}\n".encode())
     plugins_dir = REPO_ROOT / "plugins"
     files = [
         recipe.dockerfile,
@@ -404,6 +444,10 @@ def build_plugin_image(
     context.mkdir(parents=True)
     shutil.copyfile(recipe.dockerfile, context / "Dockerfile")
     shutil.copytree(wheel_dir, context / "wheels")
+    extra_dir = build_extra_wheels(recipe, work_dir)
+    if extra_dir is not None:
+        shutil.copytree(extra_dir, context / "wheels", dirs_exist_ok=True)
+        shutil.rmtree(extra_dir)
     log.info("building %s", recipe.tag)
     # Stage 1: the recipe. No fingerprint label yet, so a failure in stage 2
     # never leaves an image that looks up to date.
@@ -453,12 +497,13 @@ def ensure_images(
 ) -> dict[str, str]:
     """Build whatever is missing or stale; return plugin name → image tag.
 
-    ``plugins`` limits the plugins (names of :data:`PLUGINS`; default all);
+    ``plugins`` names the plugins (names of :data:`PLUGINS`; default: those
+    ``by_default``, which leaves out the heavy pl-infer);
     ``base_only`` stops after the base image (returning ``{}``). ``client``
     defaults to ``docker.from_env()`` (closed afterwards). Raises
     ``ImageBuildError`` (also for an unknown plugin name).
     """
-    names = list(PLUGINS) if plugins is None else list(plugins)
+    names = [n for n, r in PLUGINS.items() if r.by_default] if plugins is None else list(plugins)
     if unknown := [n for n in names if n not in PLUGINS]:
         raise ImageBuildError(f"unknown plugin(s) {unknown}; known: {sorted(PLUGINS)}")
     owned = client is None
@@ -504,8 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base-only", action="store_true", help="build only the base image")
     parser.add_argument(
         "--plugins",
-        default=",".join(PLUGINS),
-        help="comma-separated plugin names (default: %(default)s)",
+        default=",".join(n for n, r in PLUGINS.items() if r.by_default),
+        help=f"comma-separated plugin names among {', '.join(PLUGINS)} (default: %(default)s)",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild even what exists")
     parser.add_argument("--mirror", default=DEBIAN_MIRROR, help="Debian mirror for mmdebstrap")
