@@ -170,10 +170,14 @@ class Scheduler:
         self._kick.set()
 
     def stop_instance(self, inst_ids: list[int]) -> None:
-        """Interrupt the tasks driving these (cancelled) instances at once."""
+        """Interrupt the tasks driving these (cancelled) instances at once.
+
+        A task already deleting its ended job at the site is left to finish:
+        interrupted, it would delete the job a second time on its way out.
+        """
         for inst_id in inst_ids:
             task = self._tasks.get(inst_id)
-            if task is not None and not task.done():
+            if task is not None and not task.done() and inst_id not in self._cleaning:
                 task.cancel(msg="instance cancelled")
 
     async def run(self) -> None:
