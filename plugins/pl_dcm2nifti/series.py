@@ -27,8 +27,9 @@ from pydicom.errors import InvalidDicomError
 COSINE_TOLERANCE = 1e-4
 SPACING_TOLERANCE_MM = 1e-2
 
-#: Tags copied into the JSON sidecar (and used to reference the source study).
-SIDECAR_TAGS = (
+#: The patient and study attributes of a series (PS3.3 C.7.1.1, C.7.2.1): what
+#: an output made from it copies to stay in the source study.
+STUDY_TAGS = (
     "PatientID",
     "PatientName",
     "PatientBirthDate",
@@ -40,6 +41,10 @@ SIDECAR_TAGS = (
     "StudyDescription",
     "AccessionNumber",
     "ReferringPhysicianName",
+)
+#: Tags copied into the JSON sidecar (and used to reference the source study).
+SIDECAR_TAGS = (
+    *STUDY_TAGS,
     "SeriesInstanceUID",
     "SeriesNumber",
     "SeriesDescription",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw
+from pl_dcm2nifti.series import STUDY_TAGS  # what the SC copies from its source
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -27,20 +28,6 @@ from pl_lung_emphysema.measure import LAA_THRESHOLD_HU, Measurement
 
 #: Lung window for display (HU).
 WINDOW = (-1000.0, 200.0)
-#: Patient and study attributes the SC copies from its source (PS3.3 C.7.1.1, C.7.2.1).
-STUDY_TAGS = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
 
 
 def montage(measurement: Measurement, tiles: int = 12, columns: int = 4) -> Image.Image:
