@@ -22,11 +22,18 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+)
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -41,7 +48,13 @@ from pacs_bridge.errors import (
 from pacs_bridge.registrar import Registrar
 from pacs_bridge.schema import SeriesMeta, SeriesRegistration, StoragePath
 from pacs_bridge.settings import BridgeSettings
-from pacs_bridge.storage import Instance, InstanceStore, read_instance, relative_path
+from pacs_bridge.storage import (
+    Instance,
+    InstanceStore,
+    file_header,
+    read_instance,
+    relative_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +340,11 @@ class Receiver:
         self.port = settings.dicom_port
 
     def _ae(self) -> AE:
+        if not self.settings.dicom_trace:
+            # pynetdicom's standard handlers format a dozen log lines per DIMSE message
+            # (and copy each received dataset to say it is "Present"); read when each
+            # association is made, so this covers associations started from now on
+            _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=self.settings.ae_title)
         # unlimited PDUs: fewer, larger P-DATA fragments (pynetdicom PR #639 "write fastest")
         ae.maximum_pdu_size = 0
@@ -358,6 +376,8 @@ class Receiver:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
             (evt.EVT_CONN_CLOSE, self._on_end),
@@ -402,6 +422,19 @@ class Receiver:
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    def _on_accepted(self, event: evt.Event) -> None:
+        peer = event.assoc.requestor
+        log.info("association from %s (%s:%s) accepted", peer.ae_title, peer.address, peer.port)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        peer = event.assoc.requestor
+        log.warning(
+            "association from %s (%s:%s) rejected",
+            peer.ae_title,
+            peer.address,
+            peer.port,
+        )
+
     def _on_end(self, event: evt.Event) -> None:
         # EVT_CONN_CLOSE follows release/abort too; ``ended`` is idempotent per association
         self.association_ended(event.assoc)
@@ -429,14 +462,22 @@ class Receiver:
         calling = peer.ae_title.strip()
         route = self.settings.route_for(calling)
         pacs = route.pacs_name or calling
+        request = cast(C_STORE, event.request)
         try:
-            encoded = event.encoded_dataset()
+            # what event.encoded_dataset() returns, with the file meta built directly
+            encoded = (
+                file_header(
+                    str(request.AffectedSOPClassUID or ""),
+                    str(request.AffectedSOPInstanceUID or ""),
+                    str(event.context.transfer_syntax),
+                )
+                + cast(BytesIO, request.DataSet).getvalue()
+            )
             inst = read_instance(encoded)
-        except InvalidDicom as exc:
+        except (InvalidDicom, UnicodeEncodeError) as exc:
             self._count("rejected")
             log.warning("rejected an instance from %s: %s", calling, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
-        request = cast(C_STORE, event.request)
         if inst.sop_instance_uid != request.AffectedSOPInstanceUID or (
             inst.sop_class_uid and inst.sop_class_uid != request.AffectedSOPClassUID
         ):
