@@ -158,9 +158,11 @@ def clear_orthanc(orthanc: Orthanc) -> None:
 
 
 def registered_lines(registry: Path) -> list[dict[str, object]]:
+    """The complete lines of the registry (the receiver may be appending one right now)."""
     if not registry.is_file():
         return []
-    return [json.loads(line) for line in registry.read_text().splitlines()]
+    lines = registry.read_text().split("\n")[:-1]  # the text after the last newline: partial
+    return [json.loads(line) for line in lines]
 
 
 def send(port: int, aec: str, series: Series) -> float:
