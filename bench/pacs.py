@@ -18,7 +18,8 @@ CUBE's storage root) the receiver registers into that CUBE instead (staff
 ``--cube-user``/``--cube-password``), each send to it is a fresh copy of the
 series (new UIDs: CUBE refuses a path registered twice), and ``register_s``
 is polled from CUBE's ``pacs/series/search/``. It prints files/s and MB/s per target, the
-ratios (ours / Orthanc), and last::
+ratios (ours / Orthanc), each server's CPU-ms per file (its process's user + system
+time during each send, from ``/proc``, median over sends), and last::
 
     ingest_ratio_small=<x> ingest_ratio_large=<y> register_s=<z>
 
