@@ -18,7 +18,8 @@ CUBE's storage root) the receiver registers into that CUBE instead (staff
 ``--cube-user``/``--cube-password``), each send to it is a fresh copy of the
 series (new UIDs: CUBE refuses a path registered twice), and ``register_s``
 is polled from CUBE's ``pacs/series/search/``. It prints files/s and MB/s per target, the
-ratios (ours / Orthanc), and last::
+ratios (ours / Orthanc), each server's CPU-ms per file (its process's user + system
+time during each send, from ``/proc``, median over sends), and last::
 
     ingest_ratio_small=<x> ingest_ratio_large=<y> register_s=<z>
 
@@ -33,6 +34,7 @@ import base64
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,9 +68,35 @@ class Result:
     megabytes: float
     seconds: dict[str, float] = field(default_factory=dict)
     register_s: list[float] = field(default_factory=list)
+    #: CPU-seconds each server process used per send (all its threads), every send.
+    cpu: dict[str, list[float]] = field(default_factory=dict)
 
-    def record(self, target: str, seconds: float) -> None:
+    def record(self, target: str, seconds: float, cpu: float) -> None:
         self.seconds[target] = min(seconds, self.seconds.get(target, float("inf")))
+        self.cpu.setdefault(target, []).append(cpu)
+
+    def cpu_ms_per_file(self, target: str) -> float:
+        """Median CPU-ms per file of ``target`` over the sends: steadier than wall time."""
+        return statistics.median(self.cpu[target]) / self.files * 1000
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU-seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pid_of(command_part: str) -> int:
+    """The process whose command line contains ``command_part`` (the Orthanc we started)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if command_part in cmdline and "Orthanc" in cmdline:
+                return int(entry.name)
+    raise RuntimeError(f"no Orthanc process with {command_part!r} found")
 
 
 def say(text: str) -> None:
@@ -158,19 +186,22 @@ def clear_orthanc(orthanc: Orthanc) -> None:
 
 
 def registered_lines(registry: Path) -> list[dict[str, object]]:
+    """The complete lines of the registry (the receiver may be appending one right now)."""
     if not registry.is_file():
         return []
-    return [json.loads(line) for line in registry.read_text().splitlines()]
+    lines = registry.read_text().split("\n")[:-1]  # the text after the last newline: partial
+    return [json.loads(line) for line in lines]
 
 
-def send(port: int, aec: str, series: Series) -> float:
-    """Seconds storescu takes to send ``series`` in one association."""
+def send(port: int, aec: str, series: Series, server_pid: int) -> tuple[float, float]:
+    """Seconds storescu takes to send ``series`` in one association, and the server's CPU-s."""
+    cpu0 = cpu_seconds(server_pid)
     t0 = time.perf_counter()
     proc = storescu("127.0.0.1", port, series.files, aet="BENCH", aec=aec)
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"storescu to {aec} failed: {proc.stdout}{proc.stderr}")
-    return elapsed
+    return elapsed, cpu_seconds(server_pid) - cpu0
 
 
 def wait_registered(registry: Path, before: int, series: Series, cube: Cube | None) -> float:
@@ -211,11 +242,14 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     sync = not args.no_fsync
     with running_orthanc(workdir / "orthanc", {}, SyncStorageArea=sync) as orthanc:
         receiver = start_receiver(workdir, bridge_port, cube, fsync=sync)
+        orthanc_pid = pid_of(str(workdir / "orthanc" / "orthanc.json"))
         try:
             for (name, series), result in zip(sets, results, strict=True):
                 for _ in range(args.repeat):
                     clear_orthanc(orthanc)
-                    result.record("orthanc", send(orthanc.dicom_port, "ORTHANC", series))
+                    result.record(
+                        "orthanc", *send(orthanc.dicom_port, "ORTHANC", series, orthanc_pid)
+                    )
                     ours = series
                     if cube is not None:
                         copies += 1
@@ -226,20 +260,23 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                             workdir / "bridge" / "storage" / "SERVICES", ignore_errors=True
                         )
                     before = len(registered_lines(registry))
-                    result.record("bridge", send(bridge_port, "CHRIS", ours))
+                    result.record("bridge", *send(bridge_port, "CHRIS", ours, receiver.pid))
                     result.register_s.append(wait_registered(registry, before, ours, cube))
         finally:
             receiver.terminate()
             receiver.wait(timeout=30)
     say("")
     say(f"each file synced to disk before success: {'yes' if sync else 'no'} (both targets)")
-    say(f"{'series':<8}{'files':>6}{'MB':>8}  {'target':<9}{'s':>8}{'files/s':>9}{'MB/s':>8}")
+    say(
+        f"{'series':<8}{'files':>6}{'MB':>8}  {'target':<9}{'s':>8}{'files/s':>9}{'MB/s':>8}"
+        f"{'CPU-ms/file':>13}"
+    )
     for r in results:
         for target in ("orthanc", "bridge"):
             s = r.seconds[target]
             say(
                 f"{r.name:<8}{r.files:>6}{r.megabytes:>8.1f}  {target:<9}{s:>8.3f}"
-                f"{r.files / s:>9.1f}{r.megabytes / s:>8.1f}"
+                f"{r.files / s:>9.1f}{r.megabytes / s:>8.1f}{r.cpu_ms_per_file(target):>13.2f}"
             )
         say(
             f"{'':<22}ratio bridge/orthanc: {r.seconds['orthanc'] / r.seconds['bridge']:.2f}; "

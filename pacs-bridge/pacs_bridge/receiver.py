@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import select
 import socket
 import socketserver
 import threading
@@ -22,14 +24,22 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+)
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_bridge.deid import deidentify_encoded
 from pacs_bridge.errors import (
@@ -41,7 +51,13 @@ from pacs_bridge.errors import (
 from pacs_bridge.registrar import Registrar
 from pacs_bridge.schema import SeriesMeta, SeriesRegistration, StoragePath
 from pacs_bridge.settings import BridgeSettings
-from pacs_bridge.storage import Instance, InstanceStore, read_instance, relative_path
+from pacs_bridge.storage import (
+    Instance,
+    InstanceStore,
+    file_header,
+    read_instance,
+    relative_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +83,111 @@ class _SharedContexts(list[Any]):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _SharedContexts:
         return self
+
+
+#: The longest a connection's reader waits for the socket before its other checks
+#: (timers, stop flag): pynetdicom's own polling period.
+READER_WAIT = 0.001
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """The DUL's queue of primitives to send, which wakes the DUL's wait on each put."""
+
+    def __init__(self, wake: socket.socket) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        try:
+            self._wake.send(b"\0")
+        except OSError:  # full (a wake-up is pending anyway) or closed (the end)
+            pass
+
+
+class _WaitingSocket(AssociationSocket):
+    """pynetdicom's socket wrapper, waiting for data instead of sleeping between polls.
+
+    pynetdicom's DUL thread polls: it sleeps 1 ms whenever the socket has no
+    data and no primitive is queued, so each C-STORE may wait up to 1 ms
+    before its request is read and again before its response is sent.
+    ``ready`` instead waits in ``select`` on the socket and on a wake-up
+    socket that :class:`_WakingQueue` writes to whenever the association
+    queues a primitive (a response), for at most :data:`READER_WAIT`.
+    ``recv`` reads into one buffer with as few calls as the kernel allows
+    (pynetdicom reads 4 kB per call: ~130 calls and copies for a 512 kB
+    slice, ~20 now). Measured in bench/README.md: the slices gain ~20 %; on
+    small files the gain is within the noise.
+    """
+
+    _wake_r: socket.socket
+    _wake_w: socket.socket
+
+    @classmethod
+    def adopt(cls, sock: AssociationSocket) -> None:
+        """Turn pynetdicom's wrapper of an accepted connection into this class, in place.
+
+        In place: making a second wrapper would announce the connection twice.
+        """
+        sock.__class__ = cls
+        waiting = cast(_WaitingSocket, sock)
+        waiting._wake_r, waiting._wake_w = socket.socketpair()
+        waiting._wake_r.setblocking(False)
+        waiting._wake_w.setblocking(False)
+        dul = sock.assoc.dul
+        dul.to_provider_queue = _WakingQueue(waiting._wake_w)
+        # the wait is in ``ready`` now; the DUL's own sleep only yields
+        dul._run_loop_delay = 0.0001
+
+    @property
+    def ready(self) -> bool:  # type: ignore[override]
+        """Whether data is waiting; waits up to :data:`READER_WAIT` for it or a wake-up."""
+        if self.socket is None or self._is_connected is False:
+            return False
+        try:
+            readable, _, _ = select.select([self.socket, self._wake_r], [], [], READER_WAIT)
+        except (OSError, ValueError):
+            self.event_queue.put("Evt17")  # transport connection closed
+            return False
+        if self._wake_r in readable:
+            try:
+                self._wake_r.recv(4096)
+            except OSError:  # nothing left: another wait drained it
+                pass
+        return self.socket in readable
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """Read ``nr_bytes``, blocking; fewer if the peer closes the connection."""
+        assert self.socket is not None
+        out = bytearray(nr_bytes)
+        view = memoryview(out)
+        got = 0
+        try:
+            while got < nr_bytes:
+                n = self.socket.recv_into(view[got:])
+                if not n:
+                    break
+                got += n
+        finally:
+            view.release()
+        if got < nr_bytes:
+            del out[got:]
+        return out
+
+    def close(self) -> None:
+        """Close the connection and the wake-up sockets."""
+        super().close()
+        self._wake_w.close()
+        self._wake_r.close()
+
+
+class _WaitingRequestHandler(RequestHandler):
+    """pynetdicom's handler of an accepted connection, with a :class:`_WaitingSocket`."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        _WaitingSocket.adopt(cast(AssociationSocket, assoc.dul.socket))
+        return assoc
 
 
 class _NoDelayServer(ThreadedAssociationServer):
@@ -327,6 +448,11 @@ class Receiver:
         self.port = settings.dicom_port
 
     def _ae(self) -> AE:
+        if not self.settings.dicom_trace:
+            # pynetdicom's standard handlers format a dozen log lines per DIMSE message
+            # (and copy each received dataset to say it is "Present"); read when each
+            # association is made, so this covers associations started from now on
+            _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=self.settings.ae_title)
         # unlimited PDUs: fewer, larger P-DATA fragments (pynetdicom PR #639 "write fastest")
         ae.maximum_pdu_size = 0
@@ -358,6 +484,8 @@ class Receiver:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
             (evt.EVT_CONN_CLOSE, self._on_end),
@@ -365,7 +493,11 @@ class Receiver:
         ae = self._ae()
         address = (self.settings.dicom_host, self.settings.dicom_port)
         self._server = await asyncio.to_thread(
-            ae.make_server, address, evt_handlers=handlers, server_class=_NoDelayServer
+            ae.make_server,
+            address,
+            evt_handlers=handlers,
+            server_class=_NoDelayServer,
+            request_handler=_WaitingRequestHandler,
         )
         self._server.contexts = _SharedContexts(self._server.contexts)
         threading.Thread(
@@ -402,6 +534,19 @@ class Receiver:
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    def _on_accepted(self, event: evt.Event) -> None:
+        peer = event.assoc.requestor
+        log.info("association from %s (%s:%s) accepted", peer.ae_title, peer.address, peer.port)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        peer = event.assoc.requestor
+        log.warning(
+            "association from %s (%s:%s) rejected",
+            peer.ae_title,
+            peer.address,
+            peer.port,
+        )
+
     def _on_end(self, event: evt.Event) -> None:
         # EVT_CONN_CLOSE follows release/abort too; ``ended`` is idempotent per association
         self.association_ended(event.assoc)
@@ -429,14 +574,22 @@ class Receiver:
         calling = peer.ae_title.strip()
         route = self.settings.route_for(calling)
         pacs = route.pacs_name or calling
+        request = cast(C_STORE, event.request)
         try:
-            encoded = event.encoded_dataset()
+            # what event.encoded_dataset() returns, with the file meta built directly
+            encoded = (
+                file_header(
+                    str(request.AffectedSOPClassUID or ""),
+                    str(request.AffectedSOPInstanceUID or ""),
+                    str(event.context.transfer_syntax),
+                )
+                + cast(BytesIO, request.DataSet).getvalue()
+            )
             inst = read_instance(encoded)
-        except InvalidDicom as exc:
+        except (InvalidDicom, UnicodeEncodeError) as exc:
             self._count("rejected")
             log.warning("rejected an instance from %s: %s", calling, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
-        request = cast(C_STORE, event.request)
         if inst.sop_instance_uid != request.AffectedSOPInstanceUID or (
             inst.sop_class_uid and inst.sop_class_uid != request.AffectedSOPClassUID
         ):

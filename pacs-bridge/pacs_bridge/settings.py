@@ -151,6 +151,10 @@ class BridgeSettings(BaseSettings):
     #: Free space the receiver keeps on the storage volume: a C-STORE that would
     #: take free space below it is refused with 0xA700 (out of resources).
     reserve_bytes: int = Field(default=1024**3, ge=0)
+    #: pynetdicom's own logging of every DIMSE message and negotiation (to debug a
+    #: peer; it costs time per instance, so off by default: the receiver logs each
+    #: association and rejection itself).
+    dicom_trace: bool = False
     #: fsync each received file before answering success (Orthanc's SyncStorageArea does too).
     fsync: bool = True
     #: CUBE's storage root; files land under ``SERVICES/PACS/<pacs>/...``.

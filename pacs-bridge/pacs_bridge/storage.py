@@ -23,6 +23,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from pacs_bridge.errors import InvalidDicom, StorageFull
 from pacs_bridge.schema import SeriesMeta, StoragePath
@@ -278,6 +279,56 @@ def _read_with_pydicom(encoded: bytes) -> Instance:
         raise InvalidDicom(f"unparseable dataset: {exc}") from exc
 
 
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little-endian element with a 2-byte length (PS3.5 7.1.2)."""
+    return (
+        (tag >> 16).to_bytes(2, "little")
+        + (tag & 0xFFFF).to_bytes(2, "little")
+        + vr
+        + len(value).to_bytes(2, "little")
+        + value
+    )
+
+
+def _ui(value: str) -> bytes:
+    """A UI value padded with NUL to an even length (PS3.5 6.2)."""
+    raw = value.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+#: The Implementation Class UID and Version Name elements, the same for every file.
+_IMPLEMENTATION = _element(0x00020012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)) + _element(
+    0x00020013,
+    b"SH",
+    PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    + (b" " if len(PYNETDICOM_IMPLEMENTATION_VERSION) % 2 else b""),
+)
+
+
+def file_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and File Meta Information (PS3.10 7.1) of a received instance.
+
+    The same bytes as the header of pynetdicom's ``Event.encoded_dataset()``
+    (its ``create_file_meta``: version, SOP class and instance, transfer syntax,
+    implementation UID and version), built directly: pydicom's writer took
+    about 0.4 CPU-ms per instance here, a tenth of Orthanc's whole time per
+    small instance.
+
+    Raises:
+        UnicodeEncodeError: a UID is not ASCII.
+    """
+    body = (
+        # (0002,0001) OB: a 2-byte reserved field and a 4-byte length
+        b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01"
+        + _element(0x00020002, b"UI", _ui(sop_class_uid))
+        + _element(0x00020003, b"UI", _ui(sop_instance_uid))
+        + _element(0x00020010, b"UI", _ui(transfer_syntax))
+        + _IMPLEMENTATION
+    )
+    length = b"\x02\x00\x00\x00UL\x04\x00" + len(body).to_bytes(4, "little")
+    return b"\0" * 128 + b"DICM" + length + body
+
+
 def relative_path(pacs_name: str, inst: Instance) -> StoragePath:
     """The instance's path relative to the storage root (see the module docstring)."""
     m = inst.meta
@@ -308,11 +359,21 @@ class InstanceStore:
         self.fsync = fsync
         self._lock = threading.Lock()
         self._writing: set[str] = set()
+        #: Folders known to exist: a series' instances share one, so after the first
+        #: instance no mkdir calls (a stat per path component) are needed.
+        self._folders: set[Path] = set()
 
     def check_space(self, size: int) -> None:
         """Raise :class:`StorageFull` if writing ``size`` bytes would eat into the reserve."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.root).free
+        if self.root not in self._folders:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._folders.add(self.root)
+        try:
+            free = shutil.disk_usage(self.root).free
+        except FileNotFoundError:  # the root was removed under us
+            self._folders.clear()
+            self.root.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.root).free
         if free - size < self.reserve_bytes:
             raise StorageFull(
                 f"{free} bytes free, storing {size} would leave less than the "
@@ -335,8 +396,11 @@ class InstanceStore:
             if dest.exists():
                 return False
             self.check_space(len(encoded))
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".incoming-")
+            try:
+                fd, tmp = self._create(dest.parent)
+            except FileNotFoundError:  # a known folder was removed: make it again
+                self._folders.discard(dest.parent)
+                fd, tmp = self._create(dest.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(encoded)
@@ -352,3 +416,12 @@ class InstanceStore:
         finally:
             with self._lock:
                 self._writing.discard(path)
+
+    def _create(self, folder: Path) -> tuple[int, str]:
+        """A new temporary file in ``folder`` (made if needed): its descriptor and path."""
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            if len(self._folders) > 10_000:  # bounded: the receiver runs for months
+                self._folders.clear()
+            self._folders.add(folder)
+        return tempfile.mkstemp(dir=folder, prefix=".incoming-")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 from pacs_bridge.errors import InvalidRequest
-from pacs_bridge.receiver import Receiver
+from pacs_bridge.receiver import Receiver, _WaitingSocket
 from pacs_bridge.registrar import JsonlRegistry
 from pacs_bridge.settings import BridgeSettings
 from pydicom import dcmread
@@ -252,3 +254,23 @@ async def test_stop_registers_pending_series_at_once(
         assert rx.assembler.pending == 1
     [reg] = registry.registrations()
     assert len(reg.files) == 2
+
+
+def test_waiting_socket_reads_whole_pdus_and_what_a_closed_peer_left() -> None:
+    # the receiver's reader replaces pynetdicom's 4 kB reads with reads into one
+    # buffer: it must still block for the whole length, and return short when the
+    # peer closes (pynetdicom then reports the connection closed)
+    ours, peer = socket.socketpair()
+    reader = object.__new__(_WaitingSocket)  # only .socket is used by recv
+    reader.socket = ours
+    try:
+        payload = bytes(range(256)) * 2048  # 512 kB: many kernel reads
+        sender = threading.Thread(target=peer.sendall, args=(payload,))
+        sender.start()
+        assert reader.recv(len(payload)) == payload
+        sender.join()
+        peer.sendall(b"tail")
+        peer.close()
+        assert reader.recv(10) == b"tail"
+    finally:
+        ours.close()

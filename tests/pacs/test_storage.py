@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from io import BytesIO
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from pacs_bridge.storage import (
     _read_with_pydicom,
     _scan,
     _Unsupported,
+    file_header,
     read_instance,
     relative_path,
 )
 from pydicom import dcmread
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import UID, ImplicitVRLittleEndian
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from tests.support.dicom import write_ct_series
 
@@ -105,3 +108,44 @@ def test_store_duplicates_and_atomic_files(tmp_path: Path) -> None:
     assert not store.write(path, b"two")  # type: ignore[arg-type]
     assert (tmp_path / path).read_bytes() == b"one"
     assert [p.name for p in (tmp_path / path).parent.iterdir()] == ["0001-1.2.dcm"]
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "syntax"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),  # even lengths
+        ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", "1.2.840.10008.1.2"),  # odd: padded
+        ("1.2.840.10008.5.1.4.1.1.7", "2.25." + "9" * 59, "1.2.840.10008.1.2.4.50"),
+    ],
+)
+def test_file_header_is_pynetdicoms(sop_class: str, sop_instance: str, syntax: str) -> None:
+    # the receiver builds the header itself (faster); it must stay byte-identical to
+    # what pynetdicom's Event.encoded_dataset() puts before the dataset
+    expected = (
+        b"\0" * 128
+        + b"DICM"
+        + encode_file_meta(
+            create_file_meta(
+                sop_class_uid=UID(sop_class),
+                sop_instance_uid=UID(sop_instance),
+                transfer_syntax=UID(syntax),
+            )
+        )
+    )
+    header = file_header(sop_class, sop_instance, syntax)
+    assert header == expected
+    meta = dcmread(BytesIO(header)).file_meta  # an empty dataset after it
+    assert meta.TransferSyntaxUID == syntax
+    assert meta.MediaStorageSOPInstanceUID == sop_instance
+
+
+def test_store_makes_folders_again_when_they_were_removed(tmp_path: Path) -> None:
+    # the store remembers the folders it made; one removed since (a cleanup, an
+    # operator) is made again rather than failing the next C-STORE
+    store = InstanceStore(tmp_path / "root", reserve_bytes=0, fsync=False)
+    assert store.write("SERVICES/PACS/X/a/b/c/0001-1.dcm", b"one")  # type: ignore[arg-type]
+    shutil.rmtree(tmp_path / "root" / "SERVICES" / "PACS" / "X" / "a" / "b" / "c")
+    assert store.write("SERVICES/PACS/X/a/b/c/0002-2.dcm", b"two")  # type: ignore[arg-type]
+    shutil.rmtree(tmp_path / "root")
+    assert store.write("SERVICES/PACS/X/a/b/c/0003-3.dcm", b"three")  # type: ignore[arg-type]
+    assert (tmp_path / "root/SERVICES/PACS/X/a/b/c/0003-3.dcm").read_bytes() == b"three"
