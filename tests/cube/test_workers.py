@@ -300,11 +300,22 @@ class UnreachableSite(FakeSite):
     async def server_info(self) -> Any:
         raise PfconUnavailable(f"{self.name}: connection refused")
 
+    async def submit_as(
+        self, worker: str, job: JobDescriptor, data: AsyncIterable[bytes]
+    ) -> JobSubmitted:
+        raise PfconUnavailable(f"{self.name}: connection refused")
+
 
 class HangingSite(FakeSite):
     """Accepts connections and never answers (a blackholed site)."""
 
     async def status(self, jid: str, *, wait: float | None = None, known: Any = None) -> JobInfo:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def submit_as(
+        self, worker: str, job: JobDescriptor, data: AsyncIterable[bytes]
+    ) -> JobSubmitted:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
