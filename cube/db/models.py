@@ -400,7 +400,6 @@ class Folder(SQLModel, table=True):
     creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
-
 class FolderUserPermission(SQLModel, table=True):
     """A file browser folder shared with one user (ChRIS v6): they read the
     folder and everything below it. ``permission`` is ``r`` or ``w``."""
@@ -448,6 +447,7 @@ class FileGroupPermission(SQLModel, table=True):
     file_id: int = Field(foreign_key="stored_file.id", index=True, ondelete="CASCADE")
     group_id: int = Field(foreign_key="user_group.id", index=True, ondelete="CASCADE")
     permission: str = Field(default="r", max_length=1)
+
 
 # -- ts instances, pipelines and workflows (issue 5) ---------------------------------
 

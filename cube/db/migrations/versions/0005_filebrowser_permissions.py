@@ -104,7 +104,6 @@ def upgrade() -> None:
         )
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("file_user_permission", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_file_user_permission_user_id"))
