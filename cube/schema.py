@@ -232,6 +232,9 @@ class Feed(_Wire):
     public: bool
     owner_username: str
     folder_path: str
+    #: The feed's folder in the file browser (``null`` for a feed made
+    #: before feed folders got ids at creation, until its folder is looked at).
+    folder: OptLink = None
     created_jobs: int = 0
     waiting_jobs: int = 0
     scheduled_jobs: int = 0

@@ -135,7 +135,22 @@ async def feeds(base: str, session: AsyncSession, rows: Sequence[m.Feed]) -> lis
         )
         for feed_id, status, n in found.all():
             counts[feed_id][status] = n
-    return [_feed(base, f, owners.get(f.owner_id), counts[f.id or 0]) for f in rows]
+    paths = {f.id: _feed_folder(f, owners.get(f.owner_id)) for f in rows}
+    folders: dict[str, int] = {}
+    if paths:
+        found_folders = await session.exec(
+            select(m.Folder.path, m.Folder.id).where(col(m.Folder.path).in_(paths.values()))
+        )
+        folders = {path: fid for path, fid in found_folders.all() if fid is not None}
+    return [
+        _feed(base, f, owners.get(f.owner_id), counts[f.id or 0], folders.get(paths[f.id]))
+        for f in rows
+    ]
+
+
+def _feed_folder(f: m.Feed, owner: m.User | None) -> str:
+    """The storage path of a feed's folder (CUBE v6 layout)."""
+    return f"home/{owner.username if owner else ''}/feeds/feed_{f.id}"
 
 
 #: The ``*_jobs`` fields of feeds and workflows, and the instance status each counts.
@@ -156,7 +171,9 @@ def _job_counts(counts: dict[str, int]) -> dict[str, Any]:
     return {name: counts.get(status, 0) for name, status in _JOB_COUNT_FIELDS.items()}
 
 
-def _feed(base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int]) -> schema.Feed:
+def _feed(
+    base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int], folder_id: int | None
+) -> schema.Feed:
     url = f"{base}/api/v1/{f.id}/"
     return schema.Feed(
         url=url,
@@ -166,7 +183,8 @@ def _feed(base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int]) ->
         name=f.name,
         public=f.public,
         owner_username=owner.username if owner else "",
-        folder_path=f"home/{owner.username if owner else ''}/feeds/feed_{f.id}",
+        folder_path=_feed_folder(f, owner),
+        folder=f"{base}/api/v1/filebrowser/{folder_id}/" if folder_id else None,
         **_job_counts(counts),
         plugin_instances=f"{url}plugininstances/",
         files=f"{url}files/",

@@ -364,6 +364,20 @@ async def test_instance_output_folder_links_its_file_browser_folder(
     assert resp.status == 404
 
 
+async def test_feed_folder_links_its_file_browser_folder(api: TestClient, world: World) -> None:
+    path = f"/api/v1/{world.ids['feed']}/"
+    js = await ok(await api.get(path, headers={**world.alice, **JSON}))
+    folder = await ok(await api.get(local(js["folder"]), headers={**world.alice, **JSON}))
+    assert folder["path"] == js["folder_path"] == f"home/alice/feeds/feed_{world.ids['feed']}"
+    listed = await ok(await api.get("/api/v1/", headers={**world.alice, **JSON}))
+    assert [f["folder"] for f in listed["results"]] == [js["folder"]]
+    cj = await ok(await api.get(path, headers={**world.alice, **CJ}))
+    links = {link["rel"]: link["href"] for link in cj["collection"]["items"][0]["links"]}
+    assert links["folder"] == js["folder"]
+    resp = await api.get(local(js["folder"]), headers={**world.carol, **JSON})
+    assert resp.status == 404
+
+
 async def test_deleted_instances_and_feeds_leave_no_folders(api: TestClient, world: World) -> None:
     fs = await ok(
         await api.get(
