@@ -175,10 +175,10 @@ async def grant_group(
     _check_owner(user, target)
     group = (await session.exec(select(Group).where(Group.name == name))).first()
     if group is None or group.id is None:
-        raise BadRequest.field("grp_name", f"no group {name!r}")
+        raise BadRequest.field("grpname", f"no group {name!r}")
     model = group_model(target.kind)
     if await _existing(session, model, target, model.group_id, group.id):
-        raise BadRequest.field("grp_name", f"already shared with group {name!r}")
+        raise BadRequest.field("grpname", f"already shared with group {name!r}")
     grant = _new(model, target, group_id=group.id, permission=permission)
     session.add(grant)
     await session.flush()

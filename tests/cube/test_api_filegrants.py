@@ -167,7 +167,7 @@ async def test_bad_grants_are_clear_400s(api: TestClient, world: World) -> None:
         assert resp.status == 400, body
         assert field in await resp.json(), body
     resp = await api.post(groups, json={"grpname": "nosuch"}, headers=world.alice)
-    assert resp.status == 400 and "grp_name" in await resp.json()
+    assert resp.status == 400 and "grpname" in await resp.json()
     # staff may grant on alice's folder, but not to alice herself
     resp = await api.post(users, json={"username": "alice"}, headers=world.admin)
     assert resp.status == 400
