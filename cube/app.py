@@ -9,7 +9,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cube.api import feeds, files, openapi, pacs, pipelines, plugins, root, social, users
+from cube.api import (
+    feeds,
+    filegrants,
+    files,
+    openapi,
+    pacs,
+    pipelines,
+    plugins,
+    root,
+    social,
+    users,
+)
 from cube.api.common import (
     HUB,
     REGISTRY,
@@ -48,6 +59,7 @@ def create_app(settings: CubeSettings | None = None) -> web.Application:
         pipelines.routes,
         social.routes,
         files.routes,
+        filegrants.routes,
         pacs.routes,
         openapi.routes,
     ):

@@ -232,6 +232,9 @@ class Feed(_Wire):
     public: bool
     owner_username: str
     folder_path: str
+    #: The feed's folder in the file browser (``null`` for a feed made
+    #: before feed folders got ids at creation, until its folder is looked at).
+    folder: OptLink = None
     created_jobs: int = 0
     waiting_jobs: int = 0
     scheduled_jobs: int = 0
@@ -430,6 +433,8 @@ class UserFile(_Wire):
     file_resource: Link
     parent_folder: OptLink = None
     owner: Link = ""
+    group_permissions: Link = ""
+    user_permissions: Link = ""
 
 
 class PluginInstanceFile(_Wire):
@@ -455,6 +460,8 @@ class Folder(_Wire):
     children: Link
     files: Link
     link_files: Link
+    group_permissions: Link
+    user_permissions: Link
 
 
 class FolderFile(_Wire):
@@ -469,6 +476,8 @@ class FolderFile(_Wire):
     owner_username: str
     file_resource: Link
     parent_folder: Link
+    group_permissions: Link
+    user_permissions: Link
 
 
 class LinkFile(_Wire):
@@ -484,6 +493,92 @@ class LinkFile(_Wire):
     owner_username: str
     file_resource: Link
     parent_folder: Link
+    group_permissions: Link
+    user_permissions: Link
+
+
+class FolderUserPermission(_Wire):
+    """A folder shared with a user (ChRIS v6): read access to it and below."""
+
+    url: Link
+    id: int
+    permission: str
+    folder_id: FolderId
+    folder_path: str
+    user_id: UserId
+    user_username: str
+    folder: Link
+    user: Link
+
+
+class FolderGroupPermission(_Wire):
+    """A folder shared with a group's members."""
+
+    url: Link
+    id: int
+    permission: str
+    folder_id: FolderId
+    folder_path: str
+    group_id: GroupId
+    group_name: str
+    folder: Link
+    group: Link
+
+
+class FileUserPermission(_Wire):
+    """A file of the file browser shared with a user."""
+
+    url: Link
+    id: int
+    permission: str
+    file_id: FileId
+    file_fname: str
+    user_id: UserId
+    user_username: str
+    file: Link
+    user: Link
+
+
+class FileGroupPermission(_Wire):
+    """A file of the file browser shared with a group's members."""
+
+    url: Link
+    id: int
+    permission: str
+    file_id: FileId
+    file_fname: str
+    group_id: GroupId
+    group_name: str
+    file: Link
+    group: Link
+
+
+class LinkFileUserPermission(_Wire):
+    """A link file shared with a user."""
+
+    url: Link
+    id: int
+    permission: str
+    link_file_id: FileId
+    link_file_fname: str
+    user_id: UserId
+    user_username: str
+    link_file: Link
+    user: Link
+
+
+class LinkFileGroupPermission(_Wire):
+    """A link file shared with a group's members."""
+
+    url: Link
+    id: int
+    permission: str
+    link_file_id: FileId
+    link_file_fname: str
+    group_id: GroupId
+    group_name: str
+    link_file: Link
+    group: Link
 
 
 class Pacs(_Wire):

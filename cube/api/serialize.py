@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from chris_sdk.descriptor import ParameterType, PluginType
+from pydantic import BaseModel
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -134,7 +135,22 @@ async def feeds(base: str, session: AsyncSession, rows: Sequence[m.Feed]) -> lis
         )
         for feed_id, status, n in found.all():
             counts[feed_id][status] = n
-    return [_feed(base, f, owners.get(f.owner_id), counts[f.id or 0]) for f in rows]
+    paths = {f.id: _feed_folder(f, owners.get(f.owner_id)) for f in rows}
+    folders: dict[str, int] = {}
+    if paths:
+        found_folders = await session.exec(
+            select(m.Folder.path, m.Folder.id).where(col(m.Folder.path).in_(paths.values()))
+        )
+        folders = {path: fid for path, fid in found_folders.all() if fid is not None}
+    return [
+        _feed(base, f, owners.get(f.owner_id), counts[f.id or 0], folders.get(paths[f.id]))
+        for f in rows
+    ]
+
+
+def _feed_folder(f: m.Feed, owner: m.User | None) -> str:
+    """The storage path of a feed's folder (CUBE v6 layout)."""
+    return f"home/{owner.username if owner else ''}/feeds/feed_{f.id}"
 
 
 #: The ``*_jobs`` fields of feeds and workflows, and the instance status each counts.
@@ -155,7 +171,9 @@ def _job_counts(counts: dict[str, int]) -> dict[str, Any]:
     return {name: counts.get(status, 0) for name, status in _JOB_COUNT_FIELDS.items()}
 
 
-def _feed(base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int]) -> schema.Feed:
+def _feed(
+    base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int], folder_id: int | None
+) -> schema.Feed:
     url = f"{base}/api/v1/{f.id}/"
     return schema.Feed(
         url=url,
@@ -165,7 +183,8 @@ def _feed(base: str, f: m.Feed, owner: m.User | None, counts: dict[str, int]) ->
         name=f.name,
         public=f.public,
         owner_username=owner.username if owner else "",
-        folder_path=f"home/{owner.username if owner else ''}/feeds/feed_{f.id}",
+        folder_path=_feed_folder(f, owner),
+        folder=f"{base}/api/v1/filebrowser/{folder_id}/" if folder_id else None,
         **_job_counts(counts),
         plugin_instances=f"{url}plugininstances/",
         files=f"{url}files/",
@@ -335,6 +354,9 @@ def user_file(base: str, f: m.StoredFile, owner_username: str) -> schema.UserFil
         owner_username=owner_username,
         file_resource=f"{url}{_basename(f.fname)}",
         owner=f"{base}/api/v1/users/{f.owner_id}/",
+        # the grants of an upload are those of its file browser file
+        group_permissions=f"{base}/api/v1/filebrowser/files/{f.id}/grouppermissions/",
+        user_permissions=f"{base}/api/v1/filebrowser/files/{f.id}/userpermissions/",
     )
 
 
@@ -500,6 +522,8 @@ def folder(base: str, f: m.Folder, parent_id: int | None) -> schema.Folder:
         children=f"{url}children/",
         files=f"{url}files/",
         link_files=f"{url}linkfiles/",
+        group_permissions=f"{url}grouppermissions/",
+        user_permissions=f"{url}userpermissions/",
     )
 
 
@@ -517,6 +541,8 @@ def folder_file(
         owner_username=owner_username,
         file_resource=f"{url}{_basename(f.fname)}",
         parent_folder=f"{base}/api/v1/filebrowser/{folder_id}/",
+        group_permissions=f"{url}grouppermissions/",
+        user_permissions=f"{url}userpermissions/",
     )
 
 
@@ -535,6 +561,8 @@ def link_file(
         owner_username=owner_username,
         file_resource=f"{url}{_basename(f.fname)}",
         parent_folder=f"{base}/api/v1/filebrowser/{folder_id}/",
+        group_permissions=f"{url}grouppermissions/",
+        user_permissions=f"{url}userpermissions/",
     )
 
 
@@ -739,3 +767,53 @@ async def pipeline_source_file(
         file_resource=f"{url}{_basename(f.fname)}",
         pipeline=f"{base}/api/v1/pipelines/{f.pipeline_id}/",
     )
+
+
+#: The file browser grant wire models, by (target kind, "user" or "group").
+_GRANT_MODELS: dict[tuple[str, str], type[BaseModel]] = {
+    ("folder", "user"): schema.FolderUserPermission,
+    ("folder", "group"): schema.FolderGroupPermission,
+    ("file", "user"): schema.FileUserPermission,
+    ("file", "group"): schema.FileGroupPermission,
+    ("linkfile", "user"): schema.LinkFileUserPermission,
+    ("linkfile", "group"): schema.LinkFileGroupPermission,
+}
+
+#: (URL segment, field prefix, path field suffix) of each target kind.
+_GRANT_TARGETS = {
+    "folder": ("filebrowser/", "folder", "path"),
+    "file": ("filebrowser/files/", "file", "fname"),
+    "linkfile": ("filebrowser/linkfiles/", "link_file", "fname"),
+}
+
+
+def file_grant(
+    base: str, kind: str, grant: Any, target_path: str, subject: m.User | m.Group
+) -> BaseModel:
+    """A folder, file or link file grant to a user or a group, as ChRIS shapes it
+    (``folder_id``/``folder_path``, ``file_id``/``file_fname``,
+    ``link_file_id``/``link_file_fname``, then the user's or group's fields)."""
+    segment, prefix, path_field = _GRANT_TARGETS[kind]
+    target_id = grant.folder_id if kind == "folder" else grant.file_id
+    who = "user" if isinstance(subject, m.User) else "group"
+    fields: dict[str, Any] = {
+        "url": f"{base}/api/v1/{segment}{who}permissions/{grant.id}/",
+        "id": grant.id or 0,
+        "permission": grant.permission,
+        f"{prefix}_id": target_id,
+        f"{prefix}_{path_field}": target_path,
+        prefix: f"{base}/api/v1/{segment}{target_id}/",
+    }
+    if isinstance(subject, m.User):
+        fields |= {
+            "user_id": subject.id or 0,
+            "user_username": subject.username,
+            "user": f"{base}/api/v1/users/{subject.id}/",
+        }
+    else:
+        fields |= {
+            "group_id": subject.id or 0,
+            "group_name": subject.name,
+            "group": f"{base}/api/v1/groups/{subject.id}/",
+        }
+    return _GRANT_MODELS[(kind, who)](**fields)

@@ -400,6 +400,55 @@ class Folder(SQLModel, table=True):
     creation_date: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
+class FolderUserPermission(SQLModel, table=True):
+    """A file browser folder shared with one user (ChRIS v6): they read the
+    folder and everything below it. ``permission`` is ``r`` or ``w``."""
+
+    __tablename__ = "folder_user_permission"
+    __table_args__ = (UniqueConstraint("folder_id", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    folder_id: int = Field(foreign_key="folder.id", index=True, ondelete="CASCADE")
+    user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    permission: str = Field(default="r", max_length=1)
+
+
+class FolderGroupPermission(SQLModel, table=True):
+    """A folder shared with every member of a group (see :class:`FolderUserPermission`)."""
+
+    __tablename__ = "folder_group_permission"
+    __table_args__ = (UniqueConstraint("folder_id", "group_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    folder_id: int = Field(foreign_key="folder.id", index=True, ondelete="CASCADE")
+    group_id: int = Field(foreign_key="user_group.id", index=True, ondelete="CASCADE")
+    permission: str = Field(default="r", max_length=1)
+
+
+class FileUserPermission(SQLModel, table=True):
+    """A file (or a link file) shared with one user: they read that file alone."""
+
+    __tablename__ = "file_user_permission"
+    __table_args__ = (UniqueConstraint("file_id", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    file_id: int = Field(foreign_key="stored_file.id", index=True, ondelete="CASCADE")
+    user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    permission: str = Field(default="r", max_length=1)
+
+
+class FileGroupPermission(SQLModel, table=True):
+    """A file (or a link file) shared with every member of a group."""
+
+    __tablename__ = "file_group_permission"
+    __table_args__ = (UniqueConstraint("file_id", "group_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    file_id: int = Field(foreign_key="stored_file.id", index=True, ondelete="CASCADE")
+    group_id: int = Field(foreign_key="user_group.id", index=True, ondelete="CASCADE")
+    permission: str = Field(default="r", max_length=1)
+
+
 # -- ts instances, pipelines and workflows (issue 5) ---------------------------------
 
 

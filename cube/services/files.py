@@ -11,10 +11,21 @@ from typing import Any
 
 from sqlalchemy import and_
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, func, select
+from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from cube.db.models import Feed, Folder, PluginInstance, StoredFile, User
+from cube.db.models import (
+    Feed,
+    FileGroupPermission,
+    FileUserPermission,
+    Folder,
+    FolderGroupPermission,
+    FolderUserPermission,
+    GroupMember,
+    PluginInstance,
+    StoredFile,
+    User,
+)
 from cube.errors import BadRequest, NotFound, PermissionDenied
 from cube.services import feeds, groups
 from cube.storage import Storage, check_storage_path
@@ -77,16 +88,21 @@ async def upload_file(
 
 async def can_read_file(session: AsyncSession, user: User | None, row: StoredFile) -> bool:
     """Whether ``user`` may read a stored file: their own, public, staff, an
-    output of a feed they may read, or a PACS file for members of ``pacs_users``.
+    output of a feed they may read, a PACS file for members of ``pacs_users``,
+    or a file shared with them (itself or a folder above it, see
+    :func:`file_granted`).
     ``None`` (an anonymous caller) reads public files and outputs of public feeds."""
     if row.public or (user is not None and (row.owner_id == user.id or user.is_staff)):
         return True
     if row.plugin_inst_id is not None:
         inst = await session.get(PluginInstance, row.plugin_inst_id)
-        return inst is not None and await feeds.can_read(session, user, inst.feed_id)
-    if user is not None and row.fname.startswith(PACS_ROOT + "/"):
-        return await groups.is_member(session, user, PACS_GROUP)
-    return False
+        if inst is not None and await feeds.can_read(session, user, inst.feed_id):
+            return True
+    if user is None:
+        return False
+    if row.fname.startswith(PACS_ROOT + "/") and await groups.is_member(session, user, PACS_GROUP):
+        return True
+    return await file_granted(session, user, row)
 
 
 async def readable_file(session: AsyncSession, user: User | None, file_id: int) -> StoredFile:
@@ -198,8 +214,9 @@ async def folder_visible(session: AsyncSession, user: User, path: str) -> bool:
     """Whether ``user`` may open folder ``path`` (storage path, ``""`` the root).
 
     Own home, the top levels, shared or public feeds' folders
-    (``home/<owner>/feeds/feed_<id>/...``), PIPELINES, and SERVICES/PACS for
-    ``pacs_users`` members; staff see everything.
+    (``home/<owner>/feeds/feed_<id>/...``), PIPELINES, SERVICES/PACS for
+    ``pacs_users`` members, and folders shared with the user or below one
+    shared with them (:func:`folder_granted`); staff see everything.
     """
     if user.is_staff or path in TOP_FOLDERS:
         return True
@@ -209,21 +226,64 @@ async def folder_visible(session: AsyncSession, user: User, path: str) -> bool:
             return True
         if len(parts) >= 4 and parts[2] == "feeds" and parts[3].startswith("feed_"):
             feed_id = parts[3].removeprefix("feed_")
-            if not feed_id.isdigit():
-                return False
-            feed = await session.get(Feed, int(feed_id))
-            owner = await session.get(User, feed.owner_id) if feed else None
-            return (
-                owner is not None
-                and owner.username == parts[1]
-                and await feeds.can_read(session, user, int(feed_id))
-            )
-        return False
-    if parts[0] == "PIPELINES":
+            if feed_id.isdigit():
+                feed = await session.get(Feed, int(feed_id))
+                owner = await session.get(User, feed.owner_id) if feed else None
+                if (
+                    owner is not None
+                    and owner.username == parts[1]
+                    and await feeds.can_read(session, user, int(feed_id))
+                ):
+                    return True
+    elif parts[0] == "PIPELINES":
         return True
-    if parts[:2] == ["SERVICES", "PACS"]:
-        return await groups.is_member(session, user, PACS_GROUP)
-    return False
+    elif parts[:2] == ["SERVICES", "PACS"] and await groups.is_member(session, user, PACS_GROUP):
+        return True
+    return await folder_granted(session, user, path)
+
+
+def folder_and_ancestors(path: str) -> list[str]:
+    """``path`` and every folder above it, the root (``""``) included."""
+    parts = path.split("/") if path else []
+    return [""] + ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _groups_of(user: User) -> Any:
+    return select(GroupMember.group_id).where(GroupMember.user_id == user.id)
+
+
+async def folder_granted(session: AsyncSession, user: User, path: str) -> bool:
+    """Whether folder ``path`` or a folder above it is shared with ``user``
+    (directly or through a group): a folder grant covers everything below.
+    One query: it runs for every folder a user cannot otherwise open."""
+    by_user = select(FolderUserPermission.folder_id).where(FolderUserPermission.user_id == user.id)
+    by_group = select(FolderGroupPermission.folder_id).where(
+        col(FolderGroupPermission.group_id).in_(_groups_of(user))
+    )
+    found = await session.exec(
+        select(Folder.id)
+        .where(col(Folder.path).in_(folder_and_ancestors(path)))
+        .where(or_(col(Folder.id).in_(by_user), col(Folder.id).in_(by_group)))
+        .limit(1)
+    )
+    return found.first() is not None
+
+
+async def file_granted(session: AsyncSession, user: User, row: StoredFile) -> bool:
+    """Whether a stored file, or a folder it lies in, is shared with ``user``
+    (directly or through a group)."""
+    by_user = select(FileUserPermission.file_id).where(FileUserPermission.user_id == user.id)
+    by_group = select(FileGroupPermission.file_id).where(
+        col(FileGroupPermission.group_id).in_(_groups_of(user))
+    )
+    found = await session.exec(
+        select(StoredFile.id)
+        .where(StoredFile.id == row.id)
+        .where(or_(col(StoredFile.id).in_(by_user), col(StoredFile.id).in_(by_group)))
+    )
+    if found.first() is not None:
+        return True
+    return await folder_granted(session, user, row.fname.rpartition("/")[0])
 
 
 def files_in_folder(session: AsyncSession, path: str) -> Any:

@@ -315,6 +315,9 @@ async def create_instance(
     # the output folder gets its file browser id now, so the instance's
     # ``output_folder`` link (ChRIS v6) is there from the start
     await folder_row(session, inst.output_path)
+    if previous is None:
+        # and a new feed's folder, for the feed's ``folder`` link
+        await folder_row(session, base)
     await run_if_ready(session, inst, previous)
     await session.refresh(inst)
     return inst

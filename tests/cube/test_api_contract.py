@@ -364,6 +364,20 @@ async def test_instance_output_folder_links_its_file_browser_folder(
     assert resp.status == 404
 
 
+async def test_feed_folder_links_its_file_browser_folder(api: TestClient, world: World) -> None:
+    path = f"/api/v1/{world.ids['feed']}/"
+    js = await ok(await api.get(path, headers={**world.alice, **JSON}))
+    folder = await ok(await api.get(local(js["folder"]), headers={**world.alice, **JSON}))
+    assert folder["path"] == js["folder_path"] == f"home/alice/feeds/feed_{world.ids['feed']}"
+    listed = await ok(await api.get("/api/v1/", headers={**world.alice, **JSON}))
+    assert [f["folder"] for f in listed["results"]] == [js["folder"]]
+    cj = await ok(await api.get(path, headers={**world.alice, **CJ}))
+    links = {link["rel"]: link["href"] for link in cj["collection"]["items"][0]["links"]}
+    assert links["folder"] == js["folder"]
+    resp = await api.get(local(js["folder"]), headers={**world.carol, **JSON})
+    assert resp.status == 404
+
+
 async def test_deleted_instances_and_feeds_leave_no_folders(api: TestClient, world: World) -> None:
     fs = await ok(
         await api.get(
@@ -395,3 +409,70 @@ async def test_deleted_instances_and_feeds_leave_no_folders(api: TestClient, wor
     for gone in (fs["output_folder"], folder["url"]):
         resp = await api.get(local(gone), headers={**world.alice, **JSON})
         assert resp.status == 404, gone
+
+
+async def test_file_browser_grants_in_both_media_types(api: TestClient, world: World) -> None:
+    """Folder, file and link file grants, made through a Collection+JSON template
+    and read back in both media types."""
+
+    def template(**fields: Any) -> dict[str, Any]:
+        return {"template": {"data": [{"name": k, "value": v} for k, v in fields.items()]}}
+
+    cj_post = {**world.alice, **CJ, "Content-Type": "application/vnd.collection+json"}
+    found = await ok(
+        await api.get(
+            "/api/v1/filebrowser/search/?path=home/alice/uploads", headers={**world.alice, **JSON}
+        )
+    )
+    uploads = found["results"][0]["id"]
+    made: list[str] = []
+    for under, body in (
+        (f"/api/v1/filebrowser/{uploads}/userpermissions/", {"username": "carol"}),
+        (f"/api/v1/filebrowser/{uploads}/grouppermissions/", {"grpname": "lab"}),
+        (
+            f"/api/v1/filebrowser/files/{world.ids['userfile']}/userpermissions/",
+            {"username": "carol"},
+        ),
+        (f"/api/v1/filebrowser/files/{world.ids['out']}/grouppermissions/", {"grpname": "lab"}),
+        (
+            f"/api/v1/filebrowser/linkfiles/{world.ids['link']}/userpermissions/",
+            {"username": "carol"},
+        ),
+        (
+            f"/api/v1/filebrowser/linkfiles/{world.ids['link']}/grouppermissions/",
+            {"grpname": "lab"},
+        ),
+    ):
+        doc = await ok(
+            await api.post(under, json=template(**body, permission="r"), headers=cj_post), 201
+        )
+        (item,) = doc["collection"]["items"]
+        data = {d["name"]: d["value"] for d in item["data"]}
+        assert data["permission"] == "r"
+        made.append(local(item["href"]))
+        # the list offers the template to create one
+        cj = await ok(await api.get(under, headers={**world.alice, **CJ}))
+        names = {d["name"] for d in cj["collection"]["template"]["data"]}
+        assert names == {next(iter(body)), "permission"}
+        made.extend([under, under + "search/?permission=r"])
+    for path in made:
+        many = not path.rstrip("/").split("/")[-1].isdigit()
+        js = await ok(await api.get(path, headers={**world.alice, **JSON}))
+        cj = await ok(await api.get(path, headers={**world.alice, **CJ}))
+        if many:
+            assert js["count"] == 1, path
+        try:
+            assert_same(cj, js, many)
+        except AssertionError as exc:
+            raise AssertionError(f"{path}: {exc}") from exc
+    # folders, files and link files link their grants in both media types
+    for path in (
+        f"/api/v1/filebrowser/{uploads}/",
+        f"/api/v1/filebrowser/files/{world.ids['out']}/",
+        f"/api/v1/filebrowser/linkfiles/{world.ids['link']}/",
+    ):
+        js = await ok(await api.get(path, headers={**world.alice, **JSON}))
+        assert js["group_permissions"].endswith(f"{path}grouppermissions/")
+        assert js["user_permissions"].endswith(f"{path}userpermissions/")
+        cj = await ok(await api.get(path, headers={**world.alice, **CJ}))
+        assert_same(cj, js, False)

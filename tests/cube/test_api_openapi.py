@@ -37,3 +37,21 @@ async def test_openapi_document_covers_the_api(api: TestClient) -> None:
     assert "security" not in feed["get"] and "security" in feed["put"]
     assert "security" not in paths["/api/v1/plugins/instances/{id}/descendants/"]["get"]
     assert set(paths["/api/v1/pipelines/{id}/"]) == {"get", "put", "delete"}
+
+
+async def test_openapi_describes_the_file_browser_grants(api: TestClient) -> None:
+    paths = (await (await api.get("/api/v1/schema/")).json())["paths"]
+    schemas = {
+        "/api/v1/filebrowser/{id}/userpermissions/": "FolderUserPermission",
+        "/api/v1/filebrowser/files/{id}/grouppermissions/": "FileGroupPermission",
+        "/api/v1/filebrowser/linkfiles/{id}/userpermissions/": "LinkFileUserPermission",
+    }
+    for path, name in schemas.items():
+        assert set(paths[path]) == {"get", "post"}, path
+        page = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert page["properties"]["results"]["items"] == {"$ref": f"#/components/schemas/{name}"}
+        assert "security" in paths[path]["get"]
+    search = paths["/api/v1/filebrowser/{id}/grouppermissions/search/"]["get"]
+    assert {"id", "permission", "group_name"} <= {p["name"] for p in search["parameters"]}
+    detail = paths["/api/v1/filebrowser/files/userpermissions/{id}/"]
+    assert set(detail) == {"get", "put", "delete"}

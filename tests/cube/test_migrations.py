@@ -26,6 +26,11 @@ from cube.db.models import (
     Comment,
     Feed,
     FeedUserPermission,
+    FileGroupPermission,
+    FileUserPermission,
+    Folder,
+    FolderGroupPermission,
+    FolderUserPermission,
     Note,
     Pipeline,
     PluginInstance,
@@ -240,6 +245,56 @@ async def test_populated_database_at_0002_upgrades_with_data_intact(engine: Asyn
         # what is not the feed's stays
         assert [t.name for t in (await s.exec(select(Tag))).all()] == ["t"]
         assert [w.id for w in (await s.exec(select(Workflow))).all()] == [workflow_id]
+
+
+# Rows as CUBE at 0004 wrote them: a file browser folder id for feed 1's
+# instance folder, and a group.
+SEED_0004 = [
+    """INSERT INTO folder (id, path, creation_date)
+       VALUES (7, 'home/chris/feeds/feed_1/pl-a_1/data', '2026-01-01 00:00:00')""",
+    """INSERT INTO user_group (id, name) VALUES (3, 'lab')""",
+]
+
+
+async def test_populated_database_at_0004_takes_file_browser_grants(engine: AsyncEngine) -> None:
+    await upgrade(engine, "0004")
+    async with engine.begin() as conn:
+        for sql in SEED_0001 + SEED_0002 + SEED_0004:
+            await conn.execute(text(sql))
+
+    await create_schema(engine)
+
+    assert await _revision(engine) == head()
+    assert await _diff(engine) == []
+    sessions = make_sessionmaker(engine)
+    async with sessions() as s:
+        assert (await s.get(Folder, 7)) is not None
+        s.add_all(
+            [
+                FolderUserPermission(folder_id=7, user_id=2),
+                FolderGroupPermission(folder_id=7, group_id=3, permission="w"),
+                FileUserPermission(file_id=1, user_id=2),
+                FileGroupPermission(file_id=1, group_id=3),
+            ]
+        )
+        await s.commit()
+    # the grants go with their folder and file when the feed is deleted
+    deletion = lifecycle.FeedDeletion(
+        feed_id=1, folder="home/chris/feeds/feed_1", cancelled=[], jobs=[]
+    )
+    async with sessions() as s:
+        await lifecycle.finish_feed_deletion(s, deletion)
+        await s.commit()
+    async with sessions() as s:
+        for model in (
+            Folder,
+            StoredFile,
+            FolderUserPermission,
+            FolderGroupPermission,
+            FileUserPermission,
+            FileGroupPermission,
+        ):
+            assert (await s.exec(select(model))).all() == [], model
 
 
 async def test_a_database_from_a_newer_cube_is_refused(engine: AsyncEngine) -> None:
