@@ -49,6 +49,8 @@ from cube.schema import InstanceStatus, PluginInstance
 SC_FILE = "emphysema-sc.dcm"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+#: Short names of the SOP classes the summary shows.
+CLASS_NAMES = {CT_CLASS: "CT", SC_CLASS: "SC"}
 #: The routing rule the stack runs with for this path (``PACS_BRIDGE_RULES``):
 #: CT series named like the phantom's, sent by Orthanc (its AE title), run the pipeline.
 RULES: list[dict[str, str]] = [

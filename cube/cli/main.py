@@ -364,7 +364,7 @@ async def _demo_emphysema(c: CubeClient, cfg: StackConfig) -> bool:
 async def _demo_pacs(c: CubeClient, cfg: StackConfig, binary: Path) -> bool:
     # Imported here, as in _demo_emphysema: the phantom needs numpy and scipy.
     from cube.cli.emphysema_demo import LAA_TOLERANCE, EmphysemaDemoError
-    from cube.cli.emphysema_pacs_demo import run_emphysema_pacs_demo
+    from cube.cli.emphysema_pacs_demo import CLASS_NAMES, run_emphysema_pacs_demo
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = cfg.home / "sample" / f"emphysema-pacs-{stamp}"
@@ -394,10 +394,10 @@ async def _demo_pacs(c: CubeClient, cfg: StackConfig, binary: Path) -> bool:
         f"{result.true_laa950_percent:.2f} % (|error| {result.error:.2f}, tolerance "
         f"{LAA_TOLERANCE})"
     )
-    classes = ", ".join(sorted(result.study_classes)) or "none"
+    held = sorted(CLASS_NAMES.get(c, c) for c in result.study_classes)
     console.print(
         f"Secondary Capture {result.sc_uid} exported back; Orthanc's study "
-        f"{result.study_uid} holds series of classes {classes}"
+        f"{result.study_uid} holds: {', '.join(held) or 'nothing'}"
     )
     if result.ok:
         console.print(

@@ -64,7 +64,7 @@ def test_demo_runs_the_pacs_path_with_orthanc(
     assert "PACS: a throwaway Orthanc" in out
     assert "routed by ORTHANC" in out
     assert "PACS path: feed" in out and "the SC is in the PACS study" in out
-    assert "1.2.840.10008.5.1.4.1.1.7" in out  # the SC's class, in Orthanc's study
+    assert "holds: CT, SC" in out  # the series of Orthanc's study, by SOP class
     assert "skipped" not in out
 
 
