@@ -373,7 +373,11 @@ async def _demo_pacs(c: CubeClient, cfg: StackConfig, binary: Path) -> bool:
         f"bridge (AE CHRIS, port {cfg.dicom_port}); its routing rule runs emphysema-v1"
     )
     try:
-        with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        # The directory outlives Orthanc: the ExitStack (inner) stops it first.
+        with (
+            tempfile.TemporaryDirectory(prefix="chris-demo-orthanc-") as tmp,
+            contextlib.ExitStack() as stack,
+        ):
             # Orthanc's start blocks (it polls until the REST API answers): off the loop.
             orthanc = await asyncio.to_thread(
                 stack.enter_context, running_orthanc(Path(tmp), binary=binary)
@@ -394,7 +398,7 @@ async def _demo_pacs(c: CubeClient, cfg: StackConfig, binary: Path) -> bool:
         f"{result.true_laa950_percent:.2f} % (|error| {result.error:.2f}, tolerance "
         f"{LAA_TOLERANCE})"
     )
-    held = sorted(CLASS_NAMES.get(c, c) for c in result.study_classes)
+    held = sorted(CLASS_NAMES.get(uid, uid) for uid in result.study_classes)
     console.print(
         f"Secondary Capture {result.sc_uid} exported back; Orthanc's study "
         f"{result.study_uid} holds: {', '.join(held) or 'nothing'}"
