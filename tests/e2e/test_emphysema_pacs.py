@@ -8,7 +8,7 @@ turns it into a feed running the default ``emphysema-v1`` pipeline; the
 report's %LAA-950 is checked against the phantom's truth; then the bridge
 exports the Secondary Capture back to Orthanc, where it must land in the
 phantom's study, next to the CT series. ``chris demo`` itself, with Orthanc
-and without, is in tests/e2e/test_cli.py.
+and without, is in tests/e2e/test_demo_pacs.py.
 """
 
 from __future__ import annotations
