@@ -66,7 +66,8 @@ class EmphysemaDemoResult:
         )
 
 
-async def _wait_plain(c: CubeClient, inst_id: int, feed_id: int) -> PluginInstance:
+async def wait_plain(c: CubeClient, inst_id: int, feed_id: int) -> PluginInstance:
+    """The :data:`Waiter` without a display: the instance's final state, within 900 s."""
     return await c.wait(inst_id, timeout=900.0)
 
 
@@ -77,7 +78,7 @@ async def run_emphysema_demo(
     *,
     title: str = "emphysema demo",
     fast: bool = False,
-    wait: Waiter = _wait_plain,
+    wait: Waiter = wait_plain,
 ) -> EmphysemaDemoResult:
     """Run the emphysema path (module docstring); ``upload_folder`` is a CUBE
     path under the user's ``uploads``; local files go under ``workdir``.

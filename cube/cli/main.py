@@ -7,21 +7,27 @@ CUBE (local or remote) with a saved login.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from pacs_bridge.client import PacsBridgeClient
+from pacs_bridge.errors import PacsBridgeError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.tree import Tree
 
+from cube.cli.emphysema_pacs_demo import rules_env as pacs_rules_env
+from cube.cli.orthanc import OrthancError, find_orthanc, orthanc_missing_reason, running_orthanc
 from cube.cli.pacs import app as pacs_app
 from cube.cli.publish import publish_image
 from cube.cli.stack import SiteBackend, Stack, StackConfig, StackError
@@ -226,12 +232,30 @@ def demo(
         "--emphysema/--no-emphysema",
         help="Also run the emphysema-v1 pipeline on a synthetic chest CT and check its result.",
     ),
+    pacs: bool | None = typer.Option(
+        None,
+        "--pacs/--no-pacs",
+        help="The PACS path: a throwaway Orthanc sends the CT to the DICOM bridge, the "
+        "Secondary Capture goes back. Default: run it when Orthanc is on PATH, else say "
+        "why it was skipped; --pacs fails without Orthanc.",
+        show_default=False,
+    ),
 ) -> None:
     """Start the fabric, run dircopy → simpledsapp → simpledsapp on sample data,
     print the feed; then run the emphysema-v1 pipeline on a synthetic chest CT
-    and check its %LAA-950 against the phantom's truth; stop. Exits non-zero
-    unless the feeds succeed and the measure is within tolerance."""
+    and check its %LAA-950 against the phantom's truth; then, with Orthanc,
+    the same CT from a PACS through the DICOM bridge, the Secondary Capture
+    back to it; stop. Exits non-zero unless the feeds succeed and the measures
+    are within tolerance."""
     cfg = _config(home, backend, port, innetwork=innetwork)
+    orthanc = None if pacs is False else find_orthanc()
+    if pacs and orthanc is None:
+        # Asked for explicitly: failing beats a demo that silently did less.
+        err.print(f"[red]--pacs needs Orthanc[/red]: {orthanc_missing_reason()}")
+        raise typer.Exit(1)
+    if orthanc is not None:
+        # The bridge routes the demo's series only with the rule (emphysema_pacs_demo.RULES).
+        cfg.extra_env.update(pacs_rules_env())
 
     async def go() -> bool:
         stack = Stack(cfg)
@@ -245,6 +269,13 @@ def demo(
                 ok = await _demo_feed(c, cfg)
                 if emphysema:
                     ok = await _demo_emphysema(c, cfg) and ok
+                if orthanc is not None:
+                    ok = await _demo_pacs(c, cfg, orthanc) and ok
+                elif pacs is None:
+                    console.print(
+                        f"[yellow]PACS path skipped[/yellow]: {orthanc_missing_reason()}; "
+                        "`chris demo --pacs` requires it"
+                    )
                 return ok
         finally:
             await stack.stop()
@@ -327,6 +358,64 @@ async def _demo_emphysema(c: CubeClient, cfg: StackConfig) -> bool:
         console.print(f"[green]emphysema feed {result.feed_id} checked against the truth[/green]")
         return True
     err.print("[red]emphysema demo failed[/red]: %LAA-950 outside the tolerance")
+    return False
+
+
+async def _demo_pacs(c: CubeClient, cfg: StackConfig, binary: Path) -> bool:
+    # Imported here, as in _demo_emphysema: the phantom needs numpy and scipy.
+    from cube.cli.emphysema_demo import LAA_TOLERANCE, EmphysemaDemoError
+    from cube.cli.emphysema_pacs_demo import CLASS_NAMES, run_emphysema_pacs_demo
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = cfg.home / "sample" / f"emphysema-pacs-{stamp}"
+    console.print(
+        f"PACS: a throwaway Orthanc ({binary}) stores the chest CT and sends it to the "
+        f"bridge (AE CHRIS, port {cfg.dicom_port}); its routing rule runs emphysema-v1"
+    )
+    try:
+        # The directory outlives Orthanc: the ExitStack (inner) stops it first.
+        with (
+            tempfile.TemporaryDirectory(prefix="chris-demo-orthanc-") as tmp,
+            contextlib.ExitStack() as stack,
+        ):
+            # Orthanc's start blocks (it polls until the REST API answers): off the loop.
+            orthanc = await asyncio.to_thread(
+                stack.enter_context, running_orthanc(Path(tmp), binary=binary)
+            )
+            bridge_url = f"http://127.0.0.1:{cfg.pacs_api_port}/"
+            async with PacsBridgeClient(bridge_url) as bridge:
+                result = await run_emphysema_pacs_demo(c, bridge, orthanc, workdir, wait=_live_wait)
+    except (EmphysemaDemoError, OrthancError, PacsBridgeError) as exc:
+        err.print(f"[red]PACS demo failed[/red]: {exc}")
+        return False
+    console.print(await _feed_tree(c, result.feed_id, with_files=False))
+    console.print(
+        f"PACS: series {result.series_uid} routed by {result.route.calling_aet} → feed "
+        f"{result.feed_id} (workflow {result.route.workflow_id})"
+    )
+    console.print(
+        f"%LAA-950: reported {result.measured_laa950_percent:.2f} %, phantom truth "
+        f"{result.true_laa950_percent:.2f} % (|error| {result.error:.2f}, tolerance "
+        f"{LAA_TOLERANCE})"
+    )
+    held = sorted(CLASS_NAMES.get(uid, uid) for uid in result.study_classes)
+    console.print(
+        f"Secondary Capture {result.sc_uid} exported back; Orthanc's study "
+        f"{result.study_uid} holds: {', '.join(held) or 'nothing'}"
+    )
+    if result.ok:
+        console.print(
+            f"[green]PACS path: feed {result.feed_id} checked against the truth, "
+            "the SC is in the PACS study[/green]"
+        )
+        return True
+    if result.error > LAA_TOLERANCE:
+        why = "%LAA-950 outside the tolerance"
+    elif not result.sc_in_study:
+        why = "the SC is not beside the CT in Orthanc's study"
+    else:
+        why = "an instance of the feed did not finish successfully"
+    err.print(f"[red]PACS demo failed[/red]: {why}")
     return False
 
 
