@@ -36,7 +36,7 @@ lint: install
 ## The whole suite: lint, types, every test (engine-backed ones skip locally
 ## when the engine is missing, and fail under CI=true).
 test: lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=25
 
 ## Unit and API tests only (no end-to-end, no engines).
 test-fast: install

@@ -312,7 +312,10 @@ def _pinned(requirements: Iterable[str]) -> list[str]:
         try:
             pinned.append(f"{name}=={dist_version(name)}")
         except PackageNotFoundError as exc:
-            raise ImageBuildError(f"{name} is not installed here; install the project") from exc
+            raise ImageBuildError(
+                f"{name} is not installed on the host (the image installs the host's version); "
+                "install the project"
+            ) from exc
     return pinned
 
 
