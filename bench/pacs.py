@@ -10,21 +10,37 @@ association per series, ``TCP_NODELAY=1`` as for every DCMTK tool here) to:
   file, registration into its JSON-lines registry).
 
 Each target is emptied before each send (Orthanc: its studies deleted over
-REST; ours: the storage tree), the two are alternated, and the best of
-``--repeat`` runs is kept. ``register_s`` is the time from storescu's exit
-(the association released) to the series' line in the registry, polled
-every 5 ms, worst over runs. With ``--cube-url`` (and ``--cube-storage``, the
-CUBE's storage root) the receiver registers into that CUBE instead (staff
-``--cube-user``/``--cube-password``), each send to it is a fresh copy of the
-series (new UIDs: CUBE refuses a path registered twice), and ``register_s``
-is polled from CUBE's ``pacs/series/search/``. It prints files/s and MB/s per target, the
-ratios (ours / Orthanc), each server's CPU-ms per file (its process's user + system
-time during each send, from ``/proc``, median over sends), and last::
+REST; ours: a fresh copy of the series), the two are alternated, and the
+best of ``--repeat`` runs is kept.
+
+``register_s`` is what issue 6's target names: the time from the
+association's release to the series being registered **in CUBE**. By
+default the benchmark starts an embedded CUBE as its own process
+(``python -m cube serve --no-scheduler``: SQLite, storage under the work
+directory, its default staff user), and the receiver registers into it with
+:class:`~pacs_bridge.registrar.CubeRegistrar` (one bulk POST per series);
+``--cube-url`` (with ``--cube-storage``, that CUBE's storage root, and
+``--cube-user``/``--cube-password``) uses a running CUBE instead, and
+``--jsonl`` the receiver's JSON-lines registry (no CUBE). Each send to our
+receiver is a fresh copy of the series (new UIDs: CUBE refuses a path
+registered twice). The clock starts when storescu exits (it has received
+the A-RELEASE-RP, so the receiver has seen the release) and stops when
+CUBE's ``pacs/series/search/`` lists the series with all its files in
+``pacs/files/search/`` (polled every 20 ms); median and worst over every
+send of both series are printed, with the receiver's own figure (from its
+log: its release event to CUBE's answer) and CUBE's CPU-ms per
+registration.
+
+It prints files/s and MB/s per target, the ratios (ours / Orthanc), each
+server's CPU-ms per file (its process's user + system time during each
+send, from ``/proc``, median over sends), and last::
 
     ingest_ratio_small=<x> ingest_ratio_large=<y> register_s=<z>
 
+(``register_s``: the worst over the sends, into CUBE unless ``--jsonl``.)
+
 Run: ``.venv/bin/python bench/pacs.py [--small 100] [--large 200] [--repeat 3] [--keep]
-[--cube-url http://127.0.0.1:8000/api/v1/ --cube-storage DIR]``.
+[--jsonl | --cube-url http://127.0.0.1:8000/api/v1/ --cube-storage DIR]``.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -68,6 +85,10 @@ class Result:
     megabytes: float
     seconds: dict[str, float] = field(default_factory=dict)
     register_s: list[float] = field(default_factory=list)
+    #: The receiver's own delays, release event to CUBE's answer (its log), per send.
+    bridge_register_s: list[float] = field(default_factory=list)
+    #: CUBE's CPU-seconds from the end of each send to the series listed.
+    cube_cpu: list[float] = field(default_factory=list)
     #: CPU-seconds each server process used per send (all its threads), every send.
     cpu: dict[str, list[float]] = field(default_factory=dict)
 
@@ -106,20 +127,87 @@ def say(text: str) -> None:
 class Cube:
     """A CUBE the receiver registers into, polled for the series it registers."""
 
-    def __init__(self, url: str, storage: Path, user: str, password: str) -> None:
+    def __init__(
+        self, url: str, storage: Path, user: str, password: str, pid: int | None = None
+    ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self.storage = storage
         self.user = user
         self.password = password
+        #: Its process, when the benchmark started it (for its CPU time).
+        self.pid = pid
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
-    def count(self, resource: str, series_uid: str) -> int:
+    def get(self, path: str) -> dict[str, object]:
         req = urllib.request.Request(
-            f"{self.url}{resource}/search/?SeriesInstanceUID={series_uid}&limit=1",
+            self.url + path,
             headers={"Authorization": self._auth, "Accept": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return int(json.loads(resp.read())["count"])
+            return dict(json.loads(resp.read()))
+
+    def login(self) -> None:
+        """Poll with the user's token: CUBE checks a password (scrypt, ~50 CPU-ms) per
+        Basic request, which would compete with the registration being timed."""
+        req = urllib.request.Request(
+            self.url + "auth-token/",
+            data=json.dumps({"username": self.user, "password": self.password}).encode(),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            self._auth = "Token " + json.loads(resp.read())["token"]
+
+    def count(self, resource: str, series_uid: str) -> int:
+        body = self.get(f"{resource}/search/?SeriesInstanceUID={series_uid}&limit=1")
+        return int(body["count"])  # type: ignore[call-overload]
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid) if self.pid is not None else float("nan")
+
+
+def start_cube(workdir: Path) -> tuple[Cube, subprocess.Popen[bytes]]:
+    """An embedded CUBE (SQLite, its default staff user) as its own process; waits for it."""
+    port = free_port()
+    home = workdir / "cube"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+    }
+    log = (workdir / "cube.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cube",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--home",
+            str(home),
+            "--no-scheduler",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    # the defaults of cube/settings.py: storage under home, staff user chris
+    cube = Cube(
+        f"http://127.0.0.1:{port}/api/v1/", home / "storage", "chris", "chris1234", proc.pid
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        try:
+            cube.login()
+            return cube, proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(
+                    f"CUBE did not start: {(workdir / 'cube.log').read_text()}"
+                ) from None
+            time.sleep(0.2)
 
 
 def start_receiver(
@@ -210,6 +298,7 @@ def wait_registered(registry: Path, before: int, series: Series, cube: Cube | No
     uid = series.series_uid
     while time.perf_counter() - t0 < REGISTER_TIMEOUT:
         if cube is not None:
+            # the series row and its files are committed in one transaction
             if cube.count("pacs/series", uid):
                 elapsed = time.perf_counter() - t0
                 files = cube.count("pacs/files", uid)
@@ -224,15 +313,33 @@ def wait_registered(registry: Path, before: int, series: Series, cube: Cube | No
     raise RuntimeError(f"series {uid} not registered in {REGISTER_TIMEOUT} s")
 
 
+#: The receiver's log line for a registration (receiver.SeriesAssembler._register).
+REGISTERED_LINE = re.compile(r"registered \d+ files of series (\S+) .* \(([\d.]+) s after")
+
+
+def bridge_delay(log: Path, series_uid: str) -> float:
+    """The receiver's own release-to-registered delay for ``series_uid``, from its log."""
+    deadline = time.monotonic() + 2.0
+    while True:  # the line is written just after CUBE answers: it may trail the poll
+        for match in REGISTERED_LINE.finditer(log.read_text(errors="replace")):
+            if match.group(1) == series_uid:
+                return float(match.group(2))
+        if time.monotonic() > deadline:
+            return float("nan")
+        time.sleep(POLL_FILE)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
     say(f"generating data in {workdir} ...")
     shapes = {"small": (args.small, 128), "large": (args.large, 512)}
     sets = [(name, write_ct_series(workdir / name, n, size)) for name, (n, size) in shapes.items()]
-    cube = (
-        Cube(args.cube_url, args.cube_storage, args.cube_user, args.cube_password)
-        if args.cube_url
-        else None
-    )
+    cube_proc: subprocess.Popen[bytes] | None = None
+    cube: Cube | None = None
+    if args.cube_url:
+        cube = Cube(args.cube_url, args.cube_storage, args.cube_user, args.cube_password)
+        cube.login()
+    elif not args.jsonl:
+        cube, cube_proc = start_cube(workdir)
     copies = 0
     results = [
         Result(name, len(s.files), sum(f.stat().st_size for f in s.files) / 1e6) for name, s in sets
@@ -240,31 +347,41 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     bridge_port = free_port()
     registry = workdir / "bridge" / "registrations.jsonl"
     sync = not args.no_fsync
-    with running_orthanc(workdir / "orthanc", {}, SyncStorageArea=sync) as orthanc:
-        receiver = start_receiver(workdir, bridge_port, cube, fsync=sync)
-        orthanc_pid = pid_of(str(workdir / "orthanc" / "orthanc.json"))
-        try:
-            for (name, series), result in zip(sets, results, strict=True):
-                for _ in range(args.repeat):
-                    clear_orthanc(orthanc)
-                    result.record(
-                        "orthanc", *send(orthanc.dicom_port, "ORTHANC", series, orthanc_pid)
-                    )
-                    ours = series
-                    if cube is not None:
+    try:
+        with running_orthanc(workdir / "orthanc", {}, SyncStorageArea=sync) as orthanc:
+            receiver = start_receiver(workdir, bridge_port, cube, fsync=sync)
+            orthanc_pid = pid_of(str(workdir / "orthanc" / "orthanc.json"))
+            try:
+                for (name, series), result in zip(sets, results, strict=True):
+                    for _ in range(args.repeat):
+                        clear_orthanc(orthanc)
+                        result.record(
+                            "orthanc", *send(orthanc.dicom_port, "ORTHANC", series, orthanc_pid)
+                        )
                         copies += 1
                         n, size = shapes[name]
                         ours = write_ct_series(workdir / f"copy{copies}", n, size)
-                    else:
-                        shutil.rmtree(
-                            workdir / "bridge" / "storage" / "SERVICES", ignore_errors=True
+                        if cube is None:
+                            shutil.rmtree(
+                                workdir / "bridge" / "storage" / "SERVICES", ignore_errors=True
+                            )
+                        before = len(registered_lines(registry))
+                        result.record("bridge", *send(bridge_port, "CHRIS", ours, receiver.pid))
+                        cpu0 = cube.cpu() if cube else float("nan")
+                        result.register_s.append(wait_registered(registry, before, ours, cube))
+                        result.cube_cpu.append((cube.cpu() if cube else float("nan")) - cpu0)
+                        result.bridge_register_s.append(
+                            bridge_delay(workdir / "bridge.log", ours.series_uid)
                         )
-                    before = len(registered_lines(registry))
-                    result.record("bridge", *send(bridge_port, "CHRIS", ours, receiver.pid))
-                    result.register_s.append(wait_registered(registry, before, ours, cube))
-        finally:
-            receiver.terminate()
-            receiver.wait(timeout=30)
+                        shutil.rmtree(workdir / f"copy{copies}")
+            finally:
+                receiver.terminate()
+                receiver.wait(timeout=30)
+    finally:
+        if cube_proc is not None:
+            cube_proc.terminate()
+            cube_proc.wait(timeout=30)
+    into = "CUBE" if cube else "JSON-lines registry"
     say("")
     say(f"each file synced to disk before success: {'yes' if sync else 'no'} (both targets)")
     say(
@@ -278,16 +395,32 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                 f"{r.name:<8}{r.files:>6}{r.megabytes:>8.1f}  {target:<9}{s:>8.3f}"
                 f"{r.files / s:>9.1f}{r.megabytes / s:>8.1f}{r.cpu_ms_per_file(target):>13.2f}"
             )
+        say(f"{'':<22}ratio bridge/orthanc: {r.seconds['orthanc'] / r.seconds['bridge']:.2f}")
+    say("")
+    say(f"release → registered in the {into}, s (every send, both series):")
+    every = [x for r in results for x in r.register_s]
+    own = [x for r in results for x in r.bridge_register_s]
+    for r in results:
         say(
-            f"{'':<22}ratio bridge/orthanc: {r.seconds['orthanc'] / r.seconds['bridge']:.2f}; "
-            f"release→registered ({'CUBE' if cube else 'JSON-lines registry'}): "
-            f"{max(r.register_s):.3f} s (worst of {len(r.register_s)})"
+            f"  {r.name:<6} storescu exit → listed: "
+            + " ".join(f"{x:.3f}" for x in r.register_s)
+            + "; receiver's release event → registered: "
+            + " ".join(f"{x:.3f}" for x in r.bridge_register_s)
+            + (
+                f"; CUBE CPU-ms: {statistics.median(r.cube_cpu) * 1000:.0f} (median)"
+                if cube and cube.pid is not None
+                else ""
+            )
         )
+    say(
+        f"  median {statistics.median(every):.3f} max {max(every):.3f} "
+        f"(receiver's own: median {statistics.median(own):.3f} max {max(own):.3f})"
+    )
     small, large = results
     say(
         f"ingest_ratio_small={small.seconds['orthanc'] / small.seconds['bridge']:.2f} "
         f"ingest_ratio_large={large.seconds['orthanc'] / large.seconds['bridge']:.2f} "
-        f"register_s={max(small.register_s + large.register_s):.3f}"
+        f"register_s={max(every):.3f}"
     )
     return 0
 
@@ -304,7 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="neither Orthanc (SyncStorageArea) nor the receiver syncs each file",
     )
-    parser.add_argument("--cube-url", help="register into this CUBE (its API root)")
+    parser.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="register into the receiver's JSON-lines registry, not into CUBE",
+    )
+    parser.add_argument(
+        "--cube-url", help="register into this running CUBE (its API root), not an embedded one"
+    )
     parser.add_argument("--cube-storage", type=Path, help="that CUBE's storage root")
     parser.add_argument("--cube-user", default="chris", help="a staff user of that CUBE")
     parser.add_argument("--cube-password", default="chris1234", help="its password")
@@ -314,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cube_url and not args.cube_storage:
         parser.error("--cube-url needs --cube-storage (the receiver writes into it)")
+    if args.cube_url and args.jsonl:
+        parser.error("--cube-url and --jsonl exclude each other")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pacs-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

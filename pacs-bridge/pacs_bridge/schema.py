@@ -54,6 +54,12 @@ class PacsFilesIn(_Wire):
     files: list[PacsFileIn]
 
 
+class AuthToken(_Wire):
+    """CUBE's answer to ``POST auth-token/`` (a username and password for the user's token)."""
+
+    token: str
+
+
 class PacsFilesRegistered(_Wire):
     """CUBE's answer to a bulk registration."""
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiohttp import BasicAuth
+from aiohttp import BasicAuth, web
 from aiohttp.test_utils import TestClient, TestServer
 from pacs_bridge.receiver import Receiver
 from pacs_bridge.registrar import CubeRegistrar
@@ -76,3 +77,58 @@ async def test_storescu_to_cube_pacsfiles(tmp_path: Path) -> None:
         resp = await api.get("/api/v1/pacsfiles/", headers=headers, **auth)
         files = (await resp.json())["results"]
         assert sorted(f["fname"] for f in files) == sorted(done.files)
+
+
+@pytest.mark.usefixtures("dcmtk")
+async def test_series_split_over_two_associations_lands_in_cube_once(tmp_path: Path) -> None:
+    """Two storescu associations within the quiet period: one POST, one series, every file.
+
+    The registrar logs in once with the password (``auth-token/``) and sends the
+    token afterwards: CUBE never runs its password hash on a registration.
+    """
+    cube_settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False)
+    app = create_app(cube_settings)
+    if not _has_pacs_registration(app):
+        pytest.skip("this tree's CUBE has no PACS endpoints (POST /api/v1/pacs/files/) yet")
+    requests: list[tuple[str, str]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        scheme = request.headers.get("Authorization", "").partition(" ")[0]
+        requests.append((f"{request.method} {request.path}", scheme))
+        return await handler(request)
+
+    app.middlewares.insert(0, record)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as api:
+        settings = BridgeSettings(
+            dicom_host="127.0.0.1",
+            dicom_port=0,
+            accept_any_aet=True,
+            storage_root=cube_settings.resolved_storage_dir(),
+            reserve_bytes=0,
+            quiet_seconds=1.5,
+        )
+        series = write_ct_series(tmp_path / "in", 8)
+        user, password = ADMIN
+        async with (
+            CubeRegistrar(str(api.make_url("/api/v1/")), username=user, password=password) as reg,
+            Receiver(settings, reg) as rx,
+        ):
+            for part in (series.files[:5], series.files[5:]):
+                proc = await asyncio.to_thread(storescu, "127.0.0.1", rx.port, part, aet="SCANNER")
+                assert proc.returncode == 0, proc.stderr
+            regs = await rx.assembler.wait_for(8, timeout=15)
+            assert not rx.assembler.failed
+        assert [len(r.files) for r in regs] == [8]
+        assert requests == [("POST /api/v1/auth-token/", ""), ("POST /api/v1/pacs/files/", "Token")]
+        headers = {"Accept": "application/json", "Authorization": f"Token {await _token(api)}"}
+        body = await (await api.get("/api/v1/pacs/series/", headers=headers)).json()
+        assert [r["SeriesInstanceUID"] for r in body["results"]] == [series.series_uid]
+        files = (await (await api.get("/api/v1/pacsfiles/", headers=headers)).json())["results"]
+        assert sorted(f["fname"] for f in files) == sorted(regs[0].files)
+
+
+async def _token(api: TestClient[Any, Any]) -> str:
+    user, password = ADMIN
+    resp = await api.post("/api/v1/auth-token/", json={"username": user, "password": password})
+    return str((await resp.json())["token"])

@@ -1,14 +1,17 @@
 """Registration: CUBE's bulk ``POST pacs/files/`` (one call per series) and the JSON-lines registry.
 
 The CUBE side here is an aiohttp server that checks requests against CUBE's
-contract for the endpoint (staff token, JSON body of ``pacs_name`` and
-``files`` with DICOM keywords, every path under ``SERVICES/PACS/<pacs_name>/``
-and present in storage, nothing registered twice) and answers as CUBE does.
+contract for the endpoint (staff token or HTTP Basic, JSON body of
+``pacs_name`` and ``files`` with DICOM keywords, every path under
+``SERVICES/PACS/<pacs_name>/`` and present in storage, nothing registered
+twice) and answers as CUBE does, with ``auth-token/`` (a username and
+password for the token) where the test wants it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from tests.support.dicom import write_ct_series
 from tests.support.pacs import storescu
 
 TOKEN = "staff-token"
+STAFF = ("staff", "secret-password")
 
 
 class CubeContract:
@@ -36,10 +40,25 @@ class CubeContract:
         self.bodies: list[dict[str, Any]] = []
         self.registered: set[str] = set()
         self.fail_next = 0
+        #: The staff user's current token (a test may revoke it).
+        self.token = TOKEN
+        self.logins = 0
+        #: The Authorization scheme of each registration request.
+        self.schemes: list[str] = []
+
+    async def auth_token(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if (body.get("username"), body.get("password")) != STAFF:
+            return web.json_response({"non_field_errors": ["Unable to log in."]}, status=400)
+        self.logins += 1
+        return web.json_response({"token": self.token})
 
     async def handle(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Token {TOKEN}":
+        basic = "Basic " + base64.b64encode(":".join(STAFF).encode()).decode()
+        authorization = request.headers.get("Authorization", "")
+        if authorization not in (f"Token {self.token}", basic):
             return web.json_response({"detail": "Invalid token."}, status=401)
+        self.schemes.append(authorization.partition(" ")[0])
         if self.fail_next:
             self.fail_next -= 1
             return web.json_response({"detail": "database locked"}, status=503)
@@ -66,6 +85,7 @@ async def cube(tmp_path: Path) -> Any:
     contract = CubeContract(tmp_path / "storage")
     app = web.Application()
     app.router.add_post("/api/v1/pacs/files/", contract.handle)
+    app.router.add_post("/api/v1/auth-token/", contract.auth_token)
     async with TestServer(app, host="127.0.0.1") as server:
         contract.url = str(server.make_url("/api/v1/"))  # type: ignore[attr-defined]
         yield contract
@@ -139,6 +159,41 @@ async def test_cube_refusal_and_unavailability_are_told_apart(cube: Any, tmp_pat
     async with CubeRegistrar("http://127.0.0.1:9/api/v1/", token=TOKEN) as registrar:
         with pytest.raises(RegistrationUnavailable, match="unreachable"):
             await registrar.register(reg)
+
+
+async def test_password_is_exchanged_once_for_a_token(cube: Any, tmp_path: Path) -> None:
+    # CUBE checks a password with scrypt on each request that carries one: the
+    # registrar logs in once and sends the token with every registration
+    user, password = STAFF
+    async with CubeRegistrar(cube.url, username=user, password=password) as registrar:
+        for n in range(3):
+            reg = _registration(tmp_path / "storage", n + 1)
+            await registrar.register(reg.model_copy(update={"files": reg.files[n:]}))
+        assert (cube.logins, cube.schemes) == (1, ["Token"] * 3)
+        cube.token = "rotated-token"  # the old token no longer works: log in again, once
+        reg = _registration(tmp_path / "storage", 4)
+        await registrar.register(reg.model_copy(update={"files": reg.files[3:]}))
+    assert (cube.logins, cube.schemes) == (2, ["Token"] * 4)
+    assert len(cube.registered) == 4
+    async with CubeRegistrar(cube.url, username=user, password="wrong") as registrar:
+        with pytest.raises(RegistrationError, match="refused the login"):
+            await registrar.register(_registration(tmp_path / "storage", 5))
+
+
+async def test_cube_without_auth_token_gets_basic_credentials(tmp_path: Path) -> None:
+    contract = CubeContract(tmp_path / "storage")
+    app = web.Application()
+    app.router.add_post("/api/v1/pacs/files/", contract.handle)
+    user, password = STAFF
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        CubeRegistrar(str(server.make_url("/api/v1/")), username=user, password=password) as reg,
+    ):
+        await reg.register(_registration(tmp_path / "storage", 1))
+        more = _registration(tmp_path / "storage", 2)
+        await reg.register(more.model_copy(update={"files": more.files[1:]}))
+    assert contract.schemes == ["Basic", "Basic"]
+    assert len(contract.registered) == 2
 
 
 @pytest.mark.usefixtures("dcmtk")
