@@ -22,7 +22,7 @@ from cube.api.common import (
 )
 from cube.api.render import ApiRoutes, Filter, apply_filters, search_filters
 from cube.db.models import Group, GroupMember, User
-from cube.errors import BadRequest, NotFound
+from cube.errors import NotFound
 from cube.services import groups as gsvc
 from cube.services import users as usvc
 
@@ -88,10 +88,7 @@ async def update_user(request: web.Request) -> web.Response:
         if "email" in data:
             target.email = str(data["email"] or "")
         if "password" in data:
-            password = str(data["password"] or "")
-            if len(password) < 8:
-                raise BadRequest.field("password", "at least 8 characters")
-            target.password_hash = usvc.hash_password(password)
+            await usvc.set_password(target, str(data["password"] or ""))
         s.add(target)
         await s.commit()
         return model_response(ser.user(origin(request), target))

@@ -6,7 +6,9 @@ DRF's ``Token`` model, one per user.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -30,6 +32,13 @@ def hash_password(password: str) -> str:
     return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
 
 
+@functools.cache
+def _unknown_user_hash() -> str:
+    # what a password is checked against when the user does not exist: the same
+    # scrypt work either way, so the answer's timing does not tell who exists
+    return hash_password(secrets.token_hex(16))
+
+
 def verify_password(password: str, stored: str) -> bool:
     """Constant-time check of ``password`` against a stored hash."""
     try:
@@ -40,6 +49,18 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     digest = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt_b64), **_SCRYPT)  # type: ignore[arg-type]
     return hmac.compare_digest(digest, base64.b64decode(digest_b64))
+
+
+async def set_password(user: User, password: str) -> None:
+    """Give ``user`` a new password (at least 8 characters); the caller commits.
+
+    Raises:
+        BadRequest: the password is too short.
+    """
+    if len(password) < 8:
+        raise BadRequest.field("password", "at least 8 characters")
+    # scrypt takes tens of CPU-ms: off the event loop, which serves everyone
+    user.password_hash = await asyncio.to_thread(hash_password, password)
 
 
 async def create_user(
@@ -61,9 +82,9 @@ async def create_user(
     existing = await session.exec(select(User).where(User.username == username))
     if existing.first() is not None:
         raise Conflict(f"username {username!r} is taken", fields={"username": ["already exists"]})
-    user = User(
-        username=username, email=email, password_hash=hash_password(password), is_staff=is_staff
-    )
+    # scrypt takes tens of CPU-ms: off the event loop, which serves everyone
+    password_hash = await asyncio.to_thread(hash_password, password)
+    user = User(username=username, email=email, password_hash=password_hash, is_staff=is_staff)
     session.add(user)
     await session.flush()
     return user
@@ -84,7 +105,9 @@ async def authenticate(session: AsyncSession, username: str, password: str) -> U
         BadRequest: wrong credentials (DRF answers 400 on auth-token).
     """
     user = (await session.exec(select(User).where(User.username == username))).first()
-    if user is None or not verify_password(password, user.password_hash):
+    stored = user.password_hash if user is not None else _unknown_user_hash()
+    # scrypt takes tens of CPU-ms: off the event loop, which serves everyone
+    if not await asyncio.to_thread(verify_password, password, stored) or user is None:
         raise BadRequest(
             "Unable to log in with provided credentials.",
             fields={"non_field_errors": ["Unable to log in with provided credentials."]},

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
+import pytest
 from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 from yarl import URL
@@ -18,6 +20,32 @@ async def upload(api: TestClient, headers: dict[str, str], path: str, data: byte
     form.add_field("upload_path", path)
     form.add_field("fname", data, filename=path.rsplit("/", 1)[-1])
     return await api.post("/api/v1/userfiles/", data=form, headers=headers)
+
+
+async def test_an_unknown_user_costs_a_password_check_too(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrong password and unknown user: the same answer after the same scrypt
+    work (the timing does not tell who has an account), off the event loop."""
+    from cube.services import users
+
+    checked: list[str] = []
+    real = users.verify_password
+
+    def recording(password: str, stored: str) -> bool:
+        checked.append(threading.current_thread().name)
+        return real(password, stored)
+
+    monkeypatch.setattr(users, "verify_password", recording)
+    answers = []
+    for username in ("chris", "nobody-here"):
+        resp = await api.post(
+            "/api/v1/auth-token/", json={"username": username, "password": "wrong-password"}
+        )
+        answers.append((resp.status, await resp.json()))
+    assert answers[0] == answers[1] and answers[0][0] == 400
+    assert len(checked) == 2
+    assert threading.main_thread().name not in checked
 
 
 async def test_auth_token_and_missing_token(api: TestClient) -> None:
