@@ -394,11 +394,8 @@ class Scheduler:
                 resource_id = resource.id
                 try:
                     if status is S.SCHEDULED:
-                        # a slot taken afresh here means no job was ever submitted
-                        # (a submission holds the slot until the instance ends)
-                        fresh = inst.slot_reserved_at is None
                         admitted = await self._wait_for_slot(inst, resource)
-                        await self._submit(inst, admitted, fresh=fresh)
+                        await self._submit(inst, admitted)
                     elif status is S.STARTED:
                         await self._watch(inst, resource)
                     elif status is S.REGISTERING_FILES:
@@ -592,19 +589,12 @@ class Scheduler:
                     waiter.woken.set()
                     return
 
-    async def _submit(
-        self, inst: PluginInstance, resource: ComputeResource, *, fresh: bool
-    ) -> None:
-        """Submit the job (unless ``fresh`` is false and the site has it already:
-        a slot held before a restart may have been used by a submission whose
-        outcome was not recorded)."""
+    async def _submit(self, inst: PluginInstance, resource: ComputeResource) -> None:
         assert inst.id is not None
         jid = job_id(self.settings, inst.id)
         client = self._client(resource)
-        info: JobInfo | None = None
         try:
-            if not fresh:
-                info = await client.status(jid)  # already submitted before a crash?
+            info = await client.status(jid)  # already submitted before a crash?
         except JobNotFound:
             info = None
         except PfconUnavailable as exc:

@@ -89,11 +89,17 @@ async def submit_job(request: web.Request) -> web.Response:
 
 
 def _pieces_of(content: StreamReader) -> Callable[[], Awaitable[bytes]]:
-    """Read the body piece by piece as it arrived (``readany`` would join what is buffered)."""
+    """Read the body piece by piece as it arrived (``readany`` would join what is
+    buffered); ``b""`` only at its end."""
 
     async def read() -> bytes:
-        data, _ = await content.readchunk()
-        return data
+        while True:
+            data, end_of_http_chunk = await content.readchunk()
+            # (b"", True) marks the end of an HTTP chunk, not of the body: only
+            # (b"", False) is the end. Taking the former for the end cut chunked
+            # uploads short now and then (where the sender's chunks fell).
+            if data or not end_of_http_chunk:
+                return data
 
     return read
 

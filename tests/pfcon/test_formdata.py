@@ -176,3 +176,34 @@ async def test_body_data_is_handed_on_without_copies() -> None:
     assert b"".join(bytes(v) for v in views) == payload
     # The big pieces are views of what arrived, not new buffers.
     assert any(isinstance(v, memoryview) and v.obj is pieces[1] for v in views)
+
+
+class _ChunkedContent:
+    """What ``StreamReader.readchunk`` gives for a chunked upload: pieces, and
+    ``(b"", True)`` at some HTTP chunk ends; ``(b"", False)`` only at the end."""
+
+    def __init__(self, pieces: list[tuple[bytes, bool]]) -> None:
+        self._pieces = [*pieces, (b"", False)]
+
+    async def readchunk(self) -> tuple[bytes, bool]:
+        return self._pieces.pop(0)
+
+
+async def test_an_empty_http_chunk_end_is_not_the_end_of_the_body() -> None:
+    """The submission handler's reader: ``(b"", True)`` between pieces (which
+    aiohttp returns at some chunk boundaries) must not end the body; this cut
+    relayed uploads short now and then."""
+    from pfcon.api import _pieces_of
+
+    body = await form_bytes([("a", b"x" * 1000), ("data_file", b"y" * 5000)])
+    cuts = [0, 7, 300, 1500, 4000, len(body)]
+    pieces: list[tuple[bytes, bool]] = []
+    for start, end in itertools.pairwise(cuts):
+        pieces += [(body[start:end], True), (b"", True)]
+    read = _pieces_of(_ChunkedContent(pieces))  # type: ignore[arg-type]
+    reader = FormReader(read, BOUNDARY)
+    got = {}
+    while (part := await reader.next_part()) is not None:
+        got[part.name] = b"".join([bytes(p) async for p in part])
+    assert got == {"a": b"x" * 1000, "data_file": b"y" * 5000}
+    assert await read() == b""
