@@ -19,7 +19,7 @@ from typing import Self
 import aiohttp
 from pydantic import ValidationError
 
-from pacs_bridge.errors import RegistrationError, RegistrationUnavailable
+from pacs_bridge.errors import PacsBridgeError, RegistrationError, RegistrationUnavailable
 from pacs_bridge.schema import (
     AuthToken,
     PacsFileIn,
@@ -30,22 +30,87 @@ from pacs_bridge.schema import (
 from pacs_bridge.settings import BridgeSettings
 
 
-def cube_session(
-    *,
-    token: str | None = None,
-    username: str | None = None,
-    password: str | None = None,
-    timeout: float = 60.0,
-) -> aiohttp.ClientSession:
-    """An HTTP session for CUBE's API: DRF JSON, and a token or HTTP Basic credentials."""
-    headers = {"Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"Token {token}"
-    elif username is not None:
-        # Built by hand: aiohttp 3.14 deprecates BasicAuth and the auth parameter.
-        pair = f"{username}:{password or ''}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    return aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout))
+def cube_session(*, timeout: float = 60.0) -> aiohttp.ClientSession:
+    """An HTTP session for CUBE's API (DRF JSON); credentials go per request (:class:`CubeAuth`)."""
+    return aiohttp.ClientSession(
+        headers={"Accept": "application/json"}, timeout=aiohttp.ClientTimeout(total=timeout)
+    )
+
+
+class CubeAuth:
+    """The ``Authorization`` of one CUBE client's requests.
+
+    A token is sent as is. A username and password are exchanged once for the
+    user's token at ``auth-token/`` (again after :meth:`forget`), because CUBE
+    checks a password with scrypt on every request that carries one (~50
+    CPU-ms, more than the rest of a 200-file registration); a CUBE without
+    ``auth-token/`` (404) gets HTTP Basic on every request instead. Login
+    failures raise ``unavailable`` (connection, timeout, 5xx) or ``refused``
+    (4xx, an unexpected answer): the calling client's own exceptions.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        token: str | None,
+        username: str | None,
+        password: str | None,
+        unavailable: type[PacsBridgeError],
+        refused: type[PacsBridgeError],
+    ) -> None:
+        self._url = api_url + "auth-token/"
+        self._session = session
+        self._token = token
+        self._credentials = (
+            (username, password or "") if username is not None and not token else None
+        )
+        self._basic = False
+        self._login = asyncio.Lock()
+        self._unavailable = unavailable
+        self._refused = refused
+
+    async def header(self) -> dict[str, str]:
+        """The Authorization header for the next request (logs in once if need be)."""
+        if self._credentials is not None and not self._basic:
+            async with self._login:  # concurrent requests: one login
+                if self._token is None:
+                    self._token = await self._fetch_token(*self._credentials)
+        if self._token:
+            return {"Authorization": f"Token {self._token}"}
+        if self._credentials is not None:  # a CUBE without auth-token/
+            # Built by hand: aiohttp 3.14 deprecates BasicAuth and the auth parameter.
+            pair = ":".join(self._credentials).encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+        return {}
+
+    def forget(self) -> bool:
+        """Drop a token obtained by logging in (True), so the next request logs in again."""
+        if self._credentials is None or self._basic or self._token is None:
+            return False
+        self._token = None
+        return True
+
+    async def _fetch_token(self, username: str, password: str) -> str | None:
+        """The user's token from ``auth-token/``; None where CUBE has no such endpoint."""
+        try:
+            async with self._session.post(
+                self._url, json={"username": username, "password": password}
+            ) as resp:
+                text = await resp.text()
+                if resp.status == 404:
+                    self._basic = True
+                    return None
+                if resp.status >= 500:
+                    raise self._unavailable(f"CUBE answered {resp.status}: {text[:500]}")
+                if resp.status >= 400:
+                    raise self._refused(f"CUBE refused the login ({resp.status}): {text[:500]}")
+                return AuthToken.model_validate_json(text).token
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unavailable(f"CUBE at {self._url} unreachable: {exc}") from exc
+        except ValidationError as exc:
+            raise self._refused(f"unexpected answer from CUBE: {exc}") from exc
 
 
 class Registrar(ABC):
@@ -142,14 +207,16 @@ class CubeRegistrar(Registrar):
         timeout: float = 60.0,
     ) -> None:
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
-        # credentials go per request (the token may be replaced), not in the session
         self._session = cube_session(timeout=timeout)
-        self._token = token
-        self._credentials = (
-            (username, password or "") if username is not None and not token else None
+        self._auth = CubeAuth(
+            self.api_url,
+            self._session,
+            token=token,
+            username=username,
+            password=password,
+            unavailable=RegistrationUnavailable,
+            refused=RegistrationError,
         )
-        self._basic = False
-        self._login = asyncio.Lock()
 
     async def register(self, registration: SeriesRegistration) -> None:
         """POST every file of the series at once."""
@@ -159,40 +226,6 @@ class CubeRegistrar(Registrar):
             files=[PacsFileIn(path=p, **meta) for p in registration.files],
         )
         await self.register_files(body)
-
-    async def _authorization(self) -> dict[str, str]:
-        """The Authorization header for the next request (logs in once if need be)."""
-        if self._credentials is not None and not self._basic:
-            async with self._login:  # concurrent series: one login
-                if self._token is None:
-                    self._token = await self._fetch_token(*self._credentials)
-        if self._token:
-            return {"Authorization": f"Token {self._token}"}
-        if self._credentials is not None:  # a CUBE without auth-token/
-            pair = ":".join(self._credentials).encode()
-            return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
-        return {}
-
-    async def _fetch_token(self, username: str, password: str) -> str | None:
-        """The user's token from ``auth-token/``; None where CUBE has no such endpoint."""
-        url = self.api_url + "auth-token/"
-        try:
-            async with self._session.post(
-                url, json={"username": username, "password": password}
-            ) as resp:
-                text = await resp.text()
-                if resp.status == 404:
-                    self._basic = True
-                    return None
-                if resp.status >= 500:
-                    raise RegistrationUnavailable(f"CUBE answered {resp.status}: {text[:500]}")
-                if resp.status >= 400:
-                    raise RegistrationError(f"CUBE refused the login ({resp.status}): {text[:500]}")
-                return AuthToken.model_validate_json(text).token
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RegistrationUnavailable(f"CUBE at {url} unreachable: {exc}") from exc
-        except ValidationError as exc:
-            raise RegistrationError(f"unexpected answer from CUBE: {exc}") from exc
 
     async def register_files(self, body: PacsFilesIn) -> PacsFilesRegistered:
         """One bulk registration; CUBE's answer.
@@ -205,10 +238,10 @@ class CubeRegistrar(Registrar):
         data = body.model_dump_json()
         try:
             for attempt in (1, 2):
-                headers = {"Content-Type": "application/json", **await self._authorization()}
+                headers = {"Content-Type": "application/json", **await self._auth.header()}
                 async with self._session.post(url, data=data, headers=headers) as resp:
                     text = await resp.text()
-                    if resp.status == 401 and attempt == 1 and self._forget_token():
+                    if resp.status == 401 and attempt == 1 and self._auth.forget():
                         continue  # the token we logged in for was revoked: log in again
                     if resp.status >= 500:
                         raise RegistrationUnavailable(f"CUBE answered {resp.status}: {text[:500]}")
@@ -222,13 +255,6 @@ class CubeRegistrar(Registrar):
         except ValidationError as exc:
             raise RegistrationError(f"unexpected answer from CUBE: {exc}") from exc
         raise AssertionError("unreachable: the second attempt returns or raises")
-
-    def _forget_token(self) -> bool:
-        """Drop a token obtained by logging in (True), so the next request logs in again."""
-        if self._credentials is None or self._basic or self._token is None:
-            return False
-        self._token = None
-        return True
 
     async def close(self) -> None:
         """Close the HTTP session."""

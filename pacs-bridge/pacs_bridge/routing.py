@@ -33,7 +33,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pacs_bridge.errors import RoutingError, RoutingUnavailable, StateError
-from pacs_bridge.registrar import cube_session
+from pacs_bridge.registrar import CubeAuth, cube_session
 from pacs_bridge.schema import RoutedSeries, RouteState, SeriesRegistration
 from pacs_bridge.settings import BridgeSettings, RoutingRule
 from pacs_bridge.state import StateStore
@@ -109,16 +109,28 @@ class CubeFeedClient:
         timeout: float = 60.0,
     ) -> None:
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
-        self._session = cube_session(
-            token=token, username=username, password=password, timeout=timeout
+        self._session = cube_session(timeout=timeout)
+        # a password is traded for a token once: each request carrying one costs CUBE a scrypt
+        self._auth = CubeAuth(
+            self.api_url,
+            self._session,
+            token=token,
+            username=username,
+            password=password,
+            unavailable=RoutingUnavailable,
+            refused=RoutingError,
         )
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> str:
         if not url.startswith(("http://", "https://")):
             url = self.api_url + url
         try:
-            async with self._session.request(method, url, **kwargs) as resp:
-                text = await resp.text()
+            for attempt in (1, 2):
+                headers = await self._auth.header()
+                async with self._session.request(method, url, headers=headers, **kwargs) as resp:
+                    text = await resp.text()
+                if not (resp.status == 401 and attempt == 1 and self._auth.forget()):
+                    break  # else the token we logged in for was revoked: log in again
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RoutingUnavailable(f"CUBE at {url} unreachable: {exc}") from exc
         if resp.status >= 500:
