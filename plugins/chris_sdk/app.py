@@ -44,10 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from chris_sdk.vocabulary import (
-    DEFAULT_MIN_CPU,
-    DEFAULT_MIN_MEMORY,
     FLAG_PATTERN,
-    MAX_LIMIT,
     PARAMETER_NAME_PATTERN,
     PLUGIN_NAME_PATTERN,
     VERSION_PATTERN,
@@ -56,8 +53,7 @@ from chris_sdk.vocabulary import (
     ParameterType,
     PluginType,
     check_text,
-    parse_cpu_millicores,
-    parse_memory_mib,
+    parse_limit,
     settle_parameter,
     settle_plugin,
 )
@@ -367,10 +363,13 @@ class ChrisPlugin:
         check_text("version", self.version, VERSION_PATTERN, 1, 10)
         try:
             limits: dict[str, Any] = {
-                "min_cpu_limit": parse_cpu_millicores(self.min_cpu_limit, DEFAULT_MIN_CPU),
-                "max_cpu_limit": parse_cpu_millicores(self.max_cpu_limit, MAX_LIMIT),
-                "min_memory_limit": parse_memory_mib(self.min_memory_limit, DEFAULT_MIN_MEMORY),
-                "max_memory_limit": parse_memory_mib(self.max_memory_limit, MAX_LIMIT),
+                key: parse_limit(key, getattr(self, key))
+                for key in (
+                    "min_cpu_limit",
+                    "max_cpu_limit",
+                    "min_memory_limit",
+                    "max_memory_limit",
+                )
             }
             for key in ("min_number_of_workers", "max_number_of_workers"):
                 if getattr(self, key) < 1:

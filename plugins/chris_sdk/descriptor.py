@@ -35,6 +35,7 @@ from chris_sdk.vocabulary import (
     ParameterType,
     PluginType,
     parse_cpu_millicores,
+    parse_limit,
     parse_memory_mib,
     settle_parameter,
     settle_plugin,
@@ -122,17 +123,12 @@ class PluginDescriptor(BaseModel):
     min_gpu_limit: int = Field(default=0, ge=0)
     max_gpu_limit: int | None = Field(default=None, ge=0)
 
-    @field_validator("min_cpu_limit", "max_cpu_limit", mode="before")
+    @field_validator(
+        "min_cpu_limit", "max_cpu_limit", "min_memory_limit", "max_memory_limit", mode="before"
+    )
     @classmethod
-    def _cpu(cls, v: Any, info: Any) -> int:
-        default = DEFAULT_MIN_CPU if info.field_name.startswith("min") else MAX_LIMIT
-        return parse_cpu_millicores(v, default)
-
-    @field_validator("min_memory_limit", "max_memory_limit", mode="before")
-    @classmethod
-    def _mem(cls, v: Any, info: Any) -> int:
-        default = DEFAULT_MIN_MEMORY if info.field_name.startswith("min") else MAX_LIMIT
-        return parse_memory_mib(v, default)
+    def _limit(cls, v: Any, info: Any) -> int:
+        return parse_limit(info.field_name, v)
 
     @model_validator(mode="after")
     def _check(self) -> PluginDescriptor:

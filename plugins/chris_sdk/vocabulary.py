@@ -147,6 +147,16 @@ def parse_memory_mib(value: int | str | None, default: int) -> int:
     return int(number * _MEMORY_UNITS[m.group(2) or "Mi"])
 
 
+def parse_limit(field: str, value: int | str | None) -> int:
+    """Parse the descriptor's ``min_/max_`` ``cpu_limit`` (millicores) or
+    ``memory_limit`` (MiB); an absent or ``""`` value takes CUBE's default
+    (reference §2.2: the minimum's default, or no maximum)."""
+    minimum = field.startswith("min")
+    if field.endswith("cpu_limit"):
+        return parse_cpu_millicores(value, DEFAULT_MIN_CPU if minimum else MAX_LIMIT)
+    return parse_memory_mib(value, DEFAULT_MIN_MEMORY if minimum else MAX_LIMIT)
+
+
 def settle_parameter(
     *,
     name: str,
