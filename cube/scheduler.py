@@ -334,9 +334,7 @@ class Scheduler:
             log.warning("lost the lease of instances %s: another worker has them", lost)
             self._abandon(lost)
         # ended by another process (e.g. cancelled through another API process)
-        self.stop_instance(
-            [i for i, status in held.items() if status not in DRIVEN and i not in self._cleaning]
-        )
+        self.stop_instance([i for i, status in held.items() if status not in DRIVEN])
 
     def _abandon(self, ids: list[int]) -> None:
         """Stop driving these instances without touching their rows or sites."""
