@@ -1,13 +1,18 @@
 """The supervisor process of one local job: ``python -I -S local_runner.py <statedir>``.
 
+(pman runs it as ``python -I -S -c "...; from local_runner import main;
+main()" <statedir>``, with this directory on the path, so that the module
+comes from its cached bytecode rather than being compiled at every start.)
+
 pman starts this runner (in a new session, with stdout and stderr appended
 to ``<statedir>/logs``) instead of the plugin itself, so that the job's
 outcome is recorded even when pman is not running: the runner
 
-1. reads ``<statedir>/job.json`` (:class:`RunnerJob`),
+1. reads ``<statedir>/job.nul`` (:class:`RunnerJob`; see :meth:`RunnerJob.to_bytes`),
 2. writes its pid to ``<statedir>/pid``,
-3. runs the argv (a list; no shell) with the job's environment, its output
-   going to the logs it inherited,
+3. runs the argv (a list; no shell) with the job's environment, in the
+   state dir, with stdin from ``/dev/null`` and its output going to the logs
+   it inherited, in the runner's process group,
 4. kills the job's process group when it exceeds ``max_run_seconds``,
 5. writes ``<statedir>/message`` (optional) and then ``<statedir>/exit_code``,
    each atomically (temporary file + rename), and exits.
@@ -15,28 +20,39 @@ outcome is recorded even when pman is not running: the runner
 pman reads those files; ``exit_code`` appearing means the job is over. An
 exit status from a signal is recorded as ``128 + signal``, as shells and
 Docker do.
+
+The runner starts once per job, so its start-up is kept to a few modules of
+the standard library that are built in or small: no ``json`` (``re`` and
+``enum`` with it), no ``subprocess`` (``threading``, ``selectors`` ...). The
+job is started with :func:`os.posix_spawn` (with a memory limit, which
+posix_spawn cannot set, with fork and exec) and waited for with
+:func:`os.waitpid`, or a pidfd and :func:`select.poll` when it has a time limit.
 """
 
-from __future__ import annotations
-
-import json
 import os
-import resource
-import signal
-import subprocess
 import sys
 
-# Only what the job needs: the runner starts once per job, as
-# ``python -I -S <this file> <statedir>`` (no site, no package lookup), and
-# dataclasses, pathlib and typing would each cost more than the rest of its
-# start (dataclasses alone imports inspect and ast).
+# Only what the job needs: the runner starts as ``python -I -S <this file>
+# <statedir>`` (no site, no package lookup), and dataclasses, pathlib and
+# typing would each cost more than the rest of its start (dataclasses alone
+# imports inspect and ast). Annotations name these types as strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import signal
     from types import FrameType
     from typing import Any
+else:
+    try:
+        # the built-in module under ``signal``, which only adds enums of the
+        # numbers and, with them, imports enum: a third of the runner's start
+        import _signal as signal
+    except ImportError:  # not CPython
+        import signal
 
-JOB_FILE = "job.json"
+JOB_FILE = "job.nul"
+#: The job file of earlier versions (JSON); still read, so that a pman
+#: restarted on an existing data dir knows the jobs an older one started.
+LEGACY_JOB_FILE = "job.json"
 PID_FILE = "pid"
 LOG_FILE = "logs"
 EXIT_CODE_FILE = "exit_code"
@@ -45,9 +61,19 @@ MESSAGE_FILE = "message"
 #: Exit code recorded when the argv cannot be executed at all (as shells do).
 CANNOT_EXECUTE = 127
 
+#: The first field pair of a job file: its format and version.
+_FORMAT = ("format", "pman-runner-job/1")
+#: Numeric fields of a job file and their parsers.
+_NUMBERS = {"max_run_seconds": float, "kill_grace_seconds": float, "memory_limit_bytes": int}
+#: Signals Python ignores at start-up; the job gets them at their defaults
+#: (as subprocess's ``restore_signals`` did), or a closed pipe would not end it.
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+#: Seconds between checks for the job's end where pidfds are not available.
+_FALLBACK_POLL_SECONDS = 0.05
+
 
 class RunnerJob:
-    """What the runner runs (``job.json``), written by the local backend.
+    """What the runner runs (``job.nul``), written by the local backend.
 
     ``argv`` and ``env`` of the job; ``max_run_seconds`` (0: unlimited);
     ``kill_grace_seconds`` between SIGTERM and SIGKILL when it runs past
@@ -67,11 +93,11 @@ class RunnerJob:
 
     def __init__(
         self,
-        argv: list[str],
-        env: dict[str, str] | None = None,
+        argv: "list[str]",
+        env: "dict[str, str] | None" = None,
         max_run_seconds: float = 0,
         kill_grace_seconds: float = 10,
-        memory_limit_bytes: int | None = None,
+        memory_limit_bytes: "int | None" = None,
         max_run_message: str = "",
     ) -> None:
         self.argv = argv
@@ -81,7 +107,7 @@ class RunnerJob:
         self.memory_limit_bytes = memory_limit_bytes
         self.max_run_message = max_run_message
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> "dict[str, Any]":
         """The fields by name."""
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -91,17 +117,96 @@ class RunnerJob:
     def __repr__(self) -> str:
         return f"RunnerJob({self.as_dict()!r})"
 
+    def to_bytes(self) -> bytes:
+        """This job as ``job.nul`` data: NUL-terminated ``name``, ``value`` fields.
+
+        The first pair is ``format``, ``pman-runner-job/1``; then one
+        ``argv`` pair per argument and one ``env`` pair (``KEY=VALUE``) per
+        variable, in order, and the scalars (numbers as Python writes them;
+        no ``memory_limit_bytes`` pair for no limit). Text is UTF-8, with
+        undecodable file-name bytes kept (surrogateescape). No value can hold
+        a NUL, as no argument or variable of a process can: a file that the
+        runner parses without ``json`` (and the ``re`` it imports).
+
+        Raises:
+            ValueError: an argument or variable holds a NUL, a variable name
+                is empty or holds ``=``, or argv is empty.
+        """
+        if not self.argv:
+            raise ValueError("argv must be a non-empty list of strings")
+        fields: list[str] = [*_FORMAT]
+        for arg in self.argv:
+            fields += ("argv", arg)
+        for key, value in self.env.items():
+            if not key or "=" in key:
+                raise ValueError(f"invalid environment variable name {key!r}")
+            fields += ("env", f"{key}={value}")
+        fields += (
+            "max_run_seconds",
+            repr(float(self.max_run_seconds)),
+            "kill_grace_seconds",
+            repr(float(self.kill_grace_seconds)),
+        )
+        if self.memory_limit_bytes is not None:
+            fields += ("memory_limit_bytes", str(int(self.memory_limit_bytes)))
+        fields += ("max_run_message", self.max_run_message)
+        if any("\0" in f for f in fields):
+            raise ValueError("a job's arguments and environment cannot hold NUL characters")
+        return "".join(f + "\0" for f in fields).encode("utf-8", "surrogateescape")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "RunnerJob":
+        """Parse ``job.nul`` data (:meth:`to_bytes`).
+
+        Raises:
+            ValueError: not a valid job (wrong format, unknown or repeated
+                fields, bad numbers, no argv).
+        """
+        fields = data.decode("utf-8", "surrogateescape").split("\0")
+        # every field ends with a NUL, so the split leaves one empty string last
+        if len(fields) < 3 or len(fields) % 2 != 1 or fields.pop():
+            raise ValueError("job file: not NUL-terminated name/value pairs")
+        if tuple(fields[:2]) != _FORMAT:
+            raise ValueError(f"job file: not a {_FORMAT[1]} file")
+        job = cls([])
+        seen: set[str] = set()
+        for i in range(2, len(fields), 2):
+            name, value = fields[i], fields[i + 1]
+            if name == "argv":
+                job.argv.append(value)
+            elif name == "env":
+                key, sep, val = value.partition("=")
+                if not key or not sep:
+                    raise ValueError(f"job file: bad environment entry {value!r}")
+                job.env[key] = val
+            elif name in seen:
+                raise ValueError(f"job file: {name} given twice")
+            elif name in _NUMBERS:
+                setattr(job, name, _NUMBERS[name](value))  # ValueError if malformed
+            elif name == "max_run_message":
+                job.max_run_message = value
+            else:
+                raise ValueError(f"job file: unknown field {name!r}")
+            seen.add(name)
+        if not job.argv:
+            raise ValueError("job file: argv must be a non-empty list of strings")
+        return job
+
     def to_json(self) -> str:
-        """This job as ``job.json`` text."""
+        """This job as the ``job.json`` text of earlier versions."""
+        import json  # only for old job files: the runner does not read JSON
+
         return json.dumps(self.as_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> RunnerJob:
-        """Parse ``job.json`` text.
+    def from_json(cls, text: str) -> "RunnerJob":
+        """Parse ``job.json`` text (the job file of earlier versions).
 
         Raises:
             ValueError: not a valid job (bad JSON, missing or mistyped fields).
         """
+        import json  # only for old job files: the runner does not read JSON
+
         data: Any = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("job.json must hold an object")
@@ -118,62 +223,207 @@ class RunnerJob:
         return job
 
 
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see all of it or nothing.
+def read_job(statedir: "str | os.PathLike[str]") -> RunnerJob:
+    """The job of ``statedir``: its ``job.nul``, else the ``job.json`` of an older pman.
+
+    Raises:
+        FileNotFoundError: neither file exists (yet).
+        OSError: unreadable file.
+        ValueError: invalid contents.
+    """
+    statedir = os.fspath(statedir)
+    try:
+        with open(os.path.join(statedir, JOB_FILE), "rb") as fh:
+            return RunnerJob.from_bytes(fh.read())
+    except FileNotFoundError:
+        try:
+            with open(os.path.join(statedir, LEGACY_JOB_FILE), encoding="utf-8") as fh:
+                return RunnerJob.from_json(fh.read())
+        except FileNotFoundError:
+            pass
+        raise  # the current file's error: neither exists
+
+
+def write_atomic(path: "str | os.PathLike[str]", data: "str | bytes") -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` so that readers see all of it or nothing.
 
     Raises:
         OSError: the file could not be written.
     """
     head, name = os.path.split(os.fspath(path))
     tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with open(tmp, "wb") as fh:
+        fh.write(raw)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def exit_status(returncode: int) -> int:
-    """A Popen return code as a shell reports it (``-9`` becomes ``137``)."""
+    """A Popen-style return code as a shell reports it (``-9`` becomes ``137``)."""
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _record(statedir: str, code: int, message: str | None) -> None:
+def _record(statedir: str, code: int, message: "str | None") -> None:
     # the message goes first: pman treats exit_code as "the job is over"
     if message:
         write_atomic(os.path.join(statedir, MESSAGE_FILE), message)
     write_atomic(os.path.join(statedir, EXIT_CODE_FILE), f"{code}\n")
 
 
-def _limit_memory(limit: int) -> Callable[[], None]:
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+def _executable(name: str, env: "dict[str, str]") -> str:
+    """The file to execute for ``argv[0]``: looked up on the job's ``PATH``
+    when it has no ``/`` (as subprocess does with an ``env``), else as is.
 
-    return apply
+    Raises:
+        FileNotFoundError: no such executable on that ``PATH``.
+    """
+    if "/" in name:
+        return name
+    for directory in os.get_exec_path(env):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError(2, "No such file or directory", name)
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> int | None:
+def _spawn(job: RunnerJob) -> int:
+    """Start the job in the current directory and process group; returns its pid.
+
+    Raises:
+        OSError: it cannot be executed.
+    """
+    path = _executable(job.argv[0], job.env)
+    if job.memory_limit_bytes:
+        return _fork_exec(path, job, job.memory_limit_bytes)
+    return os.posix_spawn(
+        path,
+        job.argv,
+        job.env,
+        file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+        setsigdef=_RESTORED_SIGNALS,
+    )
+
+
+def _fork_exec(path: str, job: RunnerJob, limit: int) -> int:
+    """:func:`_spawn` with RLIMIT_AS set in the child, which posix_spawn cannot do.
+
+    An exec failure comes back through a close-on-exec pipe as its errno.
+
+    Raises:
+        OSError: it cannot be executed.
+    """
+    import resource
+
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    # blocked across the fork: the child must not run the runner's handlers
+    # before it has reset them; the parent gets what arrived after the fork
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, forwarded)
+    read_end, write_end = os.pipe()  # both close-on-exec
+    pid = os.fork()
+    if pid == 0:  # the child
+        errno = 0
+        try:
+            os.close(read_end)
+            stdin = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(stdin, 0)
+            os.close(stdin)
+            for sig in (*forwarded, *_RESTORED_SIGNALS):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            os.execve(path, job.argv, job.env)
+        except OSError as exc:
+            errno = exc.errno or 0
+        except BaseException:  # the child must never return into the runner
+            pass
+        try:
+            os.write(write_end, str(errno).encode())
+        finally:
+            os._exit(CANNOT_EXECUTE)
+    os.close(write_end)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        return None
+        chunks = []
+        while chunk := os.read(read_end, 64):
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+    if chunks:  # the exec failed: the child has exited
+        os.waitpid(pid, 0)
+        errno = int(b"".join(chunks) or b"0")
+        raise OSError(errno, os.strerror(errno) if errno else "failed before exec", path)
+    return pid
 
 
-def run(statedir: str | os.PathLike[str]) -> int:
+class _Waiter:
+    """Waits for the job's end, with a timeout where one is asked for."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.status: int | None = None
+        self.pidfd: int | None = None
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pass  # Linux < 5.3 or no pidfd support: checked every 50 ms then
+
+    def wait(self, timeout: "float | None") -> "int | None":
+        """The job's return code (:meth:`reap`), or ``None`` when it still runs
+        after ``timeout`` seconds (``None``: no limit)."""
+        if self.status is None and timeout is not None and not self._ended_within(timeout):
+            return None
+        return self.reap()
+
+    def reap(self) -> int:
+        """Wait for the job's end; its return code as Popen gives it (``-N`` for signal N)."""
+        if self.status is None:
+            # a stop request's signal interrupts waitpid, which Python then resumes
+            self.status = os.waitpid(self.pid, 0)[1]
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        return os.waitstatus_to_exitcode(self.status)
+
+    def _ended_within(self, timeout: float) -> bool:
+        if self.pidfd is not None:
+            import select
+
+            poller = select.poll()
+            poller.register(self.pidfd, select.POLLIN)
+            # poll resumes with the time left when a signal interrupts it
+            return bool(poller.poll(timeout * 1000))
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, _FALLBACK_POLL_SECONDS))
+
+
+def run(statedir: "str | os.PathLike[str]") -> int:
     """Run the job of ``statedir`` to its end and record the outcome; returns the exit code.
 
     Raises:
         OSError, ValueError: the state dir is unusable (nothing can be
             recorded then; pman reports the job as lost).
     """
-    statedir = os.fspath(statedir)
-    with open(os.path.join(statedir, JOB_FILE), encoding="utf-8") as fh:
-        job = RunnerJob.from_json(fh.read())
+    # absolute: the runner works in the state dir, the job's working directory
+    statedir = os.path.abspath(os.fspath(statedir))
+    job = read_job(statedir)
     write_atomic(os.path.join(statedir, PID_FILE), f"{os.getpid()}\n")
+    os.chdir(statedir)
 
     terminating = False
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def on_signal(signum: int, _frame: "FrameType | None") -> None:
         # pman stops a job by signalling our whole process group; the runner
         # survives SIGTERM so that it can still record how the job ended
         nonlocal terminating
@@ -185,13 +435,7 @@ def run(statedir: str | os.PathLike[str]) -> int:
         signal.signal(sig, on_signal)
 
     try:
-        proc = subprocess.Popen(
-            job.argv,
-            env=job.env,
-            cwd=statedir,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=(_limit_memory(job.memory_limit_bytes) if job.memory_limit_bytes else None),
-        )
+        pid = _spawn(job)
     except OSError as exc:
         print(f"pman: cannot execute {job.argv[0]!r}: {exc}", file=sys.stderr, flush=True)
         _record(statedir, CANNOT_EXECUTE, f"cannot execute {job.argv[0]!r}: {exc.strerror}")
@@ -199,26 +443,28 @@ def run(statedir: str | os.PathLike[str]) -> int:
 
     if terminating:  # a stop request arrived while the job was being started
         os.killpg(0, signal.SIGTERM)
-    returncode = _wait(proc, job.max_run_seconds or None)
+    waiter = _Waiter(pid)
+    returncode = waiter.wait(job.max_run_seconds or None)
     message: str | None = None
     if returncode is None:
         message = job.max_run_message
         print(f"pman: {message} ({job.max_run_seconds:g} s)", file=sys.stderr, flush=True)
         terminating = True  # our own group signal must not be forwarded again
         os.killpg(0, signal.SIGTERM)
-        returncode = _wait(proc, job.kill_grace_seconds)
+        returncode = waiter.wait(job.kill_grace_seconds)
         if returncode is None:
             # SIGKILL reaches the runner too, so the outcome is recorded first
             _record(statedir, exit_status(-signal.SIGKILL), message)
             os.killpg(0, signal.SIGKILL)
-            returncode = proc.wait()  # not reached: SIGKILL ends this process too
+            returncode = waiter.reap()  # not reached: SIGKILL ends this process too
     code = exit_status(returncode)
     _record(statedir, code, message)
     return code
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -I -S local_runner.py <statedir>`` (or ``-m``)."""
+def main(argv: "list[str] | None" = None) -> None:
+    """Entry point: ``python -I -S local_runner.py <statedir>`` (or ``-m``, or ``-c``
+    importing this module and calling ``main()``)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print(f"usage: python -I -S {__file__} <statedir>", file=sys.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pman.backends.local_runner import JOB_FILE, LEGACY_JOB_FILE, read_job
 from pman.client import PmanClient
 from pman.errors import InvalidJob, PmanUnavailable
 from pman.schema import JobStatus
@@ -89,15 +90,23 @@ async def test_more_gpus_than_the_host_has_is_refused(
         assert _seen(make_settings(), spec.jid) == "<unset>|<unset>"
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["job.nul", "job.json"])
 async def test_a_restarted_pman_knows_which_gpus_are_taken(
-    make_settings: Callable[..., PmanSettings], tmp_path: Path
+    make_settings: Callable[..., PmanSettings], tmp_path: Path, legacy: bool
 ) -> None:
     settings = make_settings(local_gpus="GPU-x")
     gate = tmp_path / "gate"
     held = python_spec(_jid("held"), GPU_SCRIPT, gpu_limit=1, env=[f"GATE={gate}"])
     async with running_pman(settings) as url, PmanClient(url) as c:
-        await c.schedule(held)
+        cmd = (await c.schedule(held)).cmd
+    if legacy:
+        # as a pman of an earlier version left it: the job file in JSON
+        statedir = settings.data_dir / "jobs" / held.jid
+        job = read_job(statedir)
+        (statedir / LEGACY_JOB_FILE).write_text(job.to_json())
+        (statedir / JOB_FILE).unlink()
     async with running_pman(settings) as url, PmanClient(url) as c:
+        assert (await c.get(held.jid)).cmd == cmd
         with pytest.raises(PmanUnavailable):
             await c.schedule(python_spec(_jid("wants"), GPU_SCRIPT, gpu_limit=1))
         gate.touch()

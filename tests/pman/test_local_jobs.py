@@ -264,6 +264,9 @@ async def test_duplicate_jid_is_409(pman: Pman) -> None:
         ({"entrypoint": ["/no/such/dir/not-a-plugin-xyz"]}, "not-a-plugin-xyz"),
         ({"entrypoint": ["python3", "/usr/local/bin/not-a-plugin-xyz"]}, "not-a-plugin-xyz"),
         ({"jid": "jobs"}, "reserved"),
+        # no process can take them (and the runner's job file separates with them)
+        ({"args": ["a\0b"]}, "NUL"),
+        ({"env": ["K=a\0b"]}, "NUL"),
     ],
 )
 async def test_backend_refusals_are_422(pman: Pman, fields: dict[str, object], needle: str) -> None:
