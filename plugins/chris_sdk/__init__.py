@@ -5,7 +5,7 @@ the two sides of plugin registration share one definition. A plugin run
 imports no pydantic: the descriptor models load on first use.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
 from chris_sdk.app import ChrisPlugin, Invocation, Parameter, PluginFailure, RunFunction
 from chris_sdk.files import copy_tree
@@ -18,7 +18,11 @@ from chris_sdk.vocabulary import (
     parse_memory_mib,
 )
 
+# typing only for type checkers: a plugin run imports this package
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from chris_sdk.descriptor import PluginDescriptor, PluginParameterSpec
 
 

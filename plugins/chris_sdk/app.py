@@ -35,13 +35,10 @@ usage errors, a :class:`PluginFailure` message).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from chris_sdk.vocabulary import (
     FLAG_PATTERN,
@@ -58,14 +55,21 @@ from chris_sdk.vocabulary import (
     settle_plugin,
 )
 
+# A plugin run imports this module, so it imports little: no pydantic (the
+# descriptor models, chris_sdk.descriptor, cost more CPU than a small plugin's
+# whole job), no dataclasses (which imports inspect and ast, and compiles each
+# class's methods with exec at import: the three classes here are written
+# out instead), no typing (annotations are strings, their names imported for
+# type checkers only), and json only where JSON is written. The declaration is
+# checked with the same rules in the standard library (chris_sdk.vocabulary);
+# the models validate the descriptor when it is asked for (--json,
+# descriptor()), as it is at every registration.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from chris_sdk.descriptor import PluginDescriptor, PluginParameterSpec
+    from collections.abc import Mapping, Sequence
+    from typing import Any, NoReturn
 
-# No pydantic here: a plugin run imports this module, and the descriptor models
-# (chris_sdk.descriptor) cost more CPU than a small plugin's whole job. The
-# declaration is checked with the same rules in the standard library
-# (chris_sdk.vocabulary); the models validate the descriptor when it is asked
-# for (--json, descriptor()), as it is at every registration.
+    from chris_sdk.descriptor import PluginDescriptor, PluginParameterSpec
 
 #: File names chrisapp uses for ``--saveinputmeta`` / ``--saveoutputmeta``.
 INPUT_META_FILE = "input.meta.json"
@@ -96,14 +100,44 @@ class PluginFailure(Exception):
         self.exit_status = exit_status
 
 
+class _Frozen:
+    """Immutable instances compared, hashed and shown by their ``_fields``:
+    what a frozen dataclass gives, without building one at import."""
+
+    __slots__ = ()
+    #: the fields that take part in equality, hashing and repr, in order
+    _fields: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, _Frozen)
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__qualname__}({fields})"
+
+
 def _declaration_error(what: str, exc: ValueError) -> DescriptorError:
     if isinstance(exc, DescriptorError):
         return DescriptorError(f"{what}: {exc}", exc.errors)
     return DescriptorError(f"{what}: {exc}", [(what, str(exc))])
 
 
-@dataclass(frozen=True, slots=True)
-class Parameter:
+class Parameter(_Frozen):
     """The declaration of one plugin parameter (one descriptor parameter object).
 
     ``flag`` is the long flag (``--prefix``), ``name`` the option name the
@@ -117,23 +151,74 @@ class Parameter:
     the parameter breaks a ChRIS rule (an optional parameter without a
     default, an optional ``path``/``unextpath``, a required hidden parameter,
     a default of the wrong type, a bad flag or name).
+
+    Instances are immutable, equal when their fields are, and hashable when
+    their default is.
     """
+
+    __slots__ = (
+        "_settled",
+        "action",
+        "default",
+        "flag",
+        "help",
+        "name",
+        "optional",
+        "short_flag",
+        "type",
+        "ui_exposed",
+    )
+    _fields = (
+        "flag",
+        "name",
+        "type",
+        "help",
+        "optional",
+        "default",
+        "short_flag",
+        "ui_exposed",
+        "action",
+    )
 
     flag: str
     name: str
-    type: ParameterType | str = ParameterType.STR
-    help: str = ""
-    optional: bool = True
-    default: Any = None
-    short_flag: str | None = None
-    ui_exposed: bool = True
-    action: ParameterAction | str | None = None
+    type: ParameterType | str
+    help: str
+    optional: bool
+    default: Any
+    short_flag: str | None
+    ui_exposed: bool
+    action: ParameterAction | str | None
     #: settled at declaration: (type, default, action, short flag)
-    _settled: tuple[ParameterType, Any, ParameterAction, str] = field(
-        init=False, repr=False, compare=False
-    )
+    _settled: tuple[ParameterType, Any, ParameterAction, str]
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        flag: str,
+        name: str,
+        type: ParameterType | str = ParameterType.STR,
+        help: str = "",
+        optional: bool = True,
+        default: Any = None,
+        short_flag: str | None = None,
+        ui_exposed: bool = True,
+        action: ParameterAction | str | None = None,
+    ) -> None:
+        for key, value in (
+            ("flag", flag),
+            ("name", name),
+            ("type", type),
+            ("help", help),
+            ("optional", optional),
+            ("default", default),
+            ("short_flag", short_flag),
+            ("ui_exposed", ui_exposed),
+            ("action", action),
+        ):
+            object.__setattr__(self, key, value)
+        self._settle()
+
+    def _settle(self) -> None:
         what = f"invalid parameter {self.flag!r}"
         try:
             check_text("flag", self.flag, FLAG_PATTERN, 2, 52)
@@ -164,7 +249,7 @@ class Parameter:
             )
         except ValueError as exc:
             raise _declaration_error(what, exc) from exc
-        # Frozen dataclass: the settled values are computed once, here.
+        # Immutable: the settled values are computed once, here.
         object.__setattr__(self, "_settled", (ptype, default, action, short_flag))
 
     @property
@@ -238,15 +323,36 @@ TS_PARAMETERS: tuple[Parameter, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Invocation:
-    """A parsed command line: typed options and the plugin's directories."""
+class Invocation(_Frozen):
+    """A parsed command line: typed options and the plugin's directories (immutable)."""
+
+    __slots__ = _fields = (
+        "options",
+        "inputdir",
+        "outputdir",
+        "save_input_meta",
+        "save_output_meta",
+    )
 
     options: argparse.Namespace
     inputdir: Path | None
     outputdir: Path
-    save_input_meta: bool = False
-    save_output_meta: bool = False
+    save_input_meta: bool
+    save_output_meta: bool
+
+    def __init__(
+        self,
+        options: argparse.Namespace,
+        inputdir: Path | None,
+        outputdir: Path,
+        save_input_meta: bool = False,
+        save_output_meta: bool = False,
+    ) -> None:
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "inputdir", inputdir)
+        object.__setattr__(self, "outputdir", outputdir)
+        object.__setattr__(self, "save_input_meta", save_input_meta)
+        object.__setattr__(self, "save_output_meta", save_output_meta)
 
 
 def _converter(ptype: ParameterType) -> Callable[[str], Any]:
@@ -260,6 +366,41 @@ def _converter(ptype: ParameterType) -> Callable[[str], Any]:
 
     convert.__name__ = ptype.api_name
     return convert
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter, sized without :mod:`shutil`.
+
+    argparse builds a formatter for every argument it adds (to check the
+    metavar), and its default width imports shutil, with the compression
+    modules, at every plugin start: the terminal's width is asked here as
+    :func:`shutil.get_terminal_size` would answer it.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # argparse's margin
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """``$COLUMNS``, else the width of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 class _DescriptorAction(argparse.Action):
@@ -281,8 +422,7 @@ class _DescriptorAction(argparse.Action):
         parser.exit(0)
 
 
-@dataclass(frozen=True, kw_only=True)
-class ChrisPlugin:
+class ChrisPlugin(_Frozen):
     """The declaration of a ChRIS plugin.
 
     Descriptor fields (``name``, ``type``, ``version``, ``dock_image``,
@@ -295,33 +435,93 @@ class ChrisPlugin:
     Raises :class:`~chris_sdk.descriptor.DescriptorError` at declaration when
     the whole descriptor would be invalid (bad name or version, min above max,
     duplicate or reserved flags and names).
+
+    Instances are immutable and equal when their fields are.
     """
+
+    __slots__ = _fields = (
+        "name",
+        "type",
+        "version",
+        "dock_image",
+        "run",
+        "parameters",
+        "title",
+        "category",
+        "description",
+        "documentation",
+        "license",
+        "icon",
+        "authors",
+        "public_repo",
+        "min_number_of_workers",
+        "max_number_of_workers",
+        "min_cpu_limit",
+        "max_cpu_limit",
+        "min_memory_limit",
+        "max_memory_limit",
+        "min_gpu_limit",
+        "max_gpu_limit",
+        "output_meta",
+    )
 
     name: str
     type: PluginType | str
     version: str
     dock_image: str
     run: RunFunction
-    parameters: Sequence[Parameter] = ()
-    title: str = ""
-    category: str = ""
-    description: str = ""
-    documentation: str = ""
-    license: str = ""
-    icon: str = ""
-    authors: str = ""
-    public_repo: str = ""
-    min_number_of_workers: int = 1
-    max_number_of_workers: int = 1
-    min_cpu_limit: int | str = ""
-    max_cpu_limit: int | str = ""
-    min_memory_limit: int | str = ""
-    max_memory_limit: int | str = ""
-    min_gpu_limit: int = 0
-    max_gpu_limit: int | None = None
-    output_meta: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Sequence[Parameter]
+    title: str
+    category: str
+    description: str
+    documentation: str
+    license: str
+    icon: str
+    authors: str
+    public_repo: str
+    min_number_of_workers: int
+    max_number_of_workers: int
+    min_cpu_limit: int | str
+    max_cpu_limit: int | str
+    min_memory_limit: int | str
+    max_memory_limit: int | str
+    min_gpu_limit: int
+    max_gpu_limit: int | None
+    output_meta: Mapping[str, Any]
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        type: PluginType | str,
+        version: str,
+        dock_image: str,
+        run: RunFunction,
+        parameters: Sequence[Parameter] = (),
+        title: str = "",
+        category: str = "",
+        description: str = "",
+        documentation: str = "",
+        license: str = "",
+        icon: str = "",
+        authors: str = "",
+        public_repo: str = "",
+        min_number_of_workers: int = 1,
+        max_number_of_workers: int = 1,
+        min_cpu_limit: int | str = "",
+        max_cpu_limit: int | str = "",
+        min_memory_limit: int | str = "",
+        max_memory_limit: int | str = "",
+        min_gpu_limit: int = 0,
+        max_gpu_limit: int | None = None,
+        output_meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        # the arguments by name, before any other local is bound
+        arguments = locals()
+        for key in self._fields:
+            object.__setattr__(self, key, arguments[key])
+        if output_meta is None:
+            object.__setattr__(self, "output_meta", {})
         try:
             plugin_type = PluginType(self.type)
         except ValueError as exc:
@@ -453,6 +653,8 @@ class ChrisPlugin:
 
     def descriptor_json(self, script: str | os.PathLike[str] | None = None) -> str:
         """The descriptor JSON text that ``--json`` prints."""
+        import json  # only here and for the meta files: a plain run writes no JSON
+
         # ASCII escapes: the JSON survives any stdout encoding (a bare C locale, a pipe).
         return json.dumps(self.descriptor_dict(script), indent=2)
 
@@ -468,7 +670,7 @@ class ChrisPlugin:
         parser = argparse.ArgumentParser(
             prog=prog,
             description=self.description or self.title or None,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         for param in self.all_parameters:
             _add_parameter(parser, param)
@@ -591,6 +793,8 @@ def _add_parameter(parser: argparse.ArgumentParser, param: Parameter) -> None:
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as JSON to ``path`` (UTF-8)."""
+    import json  # only where JSON is written: see the imports
+
     with path.open("w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")

@@ -11,9 +11,14 @@ CUBE validates uploaded descriptors with call them from their validators.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any
+
+# typing and the abstract collections only for type checkers: a plugin run
+# imports this module (annotations are strings here)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 #: Defaults CUBE applies when a limit is absent or "" (reference §2.2).
 DEFAULT_MIN_CPU = 1000
@@ -25,6 +30,45 @@ PLUGIN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # 1..100
 VERSION_PATTERN = r"^[0-9.]+$"  # ..10
 PARAMETER_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"  # 1..50
 FLAG_PATTERN = r"^--?[A-Za-z0-9][A-Za-z0-9_-]*$"  # 2..52
+
+
+# The patterns above as plain string tests, for check_text: compiling them at
+# each plugin start (a declaration is checked at import) cost more than all the
+# rest of the check. ASCII classes as in the patterns; each test is what
+# re.fullmatch of its pattern answers (no trailing newline either).
+_DIGITS = frozenset("0123456789")
+_ALNUM = _DIGITS | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_NAME_CHARS = _ALNUM | {"_"}
+_PLUGIN_NAME_CHARS = _ALNUM | {".", "_", "-"}
+_FLAG_CHARS = _ALNUM | {"_", "-"}
+_VERSION_CHARS = _DIGITS | {"."}
+_MATCHERS: dict[str, Callable[[str], bool]] = {
+    PLUGIN_NAME_PATTERN: lambda v: v[:1] in _ALNUM and _PLUGIN_NAME_CHARS.issuperset(v),
+    VERSION_PATTERN: lambda v: bool(v) and _VERSION_CHARS.issuperset(v),
+    PARAMETER_NAME_PATTERN: lambda v: (
+        v[:1] in _NAME_CHARS and v[:1] not in _DIGITS and _NAME_CHARS.issuperset(v)
+    ),
+    FLAG_PATTERN: lambda v: (
+        (v.startswith("--") and _is_flag_name(v[2:]))
+        or (v.startswith("-") and _is_flag_name(v[1:]))
+    ),
+}
+
+
+def _is_flag_name(v: str) -> bool:
+    """``[A-Za-z0-9][A-Za-z0-9_-]*``"""
+    return v[:1] in _ALNUM and _FLAG_CHARS.issuperset(v)
+
+
+def _is_integer(text: str) -> bool:
+    """``[+-]?\\d+`` (``\\d`` being any decimal digit, as :func:`int` takes them)."""
+    return text[1:].isdecimal() if text[:1] in ("+", "-") else text.isdecimal()
+
+
+def _is_decimal(text: str) -> bool:
+    """``\\d+(\\.\\d+)?``"""
+    whole, dot, fraction = text.partition(".")
+    return whole.isdecimal() and (not dot or fraction.isdecimal())
 
 
 class DescriptorError(ValueError):
@@ -81,7 +125,7 @@ class ParameterType(StrEnum):
                 return value
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            if isinstance(value, str) and _is_integer(value.strip()):
                 return int(value)
             raise ValueError(f"expected an integer, got {value!r}")
         # FLOAT
@@ -122,14 +166,14 @@ def parse_cpu_millicores(value: int | str | None, default: int) -> int:
     if isinstance(value, int):
         return value
     text = value.strip()
-    if m := re.fullmatch(r"(\d+)m", text):
-        return int(m.group(1))
-    if re.fullmatch(r"\d+(\.\d+)?", text):
+    if text.endswith("m") and text[:-1].isdecimal():
+        return int(text[:-1])
+    if _is_decimal(text):
         return int(float(text) * 1000)
     raise ValueError(f"bad CPU limit {value!r} (expected e.g. '1000m')")
 
 
-_MEMORY_UNITS = {"Mi": 1, "Gi": 1024, "M": 1, "G": 1000, "Ki": 1 / 1024, "Ti": 1024 * 1024}
+_MEMORY_UNITS = {"Mi": 1, "Gi": 1024, "Ki": 1 / 1024, "Ti": 1024 * 1024, "M": 1, "G": 1000}
 
 
 def parse_memory_mib(value: int | str | None, default: int) -> int:
@@ -140,11 +184,14 @@ def parse_memory_mib(value: int | str | None, default: int) -> int:
         raise ValueError("a memory limit cannot be a boolean")
     if isinstance(value, int):
         return value
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Mi|Gi|Ki|Ti|M|G)?", value.strip())
-    if not m:
+    text, unit = value.strip(), "Mi"
+    for suffix in _MEMORY_UNITS:  # the two-letter units first: "Mi" before "M"
+        if text.endswith(suffix):
+            text, unit = text[: -len(suffix)], suffix
+            break
+    if not _is_decimal(text):
         raise ValueError(f"bad memory limit {value!r} (expected e.g. '2000Mi' or '1Gi')")
-    number = float(m.group(1))
-    return int(number * _MEMORY_UNITS[m.group(2) or "Mi"])
+    return int(float(text) * _MEMORY_UNITS[unit])
 
 
 def parse_limit(field: str, value: int | str | None) -> int:
@@ -236,6 +283,10 @@ def check_text(field: str, value: Any, pattern: str | None, low: int, high: int 
     if len(value) < low or (high is not None and len(value) > high):
         message = f"length must be {low} to {high}" if high else "must not be empty"
         raise DescriptorError(f"{field}: {message}, got {value!r}", [(field, message)])
-    if pattern is not None and not re.fullmatch(pattern, value):  # no trailing newline
+    if pattern is None:
+        return
+    matches = _MATCHERS.get(pattern)
+    # fullmatch: no trailing newline either
+    if not (matches(value) if matches else re.fullmatch(pattern, value)):
         message = f"must match {pattern}"
         raise DescriptorError(f"{field}: {message}, got {value!r}", [(field, message)])
