@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import math
 import os
@@ -429,6 +430,12 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
     from cube.cli.stack import Stack, StackConfig
     from cube.client import CubeClient
     from tests.support.components import free_port
+
+    # each plugin job is a new interpreter: from bytecode, as an installed
+    # package runs, not recompiled at every start (a shell with
+    # PYTHONDONTWRITEBYTECODE set never writes the cache of this checkout)
+    for tree in ("cube", "pfcon", "pfioh", "pman", "plugins"):
+        compileall.compile_dir(ROOT / tree, quiet=1)
 
     cfg = StackConfig(
         home=home,

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from chris_sdk.descriptor import ParameterType, PluginType
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, case, insert, update
 from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -49,6 +49,7 @@ from cube.errors import ComputeError, OutputMismatch, TsInputMissing
 from cube.schema import ErrorCode, InstanceStatus
 from cube.services import innetwork, placement, topology, workflows
 from cube.services import instances as svc
+from cube.services.plugins import get_plugin
 from cube.settings import CubeSettings
 from cube.storage import Storage
 from pfcon.client import PfconClient
@@ -143,6 +144,8 @@ class Scheduler:
         self._abandoned: set[int] = set()
         #: Instances whose tasks only delete an ended job at its site.
         self._cleaning: set[int] = set()
+        #: Instances that ended here and woke a waiter for their job slot then.
+        self._slot_passed_on: set[int] = set()
         self._kick = asyncio.Event()
         #: Instances of this process waiting for a job slot, per compute
         #: resource id, first come first served (see :meth:`_room_freed`).
@@ -162,6 +165,16 @@ class Scheduler:
         )
         #: in-network or zip mode of each compute resource, confirmed with its site
         self._modes = innetwork.SiteModes(sessions)
+        #: what a task reads at each step, built once (building a statement
+        #: costs more than running it)
+        self._drive_read = (
+            select(PluginInstance, ComputeResource)
+            .join(
+                ComputeResource,
+                col(ComputeResource.id) == col(PluginInstance.compute_resource_id),
+            )
+            .where(col(PluginInstance.id) == bindparam("id"))
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -380,14 +393,15 @@ class Scheduler:
     async def _drive(self, inst_id: int) -> None:
         delay = self.settings.retry_min_seconds
         resource_id: int | None = None
+        released = False  # the lease let go of already (with the cleanup's update)
         try:
             while True:
                 async with self.sessions() as s:
-                    inst = await s.get(PluginInstance, inst_id)
-                    if inst is None:
+                    # the instance with its resource: one query per step, not two
+                    found = (await s.exec(self._drive_read, params={"id": inst_id})).first()
+                    if found is None:
                         return  # its feed was deleted
-                    resource = await s.get(ComputeResource, inst.compute_resource_id)
-                    assert resource is not None
+                    inst, resource = found
                 status = S(inst.status)
                 resource_id = resource.id
                 try:
@@ -400,7 +414,7 @@ class Scheduler:
                         await self._register(inst, resource)
                     else:
                         self._cleaning.add(inst_id)
-                        await self._cleanup(inst, resource)
+                        released = await self._cleanup(inst, resource)
                         return
                     delay = self.settings.retry_min_seconds
                 except _Retry as exc:
@@ -420,11 +434,15 @@ class Scheduler:
         finally:
             self._tasks.pop(inst_id, None)
             self._cleaning.discard(inst_id)
+            passed_on = inst_id in self._slot_passed_on
+            self._slot_passed_on.discard(inst_id)
             if inst_id in self._abandoned:
                 self._abandoned.discard(inst_id)
             elif not self._stopping:
-                await self._release([inst_id])
-                self._room_freed(resource_id)  # e.g. cancelled by the user: its slot is free
+                if not released:
+                    await self._release([inst_id])
+                if not passed_on:
+                    self._room_freed(resource_id)  # e.g. cancelled by the user: its slot is free
 
     async def _note(self, inst_id: int, message: str) -> None:
         """Show why an active instance is not progressing (its status is unchanged)."""
@@ -464,13 +482,16 @@ class Scheduler:
             await s.commit()
             row = await s.get(PluginInstance, inst_id)
             resource_id = row.compute_resource_id if row is not None else None
-        await self._changed(scheduled, resource_id)
+        await self._changed(inst_id, scheduled, resource_id)
 
-    async def _changed(self, scheduled: list[int], resource_id: int | None) -> None:
+    async def _changed(self, inst_id: int, scheduled: list[int], resource_id: int | None) -> None:
         """After an instance ended: wake long-polls, instances waiting for a
         job slot, and dispatch children that just became ready."""
         await self.hub.changed()
         self._room_freed(resource_id)
+        # its task need not free the slot again on its way out (a second
+        # waiter woken for one slot only finds the resource full)
+        self._slot_passed_on.add(inst_id)
         if scheduled:
             self.kick()
 
@@ -504,6 +525,12 @@ class Scheduler:
             if taken:
                 log.info("instance %s moved from %s to %s", inst.id, resource.name, other.name)
                 return other
+        await self._note_waiting(inst, resource)
+        return None
+
+    async def _note_waiting(self, inst: PluginInstance, resource: ComputeResource) -> None:
+        """Say in the instance's ``error_message`` that it waits for a job slot."""
+        assert inst.id is not None
         message = (
             f"waiting for room on {resource.name} "
             f"(at most {resource.max_concurrent_jobs} jobs at once)"
@@ -511,7 +538,6 @@ class Scheduler:
         if inst.error_message != message:  # each note wakes every long-poll
             await self._note(inst.id, message)
             inst.error_message = message  # (a detached copy: for the next try's check)
-        return None
 
     async def _wait_for_slot(
         self, inst: PluginInstance, resource: ComputeResource
@@ -532,8 +558,14 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         # in the queue before asking: a slot freed meanwhile wakes it
         waiter = self._queue_for_slot(resource, inst.compute_resource_pinned)
-        first = True  # each asks once on arrival (and notes why it waits)
+        # each asks once on arrival, unless one that could take any slot this
+        # one could is waiting already: the resource was full at its last ask,
+        # and a slot freed since would have gone to it first (a slot held
+        # before a restart is this instance's own: it never waits)
+        first = inst.slot_reserved_at is not None or not self._waiting_ahead(waiter)
         try:
+            if not first:
+                await self._note_waiting(inst, resource)
             while True:
                 now = loop.time()
                 woken = waiter.woken.is_set()
@@ -544,8 +576,11 @@ class Scheduler:
                         self._next_probe[rid] = now + sweep
                     admitted = await self._admit(inst, resource)
                     if admitted is not None:
-                        if not (first or woken):
-                            self._next_probe.pop(rid, None)  # there may be more room
+                        if not woken:
+                            # found room by asking: there may be more, for those
+                            # behind that did not ask (the next one asks now)
+                            if not first:
+                                self._next_probe.pop(rid, None)
                             self._room_freed(rid)
                         return admitted
                     self._next_probe[rid] = loop.time() + sweep
@@ -561,6 +596,17 @@ class Scheduler:
         waiter = _SlotWaiter(resource.id, movable=not pinned)
         self._slot_queues.setdefault(resource.id, []).append(waiter)
         return waiter
+
+    def _waiting_ahead(self, waiter: _SlotWaiter) -> bool:
+        """Whether an earlier waiter of the same resource, not woken, would get
+        any slot ``waiter`` could: a pinned one waits behind anyone, a movable
+        one only behind another movable one (which tried the other resources)."""
+        for other in self._slot_queues.get(waiter.resource_id, []):
+            if other is waiter:
+                return False
+            if not other.woken.is_set() and (other.movable or not waiter.movable):
+                return True
+        return False
 
     def _leave_slot_queue(self, waiter: _SlotWaiter) -> None:
         queue = self._slot_queues.get(waiter.resource_id, [])
@@ -626,7 +672,7 @@ class Scheduler:
             "return": summary.get("compute", {}).get("return", {}),
         }
         async with self.sessions() as s:
-            moved = await svc.transition(
+            await svc.transition(
                 s,
                 inst.id,
                 [S.SCHEDULED],
@@ -634,14 +680,9 @@ class Scheduler:
                 job_status=info.status.value,
                 summary=summary,
                 error_message="",
+                # the same instant as ``started``, so start_date is never before it
+                running=_running_since(info) is not None,
             )
-            if moved and _running_since(info):
-                # after the transition, so start_date is never before ``started``
-                await s.exec(
-                    update(PluginInstance)  # type: ignore[call-overload]
-                    .where(col(PluginInstance.id) == inst.id)
-                    .values(start_date=utcnow())
-                )
             await s.commit()
         await self.hub.changed()
 
@@ -837,18 +878,19 @@ class Scheduler:
                 error_message=message,
             )
             await s.commit()
-        await self._changed(scheduled, inst.compute_resource_id)
+        await self._changed(inst.id, scheduled, inst.compute_resource_id)
 
-    async def _cleanup(self, inst: PluginInstance, resource: ComputeResource) -> None:
+    async def _cleanup(self, inst: PluginInstance, resource: ComputeResource) -> bool:
         """Delete an ended instance's job at its site, retrying while that fails.
 
         Never changes the instance's outcome. Gives up (with an error in the
         log) ``cleanup_give_up_seconds`` after the instance ended, as ChRIS
-        retries its CODE12 deletions for two days.
+        retries its CODE12 deletions for two days. Returns whether it
+        recorded the cleanup, which also let go of the instance's lease.
         """
         assert inst.id is not None
         if not inst.remote_cleanup_pending:
-            return
+            return False
         if not await self._cleanup_remote(inst, resource):
             ended = as_utc(inst.end_date) or utcnow()
             if (utcnow() - ended).total_seconds() < self.settings.cleanup_give_up_seconds:
@@ -859,13 +901,21 @@ class Scheduler:
                 resource.name,
             )
         await self._cleanup_done(inst.id)
+        return True
 
     async def _cleanup_done(self, inst_id: int) -> None:
+        """Record that the job is gone from its site, and let go of the instance
+        (nothing is left to drive: one update instead of two)."""
+        mine = col(PluginInstance.lease_owner) == self.settings.worker_id
         async with self.sessions() as s:
             await s.exec(
                 update(PluginInstance)  # type: ignore[call-overload]
                 .where(col(PluginInstance.id) == inst_id)
-                .values(remote_cleanup_pending=False)
+                .values(
+                    remote_cleanup_pending=False,
+                    lease_owner=case((mine, None), else_=col(PluginInstance.lease_owner)),
+                    lease_expires=case((mine, None), else_=col(PluginInstance.lease_expires)),
+                )
             )
             await s.commit()
 
@@ -916,7 +966,9 @@ class Scheduler:
     async def _job_of(self, inst: PluginInstance) -> tuple[JobDescriptor, list[tuple[Path, str]]]:
         assert inst.id is not None
         async with self.sessions() as s:
-            plugin, meta, _resource, owner = await svc.instance_context(s, inst)
+            plugin, meta = await get_plugin(s, inst.plugin_id)
+            owner = await s.get(User, inst.owner_id)
+            assert owner is not None
             values = await svc.parameter_values(s, inst.id)
             entries: dict[str, Path] = {}
             args: list[str] = []

@@ -66,6 +66,7 @@ async def transition(
     to: InstanceStatus,
     *,
     note: str = "",
+    running: bool = False,
     **fields: Any,
 ) -> bool:
     """Move an instance to ``to`` if it is in one of ``from_statuses``.
@@ -74,10 +75,13 @@ async def transition(
     marks the job for deletion at the site if it may be there; the
     scheduler sets ``start_date`` when it sees the job running at the site,
     which may be after ``started`` (submitted) when the site queues it
-    (ChRIS #408). Returns whether the change happened.
+    (ChRIS #408): ``running`` sets it to the time of this change.
+    Returns whether the change happened.
     """
     now = utcnow()
     values: dict[str, Any] = {"status": to.value, **fields}
+    if running:
+        values["start_date"] = now
     if to in TERMINAL_STATUSES:
         values.setdefault("end_date", now)
         # a slot is taken just before submitting: from then on the site may
@@ -413,7 +417,7 @@ async def run_if_ready(
     assert inst.id is not None
     parents = await topology.parents_of(session, inst, lock=True) if previous is not None else []
     target, note = topology.readiness(parents)
-    extra = {"error_message": note} if target is S.CANCELLED else {}
+    extra: dict[str, Any] = {"error_message": note} if target is S.CANCELLED else {}
     await transition(session, inst.id, [S.CREATED], target, note=note, **extra)
     return target
 
@@ -434,22 +438,19 @@ async def finish(
     """
     if not await transition(session, inst_id, from_statuses, to, note=note, **fields):
         return []
-    inst = await session.get(PluginInstance, inst_id)
-    assert inst is not None
-    await session.refresh(inst)
-    return await resolve_children(session, inst)
+    # the children are found by id: the ended row itself need not be read again
+    return await resolve_children(session, inst_id)
 
 
-async def resolve_children(session: AsyncSession, parent: PluginInstance) -> list[int]:
+async def resolve_children(session: AsyncSession, parent_id: int) -> list[int]:
     """Schedule (all their parents succeeded) or cancel (a parent failed) the
     waiting children of an instance that just ended.
 
     Cancellation cascades down the whole waiting subtree. Returns the ids of
     instances that became ``scheduled``.
     """
-    assert parent.id is not None
     scheduled: list[int] = []
-    for child_id in await topology.children_of(session, parent.id, status=S.WAITING.value):
+    for child_id in await topology.children_of(session, parent_id, status=S.WAITING.value):
         scheduled += await settle_waiting(session, child_id)
     return scheduled
 

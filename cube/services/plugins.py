@@ -262,12 +262,17 @@ async def get_plugin(session: AsyncSession, plugin_id: int) -> tuple[Plugin, Plu
     Raises:
         NotFound: no such plugin.
     """
-    plugin = await session.get(Plugin, plugin_id)
-    if plugin is None:
+    # one query for both (each instance created or submitted asks for them)
+    found = (
+        await session.exec(
+            select(Plugin, PluginMeta)
+            .join(PluginMeta, col(PluginMeta.id) == col(Plugin.meta_id))
+            .where(col(Plugin.id) == plugin_id)
+        )
+    ).first()
+    if found is None:
         raise NotFound("Not found.")
-    meta = await session.get(PluginMeta, plugin.meta_id)
-    assert meta is not None
-    return plugin, meta
+    return found[0], found[1]
 
 
 async def plugin_parameters(session: AsyncSession, plugin_id: int) -> list[PluginParameter]:

@@ -4,5 +4,5 @@ two Docker-engine ones share :mod:`.engine`), the words they all use
 (:mod:`.vocabulary`) and the factory choosing one by name (:mod:`.registry`).
 
 This package module imports nothing, so that the local job runner
-(``python -m pman.backends.local_runner``) starts quickly.
+(``python -I -S``, importing :mod:`.local_runner` alone) starts quickly.
 """
