@@ -494,6 +494,58 @@ async def test_a_long_queue_asks_the_database_once_per_sweep_not_once_per_waiter
             await task
 
 
+async def test_a_queue_asks_for_a_slot_about_once_per_instance(
+    aiohttp_client: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty instances arrive at once for one job slot, with no sweep to
+    rescue them (30 s): an arrival behind a waiter does not ask for the full
+    resource, and an instance that ends wakes exactly one waiter, so the
+    reservations are about one per instance (there were three: each arrival
+    asked, and each end woke two waiters for one slot). All still run, each
+    saying why it waits while it does, and none waits for a sweep."""
+    settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False, sweep_seconds=30)
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
+    admin = await token_for(api, *ADMIN)
+    site = FakeSite("one")
+    scheduler = api.app[SCHEDULER]
+    scheduler._client_factory = lambda resource: site
+    asks: list[int] = []
+
+    async def counting(session: Any, inst_id: int, resource: ComputeResource) -> bool:
+        asks.append(inst_id)
+        return await reserve_slot(session, inst_id, resource)
+
+    monkeypatch.setattr("cube.services.placement.reserve_slot", counting)
+    assert (await add_resource(api, admin, "one", max_concurrent_jobs=1)).status == 201
+    fs = await register(api, admin, FS_DESCRIPTOR, "one")
+    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
+    ids = [(await run(api, admin, fs))[1]["id"] for _ in range(30)]
+    task = asyncio.create_task(scheduler.run())
+    try:
+
+        async def settled() -> None:  # one runs, 29 wait and say so
+            while True:
+                bodies = [await instance(api, admin, i) for i in ids]
+                if sum(b["status"] == "started" for b in bodies) == 1 and (
+                    sum(is_waiting(b) for b in bodies) == len(ids) - 1
+                ):
+                    return
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(settled(), 10)
+        for _ in ids:  # each end hands the slot on at once (a sweep is 30 s away)
+            running = await asyncio.wait_for(_one_running(site), 5)
+            await site.finish(running)
+        for inst_id in ids:
+            await until(api, admin, inst_id, lambda x: x["status"] == "finishedSuccessfully")
+        assert site.most_running == 1
+        assert len(ids) <= len(asks) <= len(ids) + 3, (len(asks), asks)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _one_running(site: FakeSite) -> str:
     while not site.running():
         await asyncio.sleep(0.02)
