@@ -711,6 +711,10 @@ class Scheduler:
         wait = self.settings.status_wait_seconds
         if resource.max_job_exec_seconds > 0:
             wait = min(wait, max(1.0, resource.max_job_exec_seconds / 2))
+        if known is not None and known.is_terminal:
+            # the job ended before its submission was answered: a long-poll for
+            # a change from an end would only return after ``wait`` seconds
+            wait = 0
         try:
             info = await self._client(resource).status(jid, wait=wait, known=known)
         except JobNotFound:

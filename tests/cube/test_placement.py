@@ -546,6 +546,46 @@ async def test_a_queue_asks_for_a_slot_about_once_per_instance(
             await task
 
 
+class QuickSite(FakeSite):
+    """A site whose jobs end before the submission is answered (a trivial job)."""
+
+    async def submit(self, job: JobDescriptor, data: AsyncIterable[bytes]) -> JobSubmitted:
+        submitted = await super().submit(job, data)
+        await self.finish(job.jid)
+        return submitted.model_copy(update={"compute": self.jobs[job.jid]})
+
+
+async def test_a_job_that_ended_before_its_submission_was_answered_is_not_waited_for(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The submission already says the job ended: the scheduler asks for its
+    end at once instead of long-polling for a change from that end (which
+    answered only after ``status_wait_seconds``: a trivial job held its slot
+    that long now and then)."""
+    settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False, status_wait_seconds=20)
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
+    admin = await token_for(api, *ADMIN)
+    site = QuickSite("one")
+    scheduler = api.app[SCHEDULER]
+    scheduler._client_factory = lambda resource: site
+    assert (await add_resource(api, admin, "one")).status == 201
+    fs = await register(api, admin, FS_DESCRIPTOR, "one")
+    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
+    ids = [(await run(api, admin, fs))[1]["id"] for _ in range(3)]
+    task = asyncio.create_task(scheduler.run())
+    try:
+
+        async def ended() -> None:
+            for inst_id in ids:
+                await until(api, admin, inst_id, lambda x: x["status"] == "finishedSuccessfully")
+
+        await asyncio.wait_for(ended(), 10)  # not 20 s each
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _one_running(site: FakeSite) -> str:
     while not site.running():
         await asyncio.sleep(0.02)
