@@ -9,6 +9,8 @@ from urllib.parse import quote
 
 from chris_sdk.descriptor import ParameterType, PluginType
 from pydantic import BaseModel
+from sqlalchemy import inspect
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -199,11 +201,22 @@ def _feed(
 
 
 async def _by_id(session: AsyncSession, model: type[T], ids: set[int]) -> dict[int, T]:
-    """Rows of ``model`` with these primary keys, in one query."""
-    if not ids:
-        return {}
-    rows = await session.exec(select(model).where(col(model.id).in_(ids)))  # type: ignore[attr-defined]
-    return {r.id: r for r in rows.all()}  # type: ignore[attr-defined]
+    """Rows of ``model`` with these primary keys, in one query: those the
+    session holds already (the requester, the plugin of an instance just
+    created) are taken from it, only the others are read."""
+    loaded = session.identity_map
+    found: dict[int, T] = {}
+    for i in ids:
+        row = loaded.get(identity_key(model, i))
+        # only a row fully loaded: an expired attribute would be a lazy load,
+        # which async sessions cannot do
+        if row is not None and not inspect(row).expired_attributes:
+            found[i] = row
+    missing = ids - found.keys()
+    if missing:
+        rows = await session.exec(select(model).where(col(model.id).in_(missing)))  # type: ignore[attr-defined]
+        found.update((r.id, r) for r in rows.all())  # type: ignore[attr-defined]
+    return found
 
 
 async def instance(base: str, session: AsyncSession, i: m.PluginInstance) -> schema.PluginInstance:

@@ -15,7 +15,7 @@ import re
 import secrets
 from datetime import timedelta
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.models import DownloadToken, Token, User, as_utc, utcnow
@@ -132,8 +132,12 @@ async def user_for_token(session: AsyncSession, key: str) -> User:
     Raises:
         NotAuthenticated: no such token.
     """
-    row = (await session.exec(select(Token).where(Token.key == key))).first()
-    user = await session.get(User, row.user_id) if row else None
+    # one query per authenticated request, not two
+    user = (
+        await session.exec(
+            select(User).join(Token, col(Token.user_id) == col(User.id)).where(Token.key == key)
+        )
+    ).first()
     if user is None:
         raise NotAuthenticated("Invalid token.")
     return user
