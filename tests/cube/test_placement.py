@@ -442,19 +442,24 @@ async def test_waiting_instance_moves_to_a_resource_with_room_unless_pinned(
     assert sites["a"].most_running == 1 and sites["b"].most_running == 1
 
 
-async def test_a_long_queue_asks_the_database_once_per_sweep_not_once_per_waiter(
-    aiohttp_client: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Thirty instances wait for one job slot: each asks for a slot once on
-    arrival, then one probe per sweep interval asks for all of them (it would
-    otherwise be thirty per sweep, and a thousand queued instances would keep
-    the database busy with futile reservations). They still all run, in turn."""
-    settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False, sweep_seconds=0.1)
+async def _one_slot_queue(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    sweep_seconds: float,
+) -> tuple[TestClient, dict[str, str], FakeSite, list[int], list[int]]:
+    """Thirty instances created for a resource with one job slot, its
+    scheduler not started yet: the API, admin headers, the site, the list
+    of slot reservations asked for (instance ids, filled as they happen) and
+    the instance ids."""
+    settings = CubeSettings(
+        home=tmp_path / "cube", run_scheduler=False, sweep_seconds=sweep_seconds
+    )
     api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
     admin = await token_for(api, *ADMIN)
     site = FakeSite("one")
-    scheduler = api.app[SCHEDULER]
-    scheduler._client_factory = lambda resource: site
+    api.app[SCHEDULER]._client_factory = lambda resource: site
     asks: list[int] = []
 
     async def counting(session: Any, inst_id: int, resource: ComputeResource) -> bool:
@@ -466,19 +471,34 @@ async def test_a_long_queue_asks_the_database_once_per_sweep_not_once_per_waiter
     fs = await register(api, admin, FS_DESCRIPTOR, "one")
     assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
     ids = [(await run(api, admin, fs))[1]["id"] for _ in range(30)]
-    task = asyncio.create_task(scheduler.run())
+    return api, admin, site, asks, ids
+
+
+async def _one_runs_the_rest_wait(api: TestClient, admin: dict[str, str], ids: list[int]) -> None:
+    """Until one instance runs (whichever was claimed first) and all the
+    others wait, saying why."""
+    while True:
+        bodies = [await instance(api, admin, i) for i in ids]
+        if sum(b["status"] == "started" for b in bodies) == 1 and (
+            sum(is_waiting(b) for b in bodies) == len(ids) - 1
+        ):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_a_long_queue_asks_the_database_once_per_sweep_not_once_per_waiter(
+    aiohttp_client: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty instances wait for one job slot: each asks for a slot once on
+    arrival, then one probe per sweep interval asks for all of them (it would
+    otherwise be thirty per sweep, and a thousand queued instances would keep
+    the database busy with futile reservations). They still all run, in turn."""
+    api, admin, site, asks, ids = await _one_slot_queue(
+        aiohttp_client, tmp_path, monkeypatch, sweep_seconds=0.1
+    )
+    task = asyncio.create_task(api.app[SCHEDULER].run())
     try:
-
-        async def settled() -> None:  # one runs (whichever claimed first), 29 wait
-            while True:
-                bodies = [await instance(api, admin, i) for i in ids]
-                if sum(b["status"] == "started" for b in bodies) == 1 and (
-                    sum(is_waiting(b) for b in bodies) == len(ids) - 1
-                ):
-                    return
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(settled(), 20)
+        await asyncio.wait_for(_one_runs_the_rest_wait(api, admin, ids), 20)
         asks.clear()
         await asyncio.sleep(1.0)  # about ten sweep intervals with a full resource
         assert 3 <= len(asks) <= 15, asks  # per resource, not 29 waiters x 10 sweeps
@@ -503,36 +523,12 @@ async def test_a_queue_asks_for_a_slot_about_once_per_instance(
     reservations are about one per instance (there were three: each arrival
     asked, and each end woke two waiters for one slot). All still run, each
     saying why it waits while it does, and none waits for a sweep."""
-    settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False, sweep_seconds=30)
-    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
-    admin = await token_for(api, *ADMIN)
-    site = FakeSite("one")
-    scheduler = api.app[SCHEDULER]
-    scheduler._client_factory = lambda resource: site
-    asks: list[int] = []
-
-    async def counting(session: Any, inst_id: int, resource: ComputeResource) -> bool:
-        asks.append(inst_id)
-        return await reserve_slot(session, inst_id, resource)
-
-    monkeypatch.setattr("cube.services.placement.reserve_slot", counting)
-    assert (await add_resource(api, admin, "one", max_concurrent_jobs=1)).status == 201
-    fs = await register(api, admin, FS_DESCRIPTOR, "one")
-    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
-    ids = [(await run(api, admin, fs))[1]["id"] for _ in range(30)]
-    task = asyncio.create_task(scheduler.run())
+    api, admin, site, asks, ids = await _one_slot_queue(
+        aiohttp_client, tmp_path, monkeypatch, sweep_seconds=30
+    )
+    task = asyncio.create_task(api.app[SCHEDULER].run())
     try:
-
-        async def settled() -> None:  # one runs, 29 wait and say so
-            while True:
-                bodies = [await instance(api, admin, i) for i in ids]
-                if sum(b["status"] == "started" for b in bodies) == 1 and (
-                    sum(is_waiting(b) for b in bodies) == len(ids) - 1
-                ):
-                    return
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(settled(), 10)
+        await asyncio.wait_for(_one_runs_the_rest_wait(api, admin, ids), 10)
         for _ in ids:  # each end hands the slot on at once (a sweep is 30 s away)
             running = await asyncio.wait_for(_one_running(site), 5)
             await site.finish(running)
