@@ -1,17 +1,22 @@
 """Database engine and sessions (SQLAlchemy asyncio through sqlmodel).
 
 SQLite (aiosqlite) is the embedded default: WAL journal and a busy timeout so
-the API and the scheduler can write concurrently. PostgreSQL, the production
-database, goes through asyncpg (``postgresql+asyncpg://``) with the same code:
-a native asyncio driver (no thread hop per query, unlike aiosqlite) and the
-fastest bulk inserts of the async PostgreSQL drivers SQLAlchemy supports.
+the API and the scheduler can write concurrently; statements run on
+aiosqlite's thread, their rows are fetched on the event loop's
+(:class:`_SqliteCursor`). PostgreSQL, the production database, goes through
+asyncpg (``postgresql+asyncpg://``) with the same code: a native asyncio
+driver (no thread hop per query, unlike aiosqlite) and the fastest bulk
+inserts of the async PostgreSQL drivers SQLAlchemy supports.
 The schema is Alembic's (:mod:`cube.db.migrate`), never ``create_all``.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import aiosqlite
+from aiosqlite.context import contextmanager
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -21,11 +26,61 @@ from cube.db import models  # noqa: F401  (registers the tables)
 SessionMaker = async_sessionmaker[AsyncSession]
 
 
+class _SqliteCursor(aiosqlite.Cursor):
+    """An aiosqlite cursor that fetches and closes on the calling thread.
+
+    aiosqlite sends every call to its connection's thread and waits for the
+    answer: four round trips per statement as SQLAlchemy drives it (make a
+    cursor, execute, fetch, close), each a queue hand-off, a thread wake-up
+    and an event-loop wake-up, which cost CUBE more CPU than the statements
+    themselves. Only ``execute`` (and commit, rollback) can wait for another
+    writer's lock or for the disk, so only they keep the thread. Fetching the
+    rows of a statement already stepped and closing a cursor never wait for
+    a lock. SQLAlchemy never uses one connection from two places at once
+    (each call is awaited before the next), so the calling thread and the
+    connection's thread never touch it together; ``check_same_thread=False``
+    lets them take turns.
+    """
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+
+class _SqliteConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose cursors are :class:`_SqliteCursor` s,
+    made on the calling thread (making a cursor touches no file), and which
+    rolls back there too: the pool rolls back every connection handed back,
+    mostly with nothing to undo, and undoing never waits for a lock (a WAL
+    database drops the uncommitted pages)."""
+
+    @contextmanager
+    async def cursor(self) -> aiosqlite.Cursor:
+        return _SqliteCursor(self, self._conn.cursor())
+
+    async def rollback(self) -> None:
+        self._conn.rollback()
+
+
+def _connect_sqlite(database: str, **kwargs: Any) -> aiosqlite.Connection:
+    """What SQLAlchemy's aiosqlite dialect calls to connect (``async_creator_fn``)."""
+    kwargs["check_same_thread"] = False
+
+    def connector() -> sqlite3.Connection:
+        return sqlite3.connect(database, **kwargs)
+
+    conn = _SqliteConnection(connector, iter_chunk_size=64)
+    conn._thread.daemon = True  # as the dialect does: an unclosed connection never blocks exit
+    return conn
+
+
 def make_engine(url: str) -> AsyncEngine:
     """Create the engine for ``url``, tuned for SQLite when it is SQLite."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": 30, "async_creator_fn": _connect_sqlite}
     elif url.startswith("postgresql"):
         # a server restart or failover must not leave dead pooled connections
         kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
