@@ -53,7 +53,13 @@ from cube.services.plugins import get_plugin
 from cube.settings import CubeSettings
 from cube.storage import Storage
 from pfcon.client import PfconClient
-from pfcon.errors import JobNotFound, PfconError, PfconUnavailable, SiteStorageFull
+from pfcon.errors import (
+    JobConflict,
+    JobNotFound,
+    PfconError,
+    PfconUnavailable,
+    SiteStorageFull,
+)
 from pfcon.schema import JobDescriptor, JobInfo, JobStatus, JobSubmitted
 from pfioh.archive import CompressionPolicy, LinkMeter, aiter_sync, zip_stream
 from pfioh.errors import ArchiveError, InsufficientStorage
@@ -106,6 +112,10 @@ class _SlotWaiter:
 
 class _Retry(Exception):
     """A temporary failure: try the same step again after a backoff."""
+
+
+class _Ended(Exception):
+    """A step failed for good: the instance is cancelled with this message."""
 
 
 def job_id(settings: CubeSettings, inst_id: int) -> str:
@@ -406,8 +416,11 @@ class Scheduler:
                 resource_id = resource.id
                 try:
                     if status is S.SCHEDULED:
+                        # a slot taken afresh here means no job was ever submitted
+                        # (a submission holds the slot until the instance ends)
+                        fresh = inst.slot_reserved_at is None
                         admitted = await self._wait_for_slot(inst, resource)
-                        await self._submit(inst, admitted)
+                        await self._submit(inst, admitted, fresh=fresh)
                     elif status is S.STARTED:
                         await self._watch(inst, resource)
                     elif status is S.REGISTERING_FILES:
@@ -633,38 +646,81 @@ class Scheduler:
                     waiter.woken.set()
                     return
 
-    async def _submit(self, inst: PluginInstance, resource: ComputeResource) -> None:
+    async def _submit(
+        self, inst: PluginInstance, resource: ComputeResource, *, fresh: bool
+    ) -> None:
+        """Submit the job, unless the site has it already.
+
+        A slot held before this step (``fresh`` false: a restart, or a retry
+        after a submission whose answer was lost) may have been used by a
+        submission whose outcome was not recorded: the site is asked first.
+        A slot taken afresh needs no question (one round trip through pfcon
+        and pman less per instance); should the site have the job anyway (a
+        database from before job slots), its refusal leads to the question.
+        """
         assert inst.id is not None
         jid = job_id(self.settings, inst.id)
         client = self._client(resource)
         try:
-            info = await client.status(jid)  # already submitted before a crash?
+            info = None if fresh else await self._submitted_before(client, jid, resource)
+            if info is None:
+                try:
+                    info = await self._send(inst, client, resource)
+                except JobConflict as exc:
+                    info = await self._submitted_before(client, jid, resource)
+                    if info is None:  # refused as a duplicate, yet unknown there
+                        raise _Retry(f"{resource.name} refused {jid} as a duplicate") from exc
+        except _Ended as ended:
+            await self._end(inst.id, S.CANCELLED, ErrorCode.SUBMIT, str(ended))
+            return
+        await self._record_submission(inst, info)
+
+    async def _submitted_before(
+        self, client: PfconClient, jid: str, resource: ComputeResource
+    ) -> JobInfo | None:
+        """The job at the site, or None when the site has no such job.
+
+        Raises _Retry (site unreachable) or _Ended (the site failed the question).
+        """
+        try:
+            return await client.status(jid)
         except JobNotFound:
-            info = None
+            return None
         except PfconUnavailable as exc:
             raise _Retry(f"compute site {resource.name} unreachable: {exc}") from exc
         except PfconError as exc:
-            await self._end(inst.id, S.CANCELLED, ErrorCode.SUBMIT, f"status check failed: {exc}")
-            return
-        if info is None:
-            try:
-                if await self._modes.innetwork(resource, client):
-                    submitted = await self._submit_innetwork(inst, client)
-                else:
-                    descriptor, entries = await self._job_of(inst)
-                    meter = LinkMeter()
-                    body = aiter_sync(
-                        zip_stream(entries, policy=self._policy, meter=meter), meter=meter
-                    )
-                    submitted = await client.submit(descriptor, body)
-                info = submitted.compute
-            except PfconUnavailable as exc:
-                raise _Retry(f"compute site {resource.name} unreachable: {exc}") from exc
-            except SiteStorageFull as exc:
-                raise _Retry(f"compute site {resource.name} is out of space: {exc}") from exc
-            except (PfconError, ComputeError) as exc:
-                await self._end(inst.id, S.CANCELLED, ErrorCode.SUBMIT, f"submit failed: {exc}")
-                return
+            raise _Ended(f"status check failed: {exc}") from exc
+
+    async def _send(
+        self, inst: PluginInstance, client: PfconClient, resource: ComputeResource
+    ) -> JobInfo:
+        """Submit the job with its input; the site's word on it.
+
+        Raises _Retry (unreachable, out of space), JobConflict (the site has
+        a job of this id), or _Ended (refused).
+        """
+        try:
+            if await self._modes.innetwork(resource, client):
+                submitted = await self._submit_innetwork(inst, client)
+            else:
+                descriptor, entries = await self._job_of(inst)
+                meter = LinkMeter()
+                stream = zip_stream(entries, policy=self._policy, meter=meter)
+                body = aiter_sync(stream, meter=meter)
+                submitted = await client.submit(descriptor, body)
+        except PfconUnavailable as exc:
+            raise _Retry(f"compute site {resource.name} unreachable: {exc}") from exc
+        except SiteStorageFull as exc:
+            raise _Retry(f"compute site {resource.name} is out of space: {exc}") from exc
+        except JobConflict:
+            raise
+        except (PfconError, ComputeError) as exc:
+            raise _Ended(f"submit failed: {exc}") from exc
+        return submitted.compute
+
+    async def _record_submission(self, inst: PluginInstance, info: JobInfo) -> None:
+        """``scheduled`` → ``started``, with what the site said of the job."""
+        assert inst.id is not None
         summary = dict(inst.summary)
         summary["pushPath"] = {"status": True}
         summary["compute"] = {

@@ -27,7 +27,7 @@ from cube.errors import BadRequest
 from cube.services.placement import Candidate, choose_resource, reserve_slot
 from cube.settings import CubeSettings
 from pfcon.client import PfconClient
-from pfcon.errors import JobNotFound
+from pfcon.errors import JobConflict, JobNotFound
 from pfcon.schema import (
     JobData,
     JobDescriptor,
@@ -576,6 +576,62 @@ async def test_a_job_that_ended_before_its_submission_was_answered_is_not_waited
                 await until(api, admin, inst_id, lambda x: x["status"] == "finishedSuccessfully")
 
         await asyncio.wait_for(ended(), 10)  # not 20 s each
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class RecordingSite(FakeSite):
+    """A site that refuses a job id it has, as pfcon does, and records the
+    status questions asked without waiting (the check before a submission)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.submitted: list[str] = []
+        self.asked: list[str] = []
+
+    async def submit(self, job: JobDescriptor, data: AsyncIterable[bytes]) -> JobSubmitted:
+        if job.jid in self.jobs:
+            raise JobConflict(f"job {job.jid} exists already")
+        self.submitted.append(job.jid)
+        return await super().submit(job, data)
+
+    async def status(
+        self, jid: str, *, wait: float | None = None, known: JobStatus | None = None
+    ) -> JobInfo:
+        if not wait:
+            self.asked.append(jid)
+        return await super().status(jid, wait=wait, known=known)
+
+
+async def test_a_fresh_slot_submits_without_asking_and_a_duplicate_is_adopted(
+    aiohttp_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    """An instance that takes a job slot afresh was never submitted: it is
+    submitted without asking the site first (a round trip less per
+    instance). Should the site have its job anyway (submitted by a CUBE from
+    before job slots, which did not hold one), the refusal leads to the
+    question, and the job found there is followed, not submitted again."""
+    settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False)
+    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
+    admin = await token_for(api, *ADMIN)
+    site = RecordingSite("one")
+    scheduler = api.app[SCHEDULER]
+    scheduler._client_factory = lambda resource: site
+    assert (await add_resource(api, admin, "one")).status == 201
+    fs = await register(api, admin, FS_DESCRIPTOR, "one")
+    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
+    fresh, there = [(await run(api, admin, fs))[1]["id"] for _ in range(2)]
+    site.jobs[jid(there)] = JobInfo(jid=jid(there), image="", cmd="", status=JobStatus.STARTED)
+    task = asyncio.create_task(scheduler.run())
+    try:
+        for inst_id in (fresh, there):
+            await until(api, admin, inst_id, lambda x: x["status"] == "started")
+            await site.finish(jid(inst_id))
+            await until(api, admin, inst_id, lambda x: x["status"] == "finishedSuccessfully")
+        assert site.submitted == [jid(fresh)]  # the other's job was there: not sent again
+        assert jid(fresh) not in site.asked and jid(there) in site.asked
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
