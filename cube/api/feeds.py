@@ -346,8 +346,17 @@ async def get_instance(request: web.Request) -> web.Response:
             remaining = deadline - time.monotonic()
             if not known or inst.status != known or remaining <= 0:
                 return model_response(await ser.instance(origin(request), s, inst))
-        # changes in this process wake us at once; re-read each second for other workers
-        await hub.wait(min(remaining, 1.0))
+        # changes in this process wake us at once; re-read each second for other
+        # workers. A wake-up reads the status alone (every change of any
+        # instance wakes every long-poll); the whole answer, with the access
+        # check again, once it differs or the time is up.
+        while remaining > 0:
+            await hub.wait(min(remaining, 1.0))
+            remaining = deadline - time.monotonic()
+            async with request.app[SESSIONS]() as s:
+                status = await isvc.instance_status(s, inst_id)
+            if status != known:
+                break
 
 
 @routes.put(

@@ -119,6 +119,13 @@ async def visible_instance(
     return inst
 
 
+async def instance_status(session: AsyncSession, inst_id: int) -> str | None:
+    """An instance's status alone (None: no such instance); no access check."""
+    return (
+        await session.exec(select(PluginInstance.status).where(col(PluginInstance.id) == inst_id))
+    ).first()
+
+
 async def check_path_access(session: AsyncSession, user: User, raw: str) -> list[StoredFile]:
     """The stored files under a storage path the user may read.
 
