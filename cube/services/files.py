@@ -10,6 +10,8 @@ from collections.abc import AsyncIterable
 from typing import Any
 
 from sqlalchemy import and_
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -25,6 +27,7 @@ from cube.db.models import (
     PluginInstance,
     StoredFile,
     User,
+    utcnow,
 )
 from cube.errors import BadRequest, NotFound, PermissionDenied
 from cube.services import feeds, groups
@@ -349,6 +352,19 @@ async def folder_row(session: AsyncSession, path: str) -> Folder:
             # created meanwhile by another request
             row = (await session.exec(select(Folder).where(Folder.path == path))).one()
     return row
+
+
+async def ensure_folder(session: AsyncSession, path: str) -> None:
+    """Give folder ``path`` its id-carrying row if it has none (one statement:
+    each new instance makes its output folder's; :func:`folder_row` also
+    returns the row, in two to four)."""
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+    await session.exec(
+        insert(Folder)  # type: ignore[call-overload]
+        .values(path=path, creation_date=utcnow())
+        .on_conflict_do_nothing(index_elements=["path"])
+    )
 
 
 def read_link(storage: Storage, row: StoredFile) -> str:

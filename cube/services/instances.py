@@ -38,7 +38,7 @@ from cube.db.models import (
 from cube.errors import BadRequest, NotFound, PermissionDenied
 from cube.schema import TERMINAL_STATUSES, InstanceStatus
 from cube.services import feeds, placement, topology
-from cube.services.files import folder_row
+from cube.services.files import ensure_folder
 from cube.services.plugins import get_plugin, plugin_parameters
 from cube.storage import check_storage_path
 
@@ -325,10 +325,10 @@ async def create_instance(
     await session.flush()
     # the output folder gets its file browser id now, so the instance's
     # ``output_folder`` link (ChRIS v6) is there from the start
-    await folder_row(session, inst.output_path)
+    await ensure_folder(session, inst.output_path)
     if previous is None:
         # and a new feed's folder, for the feed's ``folder`` link
-        await folder_row(session, base)
+        await ensure_folder(session, base)
     await run_if_ready(session, inst, previous)
     await session.refresh(inst)
     return inst
