@@ -90,6 +90,8 @@ class Results:
     list_ms: dict[str, list[float]] = field(default_factory=dict)
     seed_s: float | None = None
     stack: tuple[int, float] | None = None  # (instances, seconds)
+    #: CPU-ms of a fixed pure-Python workload, before and after (see :func:`calibrate`)
+    calibration_ms: list[float] = field(default_factory=list)
 
     @property
     def register_10k_s(self) -> float:
@@ -512,6 +514,24 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
 
+def calibrate() -> float:
+    """CPU-ms of a fixed pure-Python workload (best of 5).
+
+    The machine's two vCPUs are shared with other tenants, and the same code
+    has run twice as slowly at busy times, its CPU seconds too (no steal
+    time is reported). This number, taken before and after the runs, says
+    how fast the machine was: compare results only at similar calibrations.
+    """
+    best = math.inf
+    for _ in range(5):
+        t = time.process_time()
+        total = 0
+        for i in range(300_000):
+            total += (i * 7) % 13
+        best = min(best, time.process_time() - t)
+    return best * 1000
+
+
 # -- report ---------------------------------------------------------------------------
 
 
@@ -524,6 +544,11 @@ def report(results: Results, opts: argparse.Namespace) -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
+    if results.calibration_ms:
+        print(
+            "calibration (CPU-ms of a fixed workload, before / after; lower is a faster machine): "
+            + " / ".join(f"{x:.1f}" for x in results.calibration_ms)
+        )
     print()
     print("| measurement | result | target |")
     print("|---|---|---|")
@@ -565,6 +590,7 @@ def report(results: Results, opts: argparse.Namespace) -> None:
 
 async def run(opts: argparse.Namespace) -> Results:
     results = Results()
+    results.calibration_ms.append(calibrate())
     with tempfile.TemporaryDirectory(prefix="cube-bench-") as tmp, postgres(opts.pg_url) as new_db:
         work = Path(tmp)
         results.register["SQLite"] = await bench_register(
@@ -578,6 +604,7 @@ async def run(opts: argparse.Namespace) -> Results:
     if not opts.skip_stack:
         with tempfile.TemporaryDirectory(prefix="cube-bench-stack-") as tmp:
             results.stack = await bench_stack(opts.stack_instances, Path(tmp), opts.max_jobs)
+    results.calibration_ms.append(calibrate())
     return results
 
 
