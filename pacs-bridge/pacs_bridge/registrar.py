@@ -14,7 +14,7 @@ import base64
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 from pydantic import ValidationError
@@ -113,6 +113,67 @@ class CubeAuth:
             raise self._refused(f"unexpected answer from CUBE: {exc}") from exc
 
 
+class CubeHttp:
+    """Requests to CUBE's API as one user: the session and its :class:`CubeAuth`.
+
+    The bridge's CUBE clients (the registrar, routing's feed client) share
+    it, each judging CUBE's answers with its own exceptions, given here as
+    ``unavailable`` (connection, timeout, a failed login's 5xx) and
+    ``refused`` (a refused login).
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        token: str | None,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+        unavailable: type[PacsBridgeError],
+        refused: type[PacsBridgeError],
+    ) -> None:
+        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self._session = cube_session(timeout=timeout)
+        # a password is traded for a token once: each request carrying one costs CUBE a scrypt
+        self._auth = CubeAuth(
+            self.api_url,
+            self._session,
+            token=token,
+            username=username,
+            password=password,
+            unavailable=unavailable,
+            refused=refused,
+        )
+        self._unavailable = unavailable
+
+    async def send(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> tuple[int, str]:
+        """One request (``url`` absolute, or relative to the API root): status and body.
+
+        A token this client logged in for and CUBE no longer accepts (401)
+        is renewed once. Raises ``unavailable`` on a connection failure or a
+        timeout; the status is the caller's to judge.
+        """
+        if not url.startswith(("http://", "https://")):
+            url = self.api_url + url
+        try:
+            for attempt in (1, 2):
+                sent = {**(headers or {}), **await self._auth.header()}
+                async with self._session.request(method, url, headers=sent, **kwargs) as resp:
+                    text = await resp.text()
+                if not (resp.status == 401 and attempt == 1 and self._auth.forget()):
+                    break  # else the token we logged in for was revoked: log in again
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unavailable(f"CUBE at {url} unreachable: {exc}") from exc
+        return resp.status, text
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._session.close()
+
+
 class Registrar(ABC):
     """Where complete series are registered."""
 
@@ -206,17 +267,16 @@ class CubeRegistrar(Registrar):
         password: str | None = None,
         timeout: float = 60.0,
     ) -> None:
-        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
-        self._session = cube_session(timeout=timeout)
-        self._auth = CubeAuth(
-            self.api_url,
-            self._session,
+        self._http = CubeHttp(
+            api_url,
             token=token,
             username=username,
             password=password,
+            timeout=timeout,
             unavailable=RegistrationUnavailable,
             refused=RegistrationError,
         )
+        self.api_url = self._http.api_url
 
     async def register(self, registration: SeriesRegistration) -> None:
         """POST every file of the series at once."""
@@ -234,31 +294,24 @@ class CubeRegistrar(Registrar):
             RegistrationUnavailable: connection failure, timeout or a 5xx.
             RegistrationError: a 4xx (bad path, unknown user, already registered).
         """
-        url = self.api_url + "pacs/files/"
-        data = body.model_dump_json()
+        status, text = await self._http.send(
+            "POST",
+            "pacs/files/",
+            data=body.model_dump_json(),
+            headers={"Content-Type": "application/json"},
+        )
+        if status >= 500:
+            raise RegistrationUnavailable(f"CUBE answered {status}: {text[:500]}")
+        if status >= 400:
+            raise RegistrationError(f"CUBE refused the registration ({status}): {text[:500]}")
         try:
-            for attempt in (1, 2):
-                headers = {"Content-Type": "application/json", **await self._auth.header()}
-                async with self._session.post(url, data=data, headers=headers) as resp:
-                    text = await resp.text()
-                    if resp.status == 401 and attempt == 1 and self._auth.forget():
-                        continue  # the token we logged in for was revoked: log in again
-                    if resp.status >= 500:
-                        raise RegistrationUnavailable(f"CUBE answered {resp.status}: {text[:500]}")
-                    if resp.status >= 400:
-                        raise RegistrationError(
-                            f"CUBE refused the registration ({resp.status}): {text[:500]}"
-                        )
-                    return PacsFilesRegistered.model_validate_json(text)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RegistrationUnavailable(f"CUBE at {url} unreachable: {exc}") from exc
+            return PacsFilesRegistered.model_validate_json(text)
         except ValidationError as exc:
             raise RegistrationError(f"unexpected answer from CUBE: {exc}") from exc
-        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def close(self) -> None:
         """Close the HTTP session."""
-        await self._session.close()
+        await self._http.close()
 
 
 def make_registrar(settings: BridgeSettings) -> Registrar:

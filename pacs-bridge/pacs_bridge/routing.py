@@ -29,11 +29,10 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pacs_bridge.errors import RoutingError, RoutingUnavailable, StateError
-from pacs_bridge.registrar import CubeAuth, cube_session
+from pacs_bridge.registrar import CubeHttp
 from pacs_bridge.schema import RoutedSeries, RouteState, SeriesRegistration
 from pacs_bridge.settings import BridgeSettings, RoutingRule
 from pacs_bridge.state import StateStore
@@ -108,35 +107,23 @@ class CubeFeedClient:
         password: str | None = None,
         timeout: float = 60.0,
     ) -> None:
-        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
-        self._session = cube_session(timeout=timeout)
-        # a password is traded for a token once: each request carrying one costs CUBE a scrypt
-        self._auth = CubeAuth(
-            self.api_url,
-            self._session,
+        self._http = CubeHttp(
+            api_url,
             token=token,
             username=username,
             password=password,
+            timeout=timeout,
             unavailable=RoutingUnavailable,
             refused=RoutingError,
         )
+        self.api_url = self._http.api_url
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> str:
-        if not url.startswith(("http://", "https://")):
-            url = self.api_url + url
-        try:
-            for attempt in (1, 2):
-                headers = await self._auth.header()
-                async with self._session.request(method, url, headers=headers, **kwargs) as resp:
-                    text = await resp.text()
-                if not (resp.status == 401 and attempt == 1 and self._auth.forget()):
-                    break  # else the token we logged in for was revoked: log in again
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RoutingUnavailable(f"CUBE at {url} unreachable: {exc}") from exc
-        if resp.status >= 500:
-            raise RoutingUnavailable(f"CUBE answered {resp.status} to {method} {url}: {text[:500]}")
-        if resp.status >= 400:
-            raise RoutingError(f"CUBE refused {method} {url} ({resp.status}): {text[:500]}")
+        status, text = await self._http.send(method, url, **kwargs)
+        if status >= 500:
+            raise RoutingUnavailable(f"CUBE answered {status} to {method} {url}: {text[:500]}")
+        if status >= 400:
+            raise RoutingError(f"CUBE refused {method} {url} ({status}): {text[:500]}")
         return text
 
     async def _list(self, model: type[M], path: str, params: dict[str, str]) -> list[M]:
@@ -190,7 +177,7 @@ class CubeFeedClient:
 
     async def close(self) -> None:
         """Close the HTTP session."""
-        await self._session.close()
+        await self._http.close()
 
 
 def feed_title(rule: RoutingRule, calling_aet: str, registration: SeriesRegistration) -> str:
