@@ -9,13 +9,12 @@ from urllib.parse import quote
 
 from chris_sdk.descriptor import ParameterType, PluginType
 from pydantic import BaseModel
-from sqlalchemy import inspect
-from sqlalchemy.orm.util import identity_key
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube import schema
 from cube.db import models as m
+from cube.db.engine import loaded_row
 from cube.db.models import as_utc
 from cube.services.workflows import status_counts as workflow_counts
 from cube.services.workflows import workflows_of_instances
@@ -204,13 +203,10 @@ async def _by_id(session: AsyncSession, model: type[T], ids: set[int]) -> dict[i
     """Rows of ``model`` with these primary keys, in one query: those the
     session holds already (the requester, the plugin of an instance just
     created) are taken from it, only the others are read."""
-    loaded = session.identity_map
     found: dict[int, T] = {}
     for i in ids:
-        row = loaded.get(identity_key(model, i))
-        # only a row fully loaded: an expired attribute would be a lazy load,
-        # which async sessions cannot do
-        if row is not None and not inspect(row).expired_attributes:
+        row = loaded_row(session, model, i)
+        if row is not None:
             found[i] = row
     missing = ids - found.keys()
     if missing:

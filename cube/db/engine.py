@@ -13,17 +13,19 @@ The schema is Alembic's (:mod:`cube.db.migrate`), never ``create_all``.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 from aiosqlite.context import contextmanager
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm.util import identity_key
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db import models  # noqa: F401  (registers the tables)
 
 SessionMaker = async_sessionmaker[AsyncSession]
+T = TypeVar("T")
 
 
 class _SqliteCursor(aiosqlite.Cursor):
@@ -113,3 +115,16 @@ async def create_schema(engine: AsyncEngine) -> None:
     from cube.db.migrate import upgrade  # migrate imports this module's models
 
     await upgrade(engine)
+
+
+def loaded_row(session: AsyncSession, model: type[T], key: Any) -> T | None:
+    """The row of ``model`` with primary key ``key`` if ``session`` holds it
+    fully loaded already, else None (no query).
+
+    A row with an expired attribute does not count: reading it would be a
+    lazy load, which an async session cannot do.
+    """
+    row = session.identity_map.get(identity_key(model, key))
+    if row is None or inspect(row).expired_attributes:
+        return None
+    return cast(T, row)

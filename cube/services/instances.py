@@ -26,9 +26,7 @@ from cube.db.models import (
     ComputeResource,
     Feed,
     ParameterValue,
-    Plugin,
     PluginInstance,
-    PluginMeta,
     PluginParameter,
     StatusChange,
     StoredFile,
@@ -558,17 +556,6 @@ async def status_counts(session: AsyncSession, feed_id: int) -> dict[str, int]:
         .group_by(PluginInstance.status)
     )
     return {status: count for status, count in rows.all()}
-
-
-async def instance_context(
-    session: AsyncSession, inst: PluginInstance
-) -> tuple[Plugin, PluginMeta, ComputeResource, User]:
-    """The plugin, meta, compute resource and owner of an instance."""
-    plugin, meta = await get_plugin(session, inst.plugin_id)
-    resource = await session.get(ComputeResource, inst.compute_resource_id)
-    owner = await session.get(User, inst.owner_id)
-    assert resource is not None and owner is not None
-    return plugin, meta, resource, owner
 
 
 async def parameter_values(

@@ -31,10 +31,10 @@ from typing import Any
 from chris_sdk.descriptor import PluginType
 from chris_sdk.topology import join_plan, parse_filters
 from sqlalchemy.orm import aliased
-from sqlalchemy.orm.util import identity_key
 from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from cube.db.engine import loaded_row
 from cube.db.models import (
     ParameterValue,
     Plugin,
@@ -62,9 +62,8 @@ async def plugin_type(session: AsyncSession, inst: PluginInstance) -> PluginType
     Read from the session's rows when the plugin and its meta are loaded in
     it already (the scheduler building a job has them), else queried.
     """
-    loaded = session.identity_map
-    plugin = loaded.get(identity_key(Plugin, inst.plugin_id))
-    meta = loaded.get(identity_key(PluginMeta, plugin.meta_id)) if plugin is not None else None
+    plugin = loaded_row(session, Plugin, inst.plugin_id)
+    meta = loaded_row(session, PluginMeta, plugin.meta_id) if plugin is not None else None
     if meta is not None:
         return PluginType(meta.type)
     row = (
