@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import and_
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -343,21 +342,16 @@ async def folder_row(session: AsyncSession, path: str) -> Folder:
     """The id-carrying row of folder ``path``, created on first look."""
     row = (await session.exec(select(Folder).where(Folder.path == path))).first()
     if row is None:
-        row = Folder(path=path)
-        session.add(row)
-        try:
-            async with session.begin_nested():
-                await session.flush()
-        except IntegrityError:
-            # created meanwhile by another request
-            row = (await session.exec(select(Folder).where(Folder.path == path))).one()
+        # made here, or meanwhile by another request: either way it is there then
+        await ensure_folder(session, path)
+        row = (await session.exec(select(Folder).where(Folder.path == path))).one()
     return row
 
 
 async def ensure_folder(session: AsyncSession, path: str) -> None:
-    """Give folder ``path`` its id-carrying row if it has none (one statement:
-    each new instance makes its output folder's; :func:`folder_row` also
-    returns the row, in two to four)."""
+    """Give folder ``path`` its id-carrying row if it has none, in one
+    statement (each new instance makes its output folder's; :func:`folder_row`
+    also returns the row)."""
     dialect = session.get_bind().dialect.name
     insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
     await session.exec(
