@@ -442,6 +442,27 @@ async def test_waiting_instance_moves_to_a_resource_with_room_unless_pinned(
     assert sites["a"].most_running == 1 and sites["b"].most_running == 1
 
 
+async def _instances_on(
+    aiohttp_client: Callable[..., Any],
+    tmp_path: Path,
+    site: FakeSite,
+    count: int,
+    resource: dict[str, Any] | None = None,
+    **settings: Any,
+) -> tuple[TestClient, dict[str, str], list[int]]:
+    """``count`` fs instances created on ``site``'s one compute resource (with
+    ``resource`` fields), the scheduler not started yet: the API, admin
+    headers and the instance ids."""
+    cfg = CubeSettings(home=tmp_path / "cube", run_scheduler=False, **settings)
+    api: TestClient = await aiohttp_client(create_app(cfg), headers=JSON_ACCEPT)
+    admin = await token_for(api, *ADMIN)
+    api.app[SCHEDULER]._client_factory = lambda _resource: site
+    assert (await add_resource(api, admin, site.name, **(resource or {}))).status == 201
+    fs = await register(api, admin, FS_DESCRIPTOR, site.name)
+    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
+    return api, admin, [(await run(api, admin, fs))[1]["id"] for _ in range(count)]
+
+
 async def _one_slot_queue(
     aiohttp_client: Callable[..., Any],
     tmp_path: Path,
@@ -453,13 +474,7 @@ async def _one_slot_queue(
     scheduler not started yet: the API, admin headers, the site, the list
     of slot reservations asked for (instance ids, filled as they happen) and
     the instance ids."""
-    settings = CubeSettings(
-        home=tmp_path / "cube", run_scheduler=False, sweep_seconds=sweep_seconds
-    )
-    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
-    admin = await token_for(api, *ADMIN)
     site = FakeSite("one")
-    api.app[SCHEDULER]._client_factory = lambda resource: site
     asks: list[int] = []
 
     async def counting(session: Any, inst_id: int, resource: ComputeResource) -> bool:
@@ -467,10 +482,14 @@ async def _one_slot_queue(
         return await reserve_slot(session, inst_id, resource)
 
     monkeypatch.setattr("cube.services.placement.reserve_slot", counting)
-    assert (await add_resource(api, admin, "one", max_concurrent_jobs=1)).status == 201
-    fs = await register(api, admin, FS_DESCRIPTOR, "one")
-    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
-    ids = [(await run(api, admin, fs))[1]["id"] for _ in range(30)]
+    api, admin, ids = await _instances_on(
+        aiohttp_client,
+        tmp_path,
+        site,
+        30,
+        {"max_concurrent_jobs": 1},
+        sweep_seconds=sweep_seconds,
+    )
     return api, admin, site, asks, ids
 
 
@@ -558,17 +577,9 @@ async def test_a_job_that_ended_before_its_submission_was_answered_is_not_waited
     end at once instead of long-polling for a change from that end (which
     answered only after ``status_wait_seconds``: a trivial job held its slot
     that long now and then)."""
-    settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False, status_wait_seconds=20)
-    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
-    admin = await token_for(api, *ADMIN)
     site = QuickSite("one")
-    scheduler = api.app[SCHEDULER]
-    scheduler._client_factory = lambda resource: site
-    assert (await add_resource(api, admin, "one")).status == 201
-    fs = await register(api, admin, FS_DESCRIPTOR, "one")
-    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
-    ids = [(await run(api, admin, fs))[1]["id"] for _ in range(3)]
-    task = asyncio.create_task(scheduler.run())
+    api, admin, ids = await _instances_on(aiohttp_client, tmp_path, site, 3, status_wait_seconds=20)
+    task = asyncio.create_task(api.app[SCHEDULER].run())
     try:
 
         async def ended() -> None:
@@ -613,18 +624,10 @@ async def test_a_fresh_slot_submits_without_asking_and_a_duplicate_is_adopted(
     instance). Should the site have its job anyway (submitted by a CUBE from
     before job slots, which did not hold one), the refusal leads to the
     question, and the job found there is followed, not submitted again."""
-    settings = CubeSettings(home=tmp_path / "cube", run_scheduler=False)
-    api: TestClient = await aiohttp_client(create_app(settings), headers=JSON_ACCEPT)
-    admin = await token_for(api, *ADMIN)
     site = RecordingSite("one")
-    scheduler = api.app[SCHEDULER]
-    scheduler._client_factory = lambda resource: site
-    assert (await add_resource(api, admin, "one")).status == 201
-    fs = await register(api, admin, FS_DESCRIPTOR, "one")
-    assert (await upload(api, admin, "home/chris/uploads/in/a.txt", b"a")).status == 201
-    fresh, there = [(await run(api, admin, fs))[1]["id"] for _ in range(2)]
+    api, admin, (fresh, there) = await _instances_on(aiohttp_client, tmp_path, site, 2)
     site.jobs[jid(there)] = JobInfo(jid=jid(there), image="", cmd="", status=JobStatus.STARTED)
-    task = asyncio.create_task(scheduler.run())
+    task = asyncio.create_task(api.app[SCHEDULER].run())
     try:
         for inst_id in (fresh, there):
             await until(api, admin, inst_id, lambda x: x["status"] == "started")
