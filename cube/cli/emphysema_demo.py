@@ -38,17 +38,13 @@ class EmphysemaDemoError(RuntimeError):
     """The pipeline did not finish, or produced no report."""
 
 
-@dataclass(frozen=True, slots=True)
-class EmphysemaDemoResult:
-    """What the demo measured against what the phantom holds."""
+class LaaMeasurement:
+    """A demo's %LAA-950, measured by the pipeline (``report``), against the
+    phantom's truth: shared by the results of both demo paths."""
 
-    feed_id: int
-    workflow_id: int
-    instances: list[PluginInstance]
+    __slots__ = ()
     true_laa950_percent: float
     report: dict[str, Any]
-    report_fname: str  #: the report's path in CUBE's storage
-    report_local: Path  #: where it was downloaded
 
     @property
     def measured_laa950_percent(self) -> float:
@@ -58,6 +54,19 @@ class EmphysemaDemoResult:
     def error(self) -> float:
         """|measured − true| %LAA-950, percentage points."""
         return abs(self.measured_laa950_percent - self.true_laa950_percent)
+
+
+@dataclass(frozen=True, slots=True)
+class EmphysemaDemoResult(LaaMeasurement):
+    """What the demo measured against what the phantom holds."""
+
+    feed_id: int
+    workflow_id: int
+    instances: list[PluginInstance]
+    true_laa950_percent: float
+    report: dict[str, Any]
+    report_fname: str  #: the report's path in CUBE's storage
+    report_local: Path  #: where it was downloaded
 
     @property
     def ok(self) -> bool:

@@ -38,6 +38,7 @@ from cube.cli.emphysema_demo import (
     REPORT,
     SEED,
     EmphysemaDemoError,
+    LaaMeasurement,
     Waiter,
     wait_plain,
 )
@@ -77,7 +78,7 @@ def rules_env() -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class PacsDemoResult:
+class PacsDemoResult(LaaMeasurement):
     """What came back from the PACS path, against the phantom's truth."""
 
     study_uid: str
@@ -95,15 +96,6 @@ class PacsDemoResult:
     def feed_id(self) -> int:
         assert self.route.feed_id is not None  # a started route has its feed
         return self.route.feed_id
-
-    @property
-    def measured_laa950_percent(self) -> float:
-        return float(self.report["laa950_percent"])
-
-    @property
-    def error(self) -> float:
-        """|measured − true| %LAA-950, percentage points."""
-        return abs(self.measured_laa950_percent - self.true_laa950_percent)
 
     @property
     def sc_in_study(self) -> bool:
