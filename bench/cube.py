@@ -460,6 +460,7 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
             dircopy = await client.plugin_by_name("pl-dircopy")
             simple = await client.plugin_by_name("pl-simpledsapp")
             t0 = time.perf_counter()
+            own_cpu0 = time.process_time()
             root = await client.create_instance(dircopy.id, {"dir": "home/chris/uploads/bench"})
             ids = [root.id]
             for _ in range(n - 1):
@@ -475,6 +476,7 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
                 if final.status.value != "finishedSuccessfully":
                     failed.append((inst_id, final.status.value, final.error_message))
             elapsed = time.perf_counter() - t0
+            own_cpu = time.process_time() - own_cpu0
             if failed:
                 raise RuntimeError(f"{len(failed)} instances failed, e.g. {failed[:3]}")
             phases: dict[str, list[float]] = {}
@@ -495,7 +497,13 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
                         phases.setdefault(name, []).append((end - begin).total_seconds())
             print("CPU seconds per instance, by process (stack run):")
             for name, proc in stack.procs.items():
-                print(f"  {name}: {cpu_seconds(proc.pid) / n:.3f}")
+                total = cpu_seconds(proc.pid) / n
+                own = cpu_seconds(proc.pid, children=False) / n
+                # pman's children are the jobs' runners and the plugins they run
+                jobs = f" (its own {own:.3f}, its jobs {total - own:.3f})" if total > own else ""
+                print(f"  {name}: {total:.3f}{jobs}")
+            # the client's requests (creating, then waiting on each) share the CPUs too
+            print(f"  benchmark client (until the last ended): {own_cpu / n:.3f}")
             print("median seconds per phase of an instance (stack run):")
             for name, values in phases.items():
                 print(f"  {name}: {statistics.median(values):.2f} (max {max(values):.2f})")
@@ -504,14 +512,16 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
         await stack.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and of its children it has waited for (s; Linux)."""
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """CPU time of a process and (``children``) of its children it has waited
+    for (s; Linux)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return math.nan
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
+    ticks = utime + stime + (cutime + cstime if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def calibrate() -> float:

@@ -44,12 +44,22 @@ from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cube.db.engine import SessionMaker
-from cube.db.models import ComputeResource, PluginInstance, StoredFile, User, as_utc, utcnow
+from cube.db.models import (
+    ComputeResource,
+    Plugin,
+    PluginInstance,
+    PluginMeta,
+    StoredFile,
+    User,
+    Workflow,
+    WorkflowInstance,
+    as_utc,
+    utcnow,
+)
 from cube.errors import ComputeError, OutputMismatch, TsInputMissing
 from cube.schema import ErrorCode, InstanceStatus
 from cube.services import innetwork, placement, topology, workflows
 from cube.services import instances as svc
-from cube.services.plugins import get_plugin
 from cube.settings import CubeSettings
 from cube.storage import Storage
 from pfcon.client import PfconClient
@@ -178,12 +188,25 @@ class Scheduler:
         #: what a task reads at each step, built once (building a statement
         #: costs more than running it)
         self._drive_read = (
-            select(PluginInstance, ComputeResource)
+            select(PluginInstance, ComputeResource, PluginMeta.type)
             .join(
                 ComputeResource,
                 col(ComputeResource.id) == col(PluginInstance.compute_resource_id),
             )
+            .join(Plugin, col(Plugin.id) == col(PluginInstance.plugin_id))
+            .join(PluginMeta, col(PluginMeta.id) == col(Plugin.meta_id))
             .where(col(PluginInstance.id) == bindparam("id"))
+        )
+        #: what a job is built from: the plugin, the owner, the workflow (if any)
+        self._job_read = (
+            select(  # type: ignore[call-overload]
+                Plugin, PluginMeta, User, WorkflowInstance.workflow_id, Workflow.pipeline_id
+            )
+            .join(PluginMeta, col(PluginMeta.id) == col(Plugin.meta_id))
+            .join(User, col(User.id) == bindparam("owner"))
+            .outerjoin(WorkflowInstance, col(WorkflowInstance.plugin_inst_id) == bindparam("inst"))
+            .outerjoin(Workflow, col(Workflow.id) == col(WorkflowInstance.workflow_id))
+            .where(col(Plugin.id) == bindparam("plugin"))
         )
 
     # -- lifecycle ---------------------------------------------------------
@@ -259,7 +282,7 @@ class Scheduler:
         """Schedule or cancel waiting instances whose parents all ended.
 
         A safety net only: creating an instance and ending a parent lock the
-        rows involved (:func:`cube.services.instances.run_if_ready`,
+        rows involved (:func:`cube.services.instances.create_instance`,
         :func:`~cube.services.instances.settle_waiting`), so no child is left
         waiting in normal operation; this one query finds any that were
         (a database written by a version without those locks)."""
@@ -411,7 +434,7 @@ class Scheduler:
                     found = (await s.exec(self._drive_read, params={"id": inst_id})).first()
                     if found is None:
                         return  # its feed was deleted
-                    inst, resource = found
+                    inst, resource, ptype = found
                 status = S(inst.status)
                 resource_id = resource.id
                 try:
@@ -424,7 +447,7 @@ class Scheduler:
                     elif status is S.STARTED:
                         await self._watch(inst, resource)
                     elif status is S.REGISTERING_FILES:
-                        await self._register(inst, resource)
+                        await self._register(inst, resource, PluginType(ptype))
                     else:
                         self._cleaning.add(inst_id)
                         released = await self._cleanup(inst, resource)
@@ -829,7 +852,9 @@ class Scheduler:
         out["compute"] = compute
         return out
 
-    async def _register(self, inst: PluginInstance, resource: ComputeResource) -> None:
+    async def _register(
+        self, inst: PluginInstance, resource: ComputeResource, ptype: PluginType
+    ) -> None:
         """Unpack the output zip while it arrives, then register its files in one bulk insert.
 
         The archive is checked member by member and against its SHA-256
@@ -838,7 +863,7 @@ class Scheduler:
         to take it, is retried with backoff.
         """
         if resource.compute_innetwork:
-            await self._register_innetwork(inst, resource)
+            await self._register_innetwork(inst, resource, ptype)
             return
         assert inst.id is not None
         jid = job_id(self.settings, inst.id)
@@ -872,9 +897,11 @@ class Scheduler:
             (f"{inst.output_path}/{name}", size)
             for name, size in zip(report.files, report.sizes, strict=True)
         ]
-        await self._record_files(inst, files)
+        await self._record_files(inst, ptype, files)
 
-    async def _register_innetwork(self, inst: PluginInstance, resource: ComputeResource) -> None:
+    async def _register_innetwork(
+        self, inst: PluginInstance, resource: ComputeResource, ptype: PluginType
+    ) -> None:
         """Register the output an in-network job wrote into CUBE's storage (no transfer).
 
         Output the site did not list as safe, or that does not match CUBE's
@@ -905,10 +932,13 @@ class Scheduler:
             await self.storage.delete_tree(inst.output_path)
             await self._end(inst.id, S.FINISHED_WITH_ERROR, ErrorCode(exc.error_code), str(exc))
             return
-        await self._record_files(inst, files)
+        await self._record_files(inst, ptype, files)
 
-    async def _record_files(self, inst: PluginInstance, files: list[tuple[str, int]]) -> None:
-        """Register ``(fname, size)`` files of an instance in one bulk insert and end it."""
+    async def _record_files(
+        self, inst: PluginInstance, ptype: PluginType, files: list[tuple[str, int]]
+    ) -> None:
+        """Register ``(fname, size)`` files of an instance (of a ``ptype``
+        plugin) in one bulk insert and end it."""
         assert inst.id is not None
         succeeded = inst.job_status == JobStatus.FINISHED_SUCCESSFULLY.value
         final = S.FINISHED_SUCCESSFULLY if succeeded else S.FINISHED_WITH_ERROR
@@ -916,7 +946,7 @@ class Scheduler:
             # ts hook: CUBE joins the parents' outputs into a ts instance's (as ChRIS)
             try:
                 async with self.sessions() as s:
-                    joined = await topology.join_outputs(s, self.storage, inst)
+                    joined = await topology.join_outputs(s, self.storage, inst, ptype)
             except TsInputMissing as exc:
                 await self._end(
                     inst.id, S.FINISHED_WITH_ERROR, ErrorCode.TS_INPUT_MISSING, str(exc)
@@ -1024,11 +1054,21 @@ class Scheduler:
     # -- building the job ----------------------------------------------------
 
     async def _job_of(self, inst: PluginInstance) -> tuple[JobDescriptor, list[tuple[Path, str]]]:
+        """The job of an instance and its input files ``(path here, path in the job)``.
+
+        Raises _Ended when its plugin or owner is gone.
+        """
         assert inst.id is not None
         async with self.sessions() as s:
-            plugin, meta = await get_plugin(s, inst.plugin_id)
-            owner = await s.get(User, inst.owner_id)
-            assert owner is not None
+            found = (
+                await s.exec(
+                    self._job_read,
+                    params={"plugin": inst.plugin_id, "owner": inst.owner_id, "inst": inst.id},
+                )
+            ).first()
+            if found is None:
+                raise _Ended(f"plugin {inst.plugin_id} or user {inst.owner_id} no longer exists")
+            plugin, meta, owner, workflow_id, pipeline_id = found
             values = await svc.parameter_values(s, inst.id)
             entries: dict[str, Path] = {}
             args: list[str] = []
@@ -1053,13 +1093,12 @@ class Scheduler:
                 f"CHRIS_USER_EMAIL={owner.email}",
             ]
             if inst.previous_id is not None:
-                prev = await s.get(PluginInstance, inst.previous_id)
-                assert prev is not None
                 env += [
-                    f"CHRIS_PREV_PLG_INST_ID={prev.id}",
+                    f"CHRIS_PREV_PLG_INST_ID={inst.previous_id}",
                     f"CHRIS_PREV_JID={job_id(self.settings, inst.previous_id)}",
                 ]
-            env += await workflows.job_env(s, inst.id)
+            if workflow_id is not None:
+                env += await workflows.workflow_job_env(s, workflow_id, pipeline_id)
             # ts hook: what the job gets from its parents (ds: the previous output)
             for fname, arc in await topology.instance_inputs(s, inst):
                 entries.setdefault(arc, self.storage.local_path(fname))

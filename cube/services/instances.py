@@ -18,7 +18,7 @@ from chris_sdk.descriptor import (
     parse_memory_mib,
 )
 from chris_sdk.topology import parse_filters, parse_instance_ids
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import col, func, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -94,8 +94,12 @@ async def transition(
     result = await session.exec(stmt)  # type: ignore[call-overload]
     if result.rowcount != 1:
         return False
-    session.add(StatusChange(plugin_inst_id=inst_id, status=to.value, timestamp=now, note=note))
-    await session.flush()
+    # a plain INSERT: no ORM object to track (four of these per instance)
+    await session.exec(
+        insert(StatusChange).values(
+            plugin_inst_id=inst_id, status=to.value, timestamp=now, note=note
+        )
+    )
     return True
 
 
@@ -283,18 +287,20 @@ async def create_instance(
         feed = Feed(name=title or meta.name, owner_id=user.id)
         session.add(feed)
         await session.flush()
+        assert feed.id is not None
+        feed_id = feed.id
+        base = f"home/{user.username}/feeds/feed_{feed_id}"
     else:
-        feed_row = await session.get(Feed, previous.feed_id)
-        assert feed_row is not None
-        feed = feed_row
-    assert feed.id is not None and plugin.id is not None
+        feed_id = previous.feed_id
+        base = previous.output_path.removesuffix("/data")
+    assert plugin.id is not None
 
     inst = PluginInstance(
         title=title,
         status=S.CREATED.value,
         previous_id=previous.id if previous else None,
         plugin_id=plugin.id,
-        feed_id=feed.id,
+        feed_id=feed_id,
         owner_id=user.id,
         compute_resource_id=resource.id,
         compute_resource_pinned=bool(wanted),
@@ -305,31 +311,79 @@ async def create_instance(
         gpu_limit=limits["gpu_limit"],
     )
     session.add(inst)
+    # the row first, then its parents' status (see _enter_first_status)
     await session.flush()
     assert inst.id is not None
-    session.add(StatusChange(plugin_inst_id=inst.id, status=S.CREATED.value))
-    if previous is None:
-        owner = await session.get(User, feed.owner_id)
-        assert owner is not None
-        base = f"home/{owner.username}/feeds/feed_{feed.id}"
-    else:
-        base = previous.output_path.removesuffix("/data")
     inst.output_path = f"{base}/{meta.name}_{inst.id}/data"
-    for p, value in values:
-        assert p.id is not None
-        session.add(ParameterValue(plugin_inst_id=inst.id, plugin_param_id=p.id, value=value))
-    if ts_parents:
-        await topology.record_ts_parents(session, inst.id, [t.id for t in ts_parents if t.id])
-    await session.flush()
+    parent_ids = [t.id for t in ts_parents if t.id is not None]
+    if not parent_ids and previous is not None and previous.id is not None:
+        parent_ids_or_previous = [previous.id]
+    else:
+        parent_ids_or_previous = parent_ids
+    await _enter_first_status(session, inst, parent_ids_or_previous)
+    if values:
+        await session.exec(
+            insert(ParameterValue),
+            params=[
+                {"plugin_inst_id": inst.id, "plugin_param_id": p.id, "value": value}
+                for p, value in values
+            ],
+        )
+    if parent_ids:
+        await topology.record_ts_parents(session, inst.id, parent_ids)
     # the output folder gets its file browser id now, so the instance's
     # ``output_folder`` link (ChRIS v6) is there from the start
     await ensure_folder(session, inst.output_path)
     if previous is None:
         # and a new feed's folder, for the feed's ``folder`` link
         await ensure_folder(session, base)
-    await run_if_ready(session, inst, previous)
-    await session.refresh(inst)
     return inst
+
+
+async def _enter_first_status(
+    session: AsyncSession, inst: PluginInstance, parent_ids: list[int]
+) -> InstanceStatus:
+    """Schedule, park or cancel a new instance according to its parents (its
+    previous; every ``plugininstances`` parent of a ts instance), recording
+    ``created`` and that status.
+
+    The parents' status is read after the instance's row was written (the
+    caller flushed it), with their rows locked (see :func:`topology.parents_of`):
+    a parent ending meanwhile either committed before this read, and is seen
+    ended, or settles its waiting children after this transaction commits, and
+    sees this one (:func:`settle_waiting`). Reading it earlier left a child
+    ``waiting`` forever when its parent ended in between.
+
+    The status is set on the row itself, not through :func:`transition`: no
+    one else sees the row before this transaction commits, so there is no
+    change to race with; the caller's other changes to the row (its output
+    path) go out in the same UPDATE.
+    """
+    assert inst.id is not None
+    parents: list[PluginInstance] = []
+    if parent_ids:
+        # the row's pending changes wait for its status, to be one UPDATE
+        with session.no_autoflush:
+            parents = await topology.parents_of(session, inst, lock=True, ids=parent_ids)
+    target, note = topology.readiness(parents)
+    now = utcnow()
+    inst.status = target.value
+    if target is S.CANCELLED:
+        inst.error_message = note
+        inst.end_date = now
+    await session.exec(
+        insert(StatusChange),
+        params=[
+            {
+                "plugin_inst_id": inst.id,
+                "status": S.CREATED.value,
+                "timestamp": inst.creation_date,
+                "note": "",
+            },
+            {"plugin_inst_id": inst.id, "status": target.value, "timestamp": now, "note": note},
+        ],
+    )
+    return target
 
 
 async def _ts_parents(
@@ -404,27 +458,6 @@ def default_summary() -> dict[str, Any]:
             "return": {"status": False, "job_status": "", "job_logs": ""},
         },
     }
-
-
-async def run_if_ready(
-    session: AsyncSession, inst: PluginInstance, previous: PluginInstance | None
-) -> InstanceStatus:
-    """Schedule, park or cancel a ``created`` instance according to its parents
-    (its previous; every ``plugininstances`` parent for a ts instance).
-
-    The parents' status is read here, after the instance's row was written,
-    with their rows locked (see :func:`topology.parents_of`): a parent ending
-    meanwhile either committed before this read, and is seen ended, or
-    settles its waiting children after this transaction commits, and sees
-    this one (:func:`settle_waiting`). Reading it earlier left a child
-    ``waiting`` forever when its parent ended in between.
-    """
-    assert inst.id is not None
-    parents = await topology.parents_of(session, inst, lock=True) if previous is not None else []
-    target, note = topology.readiness(parents)
-    extra: dict[str, Any] = {"error_message": note} if target is S.CANCELLED else {}
-    await transition(session, inst.id, [S.CREATED], target, note=note, **extra)
-    return target
 
 
 async def finish(

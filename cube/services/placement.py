@@ -150,11 +150,14 @@ async def place(
         BadRequest: as :func:`choose_resource`.
     """
     resources = await plugin_resources(session, plugin_id)
-    loads = await _count(
-        session,
-        [r.id for r in resources if r.id is not None],
-        col(PluginInstance.status).in_(QUEUED_OR_RUNNING),
-    )
+    loads: dict[int, int] = {}
+    if len(resources) > 1 and not wanted:
+        # loads only rank several candidates (a count over the active instances)
+        loads = await _count(
+            session,
+            [r.id for r in resources if r.id is not None],
+            col(PluginInstance.status).in_(QUEUED_OR_RUNNING),
+        )
     return choose_resource(
         [Candidate(r, loads.get(r.id or 0, 0)) for r in resources],
         gpu_limit=gpu_limit,

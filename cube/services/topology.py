@@ -96,19 +96,27 @@ async def record_ts_parents(session: AsyncSession, inst_id: int, parent_ids: Seq
 
 
 async def parents_of(
-    session: AsyncSession, inst: PluginInstance, *, lock: bool = False
+    session: AsyncSession,
+    inst: PluginInstance,
+    *,
+    lock: bool = False,
+    ids: Sequence[int] | None = None,
 ) -> list[PluginInstance]:
     """Every instance ``inst`` waits for: its ts parents (in their order), else
     its previous (if any), with their current status.
+
+    ``ids``: those parents' ids, when the caller knows them (a new instance
+    has them at hand: no query for its ts parents).
 
     ``lock`` locks their rows (``FOR UPDATE``, PostgreSQL; SQLite's writer
     already holds the database lock), in id order so that two callers never
     wait on each other: a parent's end in flight is then waited for and seen.
     """
     assert inst.id is not None
-    ids = await ts_parent_ids(session, inst.id)
-    if not ids and inst.previous_id is not None:
-        ids = [inst.previous_id]
+    if ids is None:
+        ids = await ts_parent_ids(session, inst.id)
+        if not ids and inst.previous_id is not None:
+            ids = [inst.previous_id]
     if not ids:
         return []
     q = (
@@ -210,27 +218,32 @@ async def instance_inputs(session: AsyncSession, inst: PluginInstance) -> list[t
     output for a ds plugin, nothing for fs and ts plugins."""
     if inst.previous_id is None or await plugin_type(session, inst) is not PluginType.DS:
         return []
-    previous = await session.get(PluginInstance, inst.previous_id)
-    assert previous is not None
+    # the files with their instance's output path: one query
     rows = await session.exec(
-        select(StoredFile.fname).where(StoredFile.plugin_inst_id == previous.id)
+        select(StoredFile.fname, PluginInstance.output_path)
+        .join(PluginInstance, col(PluginInstance.id) == col(StoredFile.plugin_inst_id))
+        .where(StoredFile.plugin_inst_id == inst.previous_id)
     )
-    return [(f, f.removeprefix(previous.output_path + "/")) for f in rows.all()]
+    return [(f, f.removeprefix(out + "/")) for f, out in rows.all()]
 
 
 async def join_outputs(
-    session: AsyncSession, storage: Storage, inst: PluginInstance
+    session: AsyncSession,
+    storage: Storage,
+    inst: PluginInstance,
+    ptype: PluginType | None = None,
 ) -> list[tuple[str, int]]:
     """Join a succeeded ts instance's parent outputs into its output dir.
 
     Returns the joined files as ``(fname, size)`` (none for other plugin
-    types). Idempotent: a join redone after a crash replaces the same files.
+    types; ``ptype``, the type of its plugin when the caller knows it, saves
+    a query). Idempotent: a join redone after a crash replaces the same files.
 
     Raises:
         TsInputMissing: a parent instance or one of its files is gone (CODE05).
     """
     assert inst.id is not None
-    if await plugin_type(session, inst) is not PluginType.TS:
+    if (ptype or await plugin_type(session, inst)) is not PluginType.TS:
         return []
     options = await ts_options(session, inst.id)
     ids = await ts_parent_ids(session, inst.id)

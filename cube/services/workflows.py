@@ -243,21 +243,6 @@ async def workflow_of_instance(
     return None if row is None else (row[0], row[1])
 
 
-async def workflows_of_instances(
-    session: AsyncSession, inst_ids: list[int]
-) -> dict[int, tuple[Workflow, Pipeline]]:
-    """:func:`workflow_of_instance` for a page of instances, in one query."""
-    if not inst_ids:
-        return {}
-    rows = await session.exec(
-        select(WorkflowInstance.plugin_inst_id, Workflow, Pipeline)
-        .join(Workflow, col(WorkflowInstance.workflow_id) == col(Workflow.id))
-        .join(Pipeline, col(Pipeline.id) == col(Workflow.pipeline_id))
-        .where(col(WorkflowInstance.plugin_inst_id).in_(inst_ids))
-    )
-    return {inst_id: (w, p) for inst_id, w, p in rows.all()}
-
-
 async def job_env(session: AsyncSession, inst_id: int) -> list[str]:
     """The environment ChRIS gives the job of a workflow's instance (reference §1.7):
     ``CHRIS_WORKFLOW_ID``, ``CHRIS_PIPELINE_ID`` and ``CHRIS_WORKFLOW_PLG_INSTANCES``
@@ -266,11 +251,16 @@ async def job_env(session: AsyncSession, inst_id: int) -> list[str]:
     if found is None:
         return []
     workflow, pipeline = found
-    assert workflow.id is not None
-    rows = await session.exec(instances_query(workflow.id).order_by(col(PluginInstance.id)))
+    assert workflow.id is not None and pipeline.id is not None
+    return await workflow_job_env(session, workflow.id, pipeline.id)
+
+
+async def workflow_job_env(session: AsyncSession, workflow_id: int, pipeline_id: int) -> list[str]:
+    """:func:`job_env` of an instance of workflow ``workflow_id`` (of pipeline ``pipeline_id``)."""
+    rows = await session.exec(instances_query(workflow_id).order_by(col(PluginInstance.id)))
     members = ",".join(f"{i.title}:{i.id}" for i in rows.all())
     return [
-        f"CHRIS_WORKFLOW_ID={workflow.id}",
-        f"CHRIS_PIPELINE_ID={pipeline.id}",
+        f"CHRIS_WORKFLOW_ID={workflow_id}",
+        f"CHRIS_PIPELINE_ID={pipeline_id}",
         f"CHRIS_WORKFLOW_PLG_INSTANCES={members}",
     ]
