@@ -179,10 +179,11 @@ class ForkServer:
         if src == FORK_SERVER_FD:
             # dup2 onto itself would keep close-on-exec: move it out of the way
             src = extra = os.dup(src)
+        argv = fork_server_command(FORK_SERVER_FD)
         try:
             pid = os.posix_spawn(
-                sys.executable,
-                fork_server_command(FORK_SERVER_FD),
+                argv[0],
+                argv,
                 dict(os.environ),
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
