@@ -6,8 +6,14 @@ fork of that small interpreter costs well under a millisecond of CPU, where
 starting a new one per job costs about 18 ms. It is started lazily, at the
 first launch, with :func:`os.posix_spawn` in its own session and one end of
 a ``socketpair`` as descriptor :data:`FORK_SERVER_FD`; pman keeps the other
-end. A request is a state dir; the reply the runner's pid, start time and
-pidfd (:mod:`.local_runner` has the format). The fork server reaps its own
+end. Lazily rather than at backend start: a pman that runs no job (or runs
+another backend's) has no extra process; the first start is the same code
+path as the start after the fork server died, which is then exercised by
+every pman; and the app's start-up does not wait for an interpreter (the
+first job does, about 30 ms, in a worker thread).
+
+A request is a state dir; the reply the runner's pid, start time and pidfd
+(:mod:`.local_runner` has the format). The fork server reaps its own
 children and exits on EOF, so closing pman's end (or pman dying) ends it
 without touching the runners.
 
@@ -192,6 +198,8 @@ class ForkServer:
                     (os.POSIX_SPAWN_DUP2, src, FORK_SERVER_FD),
                 ],
                 setsid=True,
+                # from a worker thread: whatever its mask, the runners' starts with none blocked
+                setsigmask=(),
             )
         except OSError as exc:
             ours.close()

@@ -664,6 +664,7 @@ def _become_runner(sock: "Any", statedir: str, leader: int) -> "NoReturn":
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         os.setsid()
         os.close(leader)
         statedir = os.path.abspath(statedir)
