@@ -26,7 +26,7 @@ from pman.backends.local_runner import (
     process_start_time,
     write_atomic,
 )
-from pman.schema import JobInfo, JobSpec, JobStatus
+from pman.schema import JobId, JobInfo, JobSpec, JobStatus
 from pman.settings import PmanSettings
 from tests.pman.conftest import process_gone, python_spec, read_pid, wait_for
 
@@ -66,11 +66,12 @@ async def backend(make_settings: Callable[..., PmanSettings]) -> AsyncIterator[L
 
 async def finished(backend: LocalBackend, jid: str, limit: float = 30) -> JobInfo:
     """The job's info once it has ended, waited for like a long-poll (woken at its end)."""
+    job = JobId(jid)
     async with asyncio.timeout(limit):
-        info = await backend.info(jid)
+        info = await backend.info(job)
         while not info.status.is_terminal:
-            info = await backend.wait_for_change(jid, info.status, 10)
-    return await backend.info(jid)
+            info = await backend.wait_for_change(job, info.status, 10)
+    return await backend.info(job)
 
 
 def release(backend: LocalBackend, jid: str) -> None:
@@ -124,7 +125,7 @@ async def test_runners_are_forked_and_on_their_own(backend: LocalBackend) -> Non
     assert all("pidfd" in target for fd, target in fds.items() if fd > 2), fds
     assert os.readlink(f"/proc/{pid}/fd/1") == str(backend.jobs_dir / "own" / LOG_FILE)
     assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
-    assert (await backend.info("own")).status is JobStatus.STARTED
+    assert (await backend.info(JobId("own"))).status is JobStatus.STARTED
     release(backend, "own")
     info = await finished(backend, "own")
     assert info.status is JobStatus.FINISHED_SUCCESSFULLY
@@ -204,7 +205,7 @@ async def test_a_killed_fork_server_leaves_its_jobs_and_is_started_again(
     os.kill(server, signal.SIGKILL)
     await wait_for(lambda: process_gone(server))
     assert not process_gone(pid)
-    assert (await backend.info("k-1")).status is JobStatus.STARTED
+    assert (await backend.info(JobId("k-1"))).status is JobStatus.STARTED
     release(backend, "k-1")
     info = await finished(backend, "k-1")
     assert info.exit_code == 4  # recorded by the runner, watched through its pidfd
@@ -233,8 +234,8 @@ async def test_closed_backend_leaves_jobs_to_the_next_one(
     second = LocalBackend(settings)
     await second.start()
     try:
-        assert (await second.info("r-1")).status is JobStatus.STARTED
-        waiter = asyncio.create_task(second.wait_for_change("r-1", JobStatus.STARTED, 25))
+        assert (await second.info(JobId("r-1"))).status is JobStatus.STARTED
+        waiter = asyncio.create_task(second.wait_for_change(JobId("r-1"), JobStatus.STARTED, 25))
         done, _ = await asyncio.wait({waiter}, timeout=0.2)
         assert not done
         (settings.data_dir / "jobs" / "r-1" / "release").touch()
@@ -252,7 +253,7 @@ async def test_delete_right_after_start_stops_the_job(backend: LocalBackend) -> 
     # the runner's pid is a process group as soon as schedule returns
     await backend.schedule(sh_spec("d-1", GATED, "0"))
     pid = runner_pid(backend, "d-1")
-    await backend.remove("d-1")
+    await backend.remove(JobId("d-1"))
     await wait_for(lambda: process_gone(pid))
 
 
@@ -415,12 +416,12 @@ class TestRunnerIdentity:
         assert own is not None
         try:
             write_atomic(statedir / PID_FILE, f"{os.getpid()} {own - 1}\n")
-            info = await backend.info("reused")
+            info = await backend.info(JobId("reused"))
             assert info.status is JobStatus.FINISHED_WITH_ERROR
             assert info.message == "process lost"
             # with its start time it is taken for the runner
             write_atomic(statedir / PID_FILE, f"{os.getpid()} {own}\n")
-            assert (await backend.info("reused")).status is JobStatus.STARTED
+            assert (await backend.info(JobId("reused"))).status is JobStatus.STARTED
         finally:
             # the fixtures kill the process group of every pid file left: not ours
             (statedir / PID_FILE).unlink()
