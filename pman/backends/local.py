@@ -320,7 +320,8 @@ class LocalBackend(Backend):
 
     Refuses ``number_of_workers != 1`` and more GPUs than the host has (422);
     answers 503 while the GPUs asked for are taken. Needs Linux
-    (``posix_spawn`` with ``setsid``; pidfds when available).
+    (``posix_spawn`` with ``setsid``; pidfds when available, and with them
+    runners forked by the fork server, :mod:`pman.backends.local_forkserver`).
     """
 
     name: ClassVar[BackendName] = BackendName.LOCAL
