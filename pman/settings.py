@@ -84,6 +84,10 @@ class PmanSettings(BaseSettings):
     #: GPUs local jobs may be given (ids or UUIDs as CUDA_VISIBLE_DEVICES takes
     #: them, JSON list or comma-separated); unset: those ``nvidia-smi`` lists.
     local_gpus: Annotated[list[str] | None, NoDecode] = None
+    #: Fork local jobs' runners from one fork server per backend (a ready
+    #: ``python -I -S``) instead of starting an interpreter per job (about 18 ms
+    #: of CPU each); off, or where it cannot run, runners are spawned.
+    local_forkserver: bool = True
 
     #: Jobs running longer than this many seconds are killed (0: unlimited).
     max_run_seconds: float = Field(default=0, ge=0)

@@ -8,11 +8,26 @@ record of it, so a restarted pman finds every job again:
 ``job.nul``     the resolved argv and environment (:class:`~pman.backends.local_runner.RunnerJob`;
                 NUL-separated, so that the runner parses it without ``json``;
                 the ``job.json`` of older versions is still read)
-``pid``         the pid of the job's runner, also its process group id
+``pid``         the pid of the job's runner (also its process group id) and its
+                start time, which tells it from a later process with its pid
+                (``"<pid> <start time>"``; older versions wrote the pid only)
 ``logs``        stdout and stderr of the job (and of the runner)
 ``message``     why the job ended, when the runner knows more than the exit code
 ``exit_code``   written last, atomically: the job is over
 ==============  =================================================================
+
+How a job starts: pman writes ``spec.json`` and ``job.nul`` and asks its fork
+server (:mod:`pman.backends.local_forkserver`: one ``python -I -S`` per
+backend, started at the first job, with the runner module imported) for a
+runner; the fork server forks one, which leaves its session, sends its
+output to ``logs``, drops every inherited descriptor and runs the job
+(:mod:`pman.backends.local_runner`). pman gets the runner's pid, start time
+and a pidfd. A fork costs well under a millisecond of CPU where a new
+interpreter per job costs about 18 ms. Where the fork server cannot be used
+(``PMAN_LOCAL_FORKSERVER=false``, no pidfds, or it cannot be started even
+once again), the runner is spawned as a new interpreter with
+``posix_spawn``. Either way the runner is no child of pman, or outlives it,
+and records the outcome itself.
 
 Jobs run under :mod:`pman.backends.local_runner` in their own session, with
 ``incoming``/``outgoing`` as absolute paths under the storebase, the job's
@@ -52,8 +67,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from pman.backends import local_runner
+from pman.backends import local_forkserver, local_runner
 from pman.backends.base import Backend
+from pman.backends.local_forkserver import ForkServer, ForkServerError
 from pman.backends.local_runner import (
     EXIT_CODE_FILE,
     JOB_FILE,
@@ -61,6 +77,9 @@ from pman.backends.local_runner import (
     MESSAGE_FILE,
     PID_FILE,
     RunnerJob,
+    parse_pid,
+    pid_line,
+    process_start_time,
     read_job,
     write_atomic,
 )
@@ -229,21 +248,41 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def runner_alive(pid: int, statedir: Path) -> bool:
+def _read_pid(path: Path) -> tuple[int, int | None] | None:
+    """The pid and start time of a ``pid`` file (start time ``None`` in the
+    pid-only files of earlier versions); ``None`` when there is none (yet)."""
+    try:
+        return parse_pid(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+
+
+def runner_alive(pid: int, statedir: Path, start_time: int | None = None) -> bool:
     """Whether ``pid`` is the live (not zombie) runner of ``statedir``.
 
-    Checks the command line in ``/proc`` so that a reused pid is not mistaken
-    for the runner; without ``/proc`` it can only check that the pid exists.
+    A reused pid is not mistaken for the runner: with ``start_time`` (from
+    the ``pid`` file) the process must have started then; without it (the
+    pid files of earlier versions, whose runners were all spawned) its
+    command line in ``/proc`` must name ``statedir``. Without ``/proc`` it
+    can only check that the pid exists.
     """
     proc = Path("/proc") / str(pid)
     if Path("/proc/self").exists():
         try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_bytes()
         except OSError:
             return False
         # the state letter follows the parenthesised command name
-        if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):
+        fields = stat.rpartition(b")")[2].split()
+        if fields[:1] in ([b"Z"], [b"X"]):
+            return False
+        if start_time is not None:
+            return fields[19:20] == [str(start_time).encode()]
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
             return False
         return os.fsencode(statedir) in cmdline
     try:
@@ -256,7 +295,8 @@ def runner_alive(pid: int, statedir: Path) -> bool:
 
 
 def _reap(pid: int) -> None:
-    # our own runners must be reaped, or they stay zombies; others are not our children
+    # runners this pman spawned must be reaped, or they stay zombies; forked
+    # ones (the fork server reaps them) and older pmans' are not our children
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -268,6 +308,7 @@ class _State:
     spec: JobSpec
     argv: list[str]
     pid: int | None
+    start_time: int | None
     exit_code: int | None
     message: str
     timestamp: str
@@ -279,7 +320,8 @@ class LocalBackend(Backend):
 
     Refuses ``number_of_workers != 1`` and more GPUs than the host has (422);
     answers 503 while the GPUs asked for are taken. Needs Linux
-    (``posix_spawn`` with ``setsid``; pidfds when available).
+    (``posix_spawn`` with ``setsid``; pidfds when available, and with them
+    runners forked by the fork server, :mod:`pman.backends.local_forkserver`).
     """
 
     name: ClassVar[BackendName] = BackendName.LOCAL
@@ -293,6 +335,10 @@ class LocalBackend(Backend):
         self._pidfds: dict[JobId, int] = {}
         self._pollers: dict[JobId, asyncio.Task[None]] = {}
         self.gpus: list[str] = list(settings.local_gpus or [])
+        #: started at the first job (see :meth:`_launch`); None: runners are spawned
+        self._forkserver: ForkServer | None = (
+            ForkServer() if settings.local_forkserver and local_forkserver.supported() else None
+        )
         #: held while GPUs are chosen and the job claiming them is written
         self._gpu_lock = asyncio.Lock()
 
@@ -312,9 +358,9 @@ class LocalBackend(Backend):
         if self.settings.local_gpus is None:
             self.gpus = await asyncio.to_thread(detect_gpus)
         for jid in names:
-            pid = _read_int(self._dir(jid) / PID_FILE)
-            if pid is not None and not (self._dir(jid) / EXIT_CODE_FILE).exists():
-                self._watch(jid, pid)
+            found = _read_pid(self._dir(jid) / PID_FILE)
+            if found is not None and not (self._dir(jid) / EXIT_CODE_FILE).exists():
+                self._watch(jid, *found)
         log.info(
             "local backend: %d job(s) found in %s; GPUs: %s",
             len(names),
@@ -323,7 +369,10 @@ class LocalBackend(Backend):
         )
 
     async def close(self) -> None:
-        """Stop watching runners; the jobs keep running and are found by the next pman."""
+        """Stop watching runners and let the fork server go (it exits when its
+        socket closes); the jobs keep running and are found by the next pman."""
+        if self._forkserver is not None:
+            await asyncio.to_thread(self._forkserver.close)
         loop = asyncio.get_running_loop()
         for fd in self._pidfds.values():
             loop.remove_reader(fd)
@@ -406,8 +455,8 @@ class LocalBackend(Backend):
                 env = read_job(statedir).env
             except (OSError, ValueError):
                 continue  # being written or removed: its GPUs are not known yet
-            pid = _read_int(statedir / PID_FILE)
-            if pid is not None and not runner_alive(pid, statedir):
+            found = _read_pid(statedir / PID_FILE)
+            if found is not None and not runner_alive(found[0], statedir, found[1]):
                 continue
             used.update(g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g)
         return used
@@ -445,7 +494,7 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot create the state dir of {spec.jid!r}: {exc}") from exc
         self._starting.add(spec.jid)
         try:
-            pid = await asyncio.to_thread(
+            pid, start_time, pidfd = await asyncio.to_thread(
                 self._launch, spec, job_data, statedir, incoming, outgoing
             )
         except OSError as exc:
@@ -453,7 +502,7 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot start job {spec.jid!r}: {exc}") from exc
         finally:
             self._starting.discard(spec.jid)
-        self._watch(spec.jid, pid)
+        self._watch(spec.jid, pid, start_time, pidfd)
         self.notify(spec.jid)
         log.info("job %s started as pid %d: %s", spec.jid, pid, shlex.join(argv))
         return await self.info(spec.jid, logs=False)
@@ -497,9 +546,9 @@ class LocalBackend(Backend):
         statedir = self._dir(jid)
         if not statedir.is_dir():
             raise JobNotFound(f"no job {jid!r}")
-        pid = _read_int(statedir / PID_FILE)
-        if pid is not None and runner_alive(pid, statedir):
-            await self._terminate(jid, pid)
+        found = _read_pid(statedir / PID_FILE)
+        if found is not None and runner_alive(found[0], statedir, found[1]):
+            await self._terminate(jid, *found)
         self._unwatch(jid)
         try:
             await asyncio.to_thread(shutil.rmtree, statedir)
@@ -523,20 +572,51 @@ class LocalBackend(Backend):
 
     def _launch(
         self, spec: JobSpec, job_data: bytes, statedir: Path, incoming: Path, outgoing: Path
-    ) -> int:
+    ) -> tuple[int, int | None, int | None]:
         """Write the job's files (``job_data``: :meth:`RunnerJob.to_bytes`) and
-        spawn its runner; returns the runner's pid."""
+        start its runner: forked by the fork server, or spawned where that
+        cannot be used. Returns the runner's pid, start time and pidfd (the
+        caller owns it; ``None``: open one from the pid).
+
+        Raises:
+            OSError: nothing was started.
+        """
         incoming.mkdir(parents=True, exist_ok=True)
         outgoing.mkdir(parents=True, exist_ok=True)
         write_atomic(statedir / SPEC_FILE, spec.model_dump_json())
         write_atomic(statedir / JOB_FILE, job_data)
+        pidfd: int | None = None
+        try:
+            if self._forkserver is None:
+                raise ForkServerError("not used")
+            launched = self._forkserver.launch(statedir)
+        except ForkServerError:
+            pid = self._spawn_runner(statedir)
+            # not reaped before this (pman reaps it after its exit), so the pid is still its own
+            start_time = process_start_time(pid)
+        else:
+            pid, start_time, pidfd = launched.pid, launched.start_time, launched.pidfd
+        # the runner writes the same; writing it here as well closes the
+        # window in which the job runs but its state says "not started"
+        try:
+            write_atomic(statedir / PID_FILE, pid_line(pid, start_time))
+        except OSError as exc:  # the runner is started: it must not be reported otherwise
+            log.warning("job %s: cannot write the pid file of runner %d: %s", spec.jid, pid, exc)
+        return pid, start_time, pidfd
+
+    def _spawn_runner(self, statedir: Path) -> int:
+        """Start the runner of ``statedir`` as a new interpreter; returns its pid.
+
+        Raises:
+            OSError: it could not be started.
+        """
         logs = statedir / LOG_FILE
         # isolated, without site: the runner is one stdlib file (a tenth of the
         # start-up CPU of ``-m pman.backends.local_runner``, paid once per job)
         argv = [sys.executable, "-I", "-S", "-c", _RUNNER_CODE, str(statedir)]
         # posix_spawn leaves no Popen object behind, whose finaliser would warn
         # about (and reap) a runner that is meant to outlive this pman
-        pid = os.posix_spawn(
+        return os.posix_spawn(
             sys.executable,
             argv,
             dict(os.environ),  # the runner needs pman's interpreter setup; the job does not get it
@@ -547,10 +627,6 @@ class LocalBackend(Backend):
             ],
             setsid=True,
         )
-        # the runner writes its pid too; writing it here as well closes the
-        # window in which the job runs but its state says "not started"
-        write_atomic(statedir / PID_FILE, f"{pid}\n")
-        return pid
 
     def _read_state(self, jid: JobId) -> _State | None:
         """The job's state; ``None`` while its spec is not written yet.
@@ -572,8 +648,8 @@ class LocalBackend(Backend):
             argv = [*spec.entrypoint, *spec.args]
         exit_path = statedir / EXIT_CODE_FILE
         exit_code = _read_int(exit_path)
-        pid = _read_int(statedir / PID_FILE)
-        alive = exit_code is None and pid is not None and runner_alive(pid, statedir)
+        pid, start_time = _read_pid(statedir / PID_FILE) or (None, None)
+        alive = exit_code is None and pid is not None and runner_alive(pid, statedir, start_time)
         if exit_code is None and pid is not None and not alive:
             # the runner writes exit_code before it exits: re-read to close the race
             exit_code = _read_int(exit_path)
@@ -586,7 +662,7 @@ class LocalBackend(Backend):
             timestamp = _iso(stamp_file.stat().st_mtime)
         except FileNotFoundError:
             timestamp = _iso(statedir.stat().st_mtime)
-        return _State(spec, argv, pid, exit_code, message, timestamp, alive)
+        return _State(spec, argv, pid, start_time, exit_code, message, timestamp, alive)
 
     def _info(self, jid: JobId, logs: bool) -> JobInfo:
         if not self._dir(jid).is_dir():
@@ -634,20 +710,33 @@ class LocalBackend(Backend):
 
     # -- watching runners -------------------------------------------------------------
 
-    def _watch(self, jid: JobId, pid: int) -> None:
-        """Call :meth:`notify` for ``jid`` when runner ``pid`` exits."""
+    def _watch(
+        self, jid: JobId, pid: int, start_time: int | None = None, pidfd: int | None = None
+    ) -> None:
+        """Call :meth:`notify` for ``jid`` when runner ``pid`` exits.
+
+        ``pidfd``: one the fork server sent (taken over: closed here), else
+        one is opened from the pid, and checked against ``start_time``.
+        """
         self._unwatch(jid)
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            _reap(pid)
-            self.notify(jid)
-            return
-        except (AttributeError, OSError):
-            self._pollers[jid] = asyncio.create_task(self._poll_exit(jid, pid))
-            return
-        self._pidfds[jid] = fd
-        asyncio.get_running_loop().add_reader(fd, self._on_exit, jid, pid, fd)
+        if pidfd is None:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                _reap(pid)
+                self.notify(jid)
+                return
+            except (AttributeError, OSError):
+                self._pollers[jid] = asyncio.create_task(self._poll_exit(jid, pid, start_time))
+                return
+            # a pid from a pid file may have been reused since the runner ended
+            if not runner_alive(pid, self._dir(jid), start_time):
+                os.close(pidfd)
+                _reap(pid)
+                self.notify(jid)
+                return
+        self._pidfds[jid] = pidfd
+        asyncio.get_running_loop().add_reader(pidfd, self._on_exit, jid, pid, pidfd)
 
     def _on_exit(self, jid: JobId, pid: int, fd: int) -> None:
         asyncio.get_running_loop().remove_reader(fd)
@@ -657,9 +746,9 @@ class LocalBackend(Backend):
         _reap(pid)
         self.notify(jid)
 
-    async def _poll_exit(self, jid: JobId, pid: int) -> None:
+    async def _poll_exit(self, jid: JobId, pid: int, start_time: int | None) -> None:
         statedir = self._dir(jid)
-        while runner_alive(pid, statedir):
+        while runner_alive(pid, statedir, start_time):
             _reap(pid)
             await asyncio.sleep(FALLBACK_POLL_SECONDS)
         _reap(pid)
@@ -675,7 +764,7 @@ class LocalBackend(Backend):
         if task is not None:
             task.cancel()
 
-    async def _terminate(self, jid: JobId, pgid: int) -> None:
+    async def _terminate(self, jid: JobId, pgid: int, start_time: int | None) -> None:
         """Stop the job's process group (its runner's pid is the group id).
 
         SIGTERM, then up to ``kill_grace_seconds`` for the runner to record
@@ -690,10 +779,10 @@ class LocalBackend(Backend):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, sig)
             deadline = loop.time() + grace
-            while runner_alive(pgid, statedir) and loop.time() < deadline:
+            while runner_alive(pgid, statedir, start_time) and loop.time() < deadline:
                 _reap(pgid)
                 # a bounded wait for the runner to exit, not a status poll
                 await asyncio.sleep(0.02)
             _reap(pgid)
-        if runner_alive(pgid, statedir):
+        if runner_alive(pgid, statedir, start_time):
             log.warning("job %s: runner %d survived SIGKILL", jid, pgid)

@@ -1,15 +1,25 @@
-"""The supervisor process of one local job: ``python -I -S local_runner.py <statedir>``.
+"""The supervisor process of one local job, and the fork server that starts them.
 
-(pman runs it as ``python -I -S -c "...; from local_runner import main;
-main()" <statedir>``, with this directory on the path, so that the module
-comes from its cached bytecode rather than being compiled at every start.)
+A runner is started in one of two ways, both ending in :func:`run`'s steps:
 
-pman starts this runner (in a new session, with stdout and stderr appended
-to ``<statedir>/logs``) instead of the plugin itself, so that the job's
-outcome is recorded even when pman is not running: the runner
+* forked by the fork server (:func:`serve_forks`), the local backend's
+  default: one ``python -I -S`` process per pman backend, with this module
+  imported, that forks a ready runner for every job (a fork costs a fraction
+  of a millisecond; a new interpreter about 18 ms of CPU);
+* spawned as ``python -I -S local_runner.py <statedir>``, where the fork
+  server cannot be used (pman runs it as ``python -I -S -c "...; from
+  local_runner import main; main()" <statedir>``, with this directory on the
+  path, so that the module comes from its cached bytecode rather than being
+  compiled at every start).
+
+Either way the runner is in a new session (its pid is its process group id),
+with stdin from ``/dev/null``, stdout and stderr appended to
+``<statedir>/logs`` and no other descriptor of its parent, and it is not
+pman's child, so that the job's outcome is recorded even when pman is not
+running: the runner
 
 1. reads ``<statedir>/job.nul`` (:class:`RunnerJob`; see :meth:`RunnerJob.to_bytes`),
-2. writes its pid to ``<statedir>/pid``,
+2. writes its pid and start time to ``<statedir>/pid`` (:func:`pid_line`),
 3. runs the argv (a list; no shell) with the job's environment, in the
    state dir, with stdin from ``/dev/null`` and its output going to the logs
    it inherited, in the runner's process group,
@@ -21,12 +31,14 @@ pman reads those files; ``exit_code`` appearing means the job is over. An
 exit status from a signal is recorded as ``128 + signal``, as shells and
 Docker do.
 
-The runner starts once per job, so its start-up is kept to a few modules of
-the standard library that are built in or small: no ``json`` (``re`` and
-``enum`` with it), no ``subprocess`` (``threading``, ``selectors`` ...). The
-job is started with :func:`os.posix_spawn` (with a memory limit, which
-posix_spawn cannot set, with fork and exec) and waited for with
-:func:`os.waitpid`, or a pidfd and :func:`select.poll` when it has a time limit.
+Where runners are spawned, this module is imported once per job, so its
+start-up is kept to a few modules of the standard library that are built in
+or small: no ``json`` (``re`` and ``enum`` with it), no ``subprocess``
+(``threading``, ``selectors`` ...); what only the fork server needs
+(``socket``) is imported by it. The job is started with
+:func:`os.posix_spawn` (with a memory limit, which posix_spawn cannot set,
+with fork and exec) and waited for with :func:`os.waitpid`, or a pidfd and
+:func:`select.poll` when it has a time limit.
 """
 
 import os
@@ -40,7 +52,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal
     from types import FrameType
-    from typing import Any
+    from typing import Any, NoReturn
 else:
     try:
         # the built-in module under ``signal``, which only adds enums of the
@@ -408,17 +420,55 @@ class _Waiter:
             time.sleep(min(left, _FALLBACK_POLL_SECONDS))
 
 
-def run(statedir: "str | os.PathLike[str]") -> int:
-    """Run the job of ``statedir`` to its end and record the outcome; returns the exit code.
+def process_start_time(pid: "int | str" = "self") -> "int | None":
+    """When process ``pid`` started, in clock ticks after boot (field 22 of
+    ``/proc/<pid>/stat``); ``None`` without ``/proc`` or without that process.
+
+    With the pid it names a process for good: a pid is reused only by a
+    process that started later.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # the fields after the parenthesised command name (which may hold blanks)
+    # start with the state, field 3
+    try:
+        return int(stat.rpartition(b")")[2].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_line(pid: int, start_time: "int | None") -> str:
+    """The ``pid`` file's text: ``"<pid> <start time>\n"``, or ``"<pid>\n"``
+    where the start time is not known (no ``/proc``)."""
+    return f"{pid}\n" if start_time is None else f"{pid} {start_time}\n"
+
+
+def parse_pid(text: str) -> "tuple[int, int | None]":
+    """The pid and start time of a ``pid`` file (:func:`pid_line`); the start
+    time is ``None`` in the pid-only files of earlier versions.
 
     Raises:
-        OSError, ValueError: the state dir is unusable (nothing can be
-            recorded then; pman reports the job as lost).
+        ValueError: not a pid file.
     """
-    # absolute: the runner works in the state dir, the job's working directory
-    statedir = os.path.abspath(os.fspath(statedir))
+    fields = text.split()
+    if len(fields) not in (1, 2):
+        raise ValueError(f"not a pid file: {text!r}")
+    return int(fields[0]), int(fields[1]) if len(fields) == 2 else None
+
+
+def _claim(statedir: str) -> RunnerJob:
+    """Read the job of ``statedir`` (absolute) and record this process as its runner."""
     job = read_job(statedir)
-    write_atomic(os.path.join(statedir, PID_FILE), f"{os.getpid()}\n")
+    pid = os.getpid()
+    write_atomic(os.path.join(statedir, PID_FILE), pid_line(pid, process_start_time()))
+    return job
+
+
+def _supervise(statedir: str, job: RunnerJob) -> int:
+    """Run ``job`` (already claimed) to its end and record the outcome; returns the exit code."""
     os.chdir(statedir)
 
     terminating = False
@@ -462,6 +512,22 @@ def run(statedir: "str | os.PathLike[str]") -> int:
     return code
 
 
+def run(statedir: "str | os.PathLike[str]") -> int:
+    """Run the job of ``statedir`` to its end and record the outcome; returns the exit code.
+
+    Both ways a runner starts come here: spawned (:func:`main`) and forked
+    by the fork server (:func:`serve_forks`), which does the same two steps
+    with closing its inherited descriptors between them.
+
+    Raises:
+        OSError, ValueError: the state dir is unusable (nothing can be
+            recorded then; pman reports the job as lost).
+    """
+    # absolute: the runner works in the state dir, the job's working directory
+    statedir = os.path.abspath(os.fspath(statedir))
+    return _supervise(statedir, _claim(statedir))
+
+
 def main(argv: "list[str] | None" = None) -> None:
     """Entry point: ``python -I -S local_runner.py <statedir>`` (or ``-m``, or ``-c``
     importing this module and calling ``main()``)."""
@@ -470,6 +536,175 @@ def main(argv: "list[str] | None" = None) -> None:
         print(f"usage: python -I -S {__file__} <statedir>", file=sys.stderr)
         raise SystemExit(2)
     raise SystemExit(run(args[0]))
+
+
+# -- the fork server ------------------------------------------------------------
+
+#: Request: a state dir, NUL-terminated. Reply: ``"<pid> <start time>\n"``
+#: (``-`` for an unknown start time) with the runner's pidfd attached when
+#: there is one, or ``"E <errno>\n"`` when nothing could be forked.
+FORK_REQUEST_END = b"\0"
+#: The fork server's first message: it is running and listening.
+FORK_SERVER_READY = b"R"
+
+
+def serve_forks(fd: int) -> None:
+    """The fork server: fork a runner for every state dir that comes in on socket ``fd``.
+
+    Started once per pman backend (``python -I -S``, this module imported)
+    with one end of a socket pair; the runner of a job is then a fork of
+    this small, ready interpreter rather than a new one. Single-threaded, as
+    forking needs. Each runner (:func:`_become_runner`) is on its own from
+    the fork: its own session, the job's logs, none of our descriptors.
+    Exited runners are reaped here, woken by SIGCHLD; the server returns on
+    EOF (pman closed the socket or died), leaving its runners running.
+    """
+    # resource and select: the runners' job starts import them; done once here
+    import resource  # noqa: F401
+    import select
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    # a handler, so that SIGCHLD writes the wakeup fd and ends the poll; the
+    # reaping itself is done in the loop, never between a fork and its pidfd_open
+    signal.signal(signal.SIGCHLD, _ignore_signal)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    sock.sendall(FORK_SERVER_READY)
+    pending = b""
+    while True:
+        events = dict(poller.poll())
+        if wake_r in events:
+            while True:
+                try:
+                    if not os.read(wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+        _reap_children()
+        if sock.fileno() not in events:
+            continue
+        data = sock.recv(65536)
+        if not data:
+            return  # pman is gone: the runners go on without us
+        pending += data
+        while FORK_REQUEST_END in pending:
+            statedir, _, pending = pending.partition(FORK_REQUEST_END)
+            _fork_runner(sock, os.fsdecode(statedir))
+
+
+def _ignore_signal(_signum: int, _frame: "FrameType | None") -> None:
+    pass
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+
+
+def _fork_runner(sock: "Any", statedir: str) -> None:
+    """Fork the runner of ``statedir`` and reply with its pid, start time and pidfd."""
+    import socket
+
+    try:
+        # closed by the child once it has its own session: until then its
+        # pid is no process group, which is how pman stops a job
+        in_session, leader = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(in_session)
+            os.close(leader)
+            raise
+    except OSError as exc:
+        sock.sendall(f"E {exc.errno or 0}\n".encode())
+        return
+    if pid == 0:
+        _become_runner(sock, statedir, leader)
+    os.close(leader)
+    try:
+        while os.read(in_session, 1):  # EOF: setsid done, or the child died
+            pass
+    finally:
+        os.close(in_session)
+    # the child is not reaped before this (the loop reaps), so neither the
+    # pidfd nor the start time can be those of a process that reused its pid
+    pidfd: int | None = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pass
+    start_time = process_start_time(pid)
+    reply = f"{pid} {'-' if start_time is None else start_time}\n".encode()
+    try:
+        socket.send_fds(sock, [reply], [] if pidfd is None else [pidfd])
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _become_runner(sock: "Any", statedir: str, leader: int) -> "NoReturn":
+    """In a freshly forked child of the fork server: become the runner of
+    ``statedir`` as if spawned, run the job, and exit.
+
+    ``leader``: a pipe's write end, closed once this process leads its own session.
+    """
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        os.setsid()
+        os.close(leader)
+        statedir = os.path.abspath(statedir)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        logs = os.open(
+            os.path.join(statedir, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        os.dup2(logs, 1)
+        os.dup2(logs, 2)
+        os.close(logs)
+        job = _claim(statedir)
+        # only now, with the pid file written, is the fork server's socket
+        # closed: pman, seeing EOF on it after the fork server died before
+        # replying, knows from the pid file whether a runner was forked
+        sock.detach()
+        os.closerange(3, _max_fd())
+        code = _supervise(statedir, job)
+    except BaseException:
+        # as an uncaught exception ends a spawned runner: a traceback, exit 1
+        try:
+            sys.excepthook(*sys.exc_info())
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _max_fd() -> int:
+    # one close_range call on Linux whatever the bound; where Python has to
+    # close them one by one, the descriptor limit keeps the loop short
+    try:
+        return max(int(os.sysconf("SC_OPEN_MAX")), 256)
+    except (OSError, ValueError):
+        return 4096
 
 
 if __name__ == "__main__":

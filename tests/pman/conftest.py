@@ -91,7 +91,7 @@ def _kill_leftovers(data_dir: Path) -> None:
     # a failed test must not leave sleeping jobs behind
     for pid_file in data_dir.glob("jobs/*/pid"):
         with contextlib.suppress(ValueError, OSError):
-            os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+            os.killpg(read_pid(pid_file), signal.SIGKILL)
 
 
 @pytest.fixture
@@ -120,6 +120,11 @@ async def pman(make_settings: Callable[..., PmanSettings]) -> AsyncIterator[Pman
     settings = make_settings()
     async with running_pman(settings) as url, PmanClient(url) as client:
         yield Pman(url, client, settings)
+
+
+def read_pid(pid_file: Path) -> int:
+    """The runner's pid from a job's ``pid`` file (``"<pid> <start time>"``)."""
+    return int(pid_file.read_text().split()[0])
 
 
 def process_gone(pid: int) -> bool:

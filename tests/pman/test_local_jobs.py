@@ -30,6 +30,7 @@ from tests.pman.conftest import (
     Pman,
     process_gone,
     python_spec,
+    read_pid,
     running_pman,
     wait_for,
     wait_terminal,
@@ -336,7 +337,7 @@ async def test_restarted_pman_finds_finished_and_running_jobs(
         assert (await wait_terminal(client, "r-done")).exit_code == 5
         assert (await client.get("r-run")).status is JobStatus.STARTED
     # the first pman is gone; its jobs are not
-    pid = int((settings.data_dir / "jobs" / "r-sleep" / "pid").read_text())
+    pid = read_pid(settings.data_dir / "jobs" / "r-sleep" / "pid")
     assert not process_gone(pid)
 
     async with running_pman(settings) as url, PmanClient(url) as client:
@@ -361,7 +362,7 @@ async def test_restarted_pman_finds_finished_and_running_jobs(
 async def test_lost_process_is_reported(pman: Pman) -> None:
     spec = python_spec("lost-1", "import time; time.sleep(60)")
     await pman.client.schedule(spec)
-    pid = int((pman.settings.data_dir / "jobs" / spec.jid / "pid").read_text())
+    pid = read_pid(pman.settings.data_dir / "jobs" / spec.jid / "pid")
     # SIGKILL leaves the runner no chance to record an exit code
     os.killpg(pid, signal.SIGKILL)
     info = await wait_terminal(pman.client, spec.jid, limit=10)

@@ -136,11 +136,14 @@ def start_runner(statedir: Path, job: RunnerJob) -> subprocess.Popen[bytes]:
 def run_job(statedir: Path, job: RunnerJob, timeout: float = 30) -> int:
     """Run ``job`` under the runner to its end; the exit code it recorded."""
     runner = start_runner(statedir, job)
+    # not reaped before the wait: still its process (a zombie at worst)
+    start_time = local_runner.process_start_time(runner.pid)
+    assert start_time is not None
     # the runner exits with the code it recorded (killed with the job after SIGKILL)
     assert local_runner.exit_status(runner.wait(timeout)) == int(
         (statedir / EXIT_CODE_FILE).read_text()
     )
-    assert int((statedir / PID_FILE).read_text()) == runner.pid
+    assert (statedir / PID_FILE).read_text() == f"{runner.pid} {start_time}\n"
     return int((statedir / EXIT_CODE_FILE).read_text())
 
 
