@@ -499,7 +499,7 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
             for name, proc in stack.procs.items():
                 total = cpu_seconds(proc.pid) / n
                 own = cpu_seconds(proc.pid, children=False) / n
-                # pman's children are the jobs' runners and the plugins they run
+                # pman's descendants are the jobs' runners and the plugins they run
                 jobs = f" (its own {own:.3f}, its jobs {total - own:.3f})" if total > own else ""
                 print(f"  {name}: {total:.3f}{jobs}")
             # the client's requests (creating, then waiting on each) share the CPUs too
@@ -513,15 +513,41 @@ async def bench_stack(n: int, home: Path, max_jobs: int) -> tuple[int, float]:
 
 
 def cpu_seconds(pid: int, *, children: bool = True) -> float:
-    """CPU time of a process and (``children``) of its children it has waited
-    for (s; Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    """CPU time of a process (s; Linux) and, with ``children``, of its
+    descendants: those it has waited for, and its live children with theirs
+    (pman's fork server, which reaps the job runners it forks, lives until
+    pman stops)."""
+    fields = _stat(pid)
+    if fields is None:
         return math.nan
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    ticks = utime + stime + (cutime + cstime if children else 0)
+    ticks = utime + stime
+    if children:
+        ticks += cutime + cstime
+        for child in _children(pid):
+            child_fields = _stat(child)
+            if child_fields is not None:
+                ticks += sum(int(x) for x in child_fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """The live children of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and fields[1] == str(pid):
+                found.append(int(entry.name))
+    return found
 
 
 def calibrate() -> float:
