@@ -956,9 +956,11 @@ class Scheduler:
         summary = dict(inst.summary)
         summary["pullPath"] = {"status": True}
         async with self.sessions() as s:
-            await register_files(s, inst.id, inst.owner_id, files)
             message = "" if succeeded else _failure_message(inst.summary)
-            scheduled = await svc.finish(
+            # the end first: only the worker that ends the instance registers
+            # its files (after a lease was taken over, two may get here), so
+            # none are there to replace, and a cancelled one gets none
+            ended = await svc.transition(
                 s,
                 inst.id,
                 [S.REGISTERING_FILES],
@@ -967,6 +969,10 @@ class Scheduler:
                 summary=summary,
                 error_message=message,
             )
+            scheduled: list[int] = []
+            if ended:
+                await register_files(s, inst.id, inst.owner_id, files, replace=False)
+                scheduled = await svc.resolve_children(s, inst.id)
             await s.commit()
         await self._changed(inst.id, scheduled, inst.compute_resource_id)
 
@@ -1137,17 +1143,24 @@ class Scheduler:
 
 
 async def register_files(
-    session: AsyncSession, inst_id: int, owner_id: int, files: list[tuple[str, int]]
+    session: AsyncSession,
+    inst_id: int,
+    owner_id: int,
+    files: list[tuple[str, int]],
+    *,
+    replace: bool = True,
 ) -> None:
-    """Register an instance's output files ``(fname, size)``, replacing any before.
+    """Register an instance's output files ``(fname, size)``, replacing any
+    before (``replace``; a caller that knows there are none saves a DELETE).
 
     One executemany of plain rows (no ORM objects: ChRIS #521, per-file
     registration of large outputs took minutes); 10,000 files take well
-    under a second on SQLite and PostgreSQL. Idempotent, so a registration
-    interrupted by a crash is redone whole. The caller commits.
+    under a second on SQLite and PostgreSQL. Idempotent with ``replace``,
+    so a registration can be redone whole. The caller commits.
     """
     table = StoredFile.__table__  # type: ignore[attr-defined]
-    await session.exec(table.delete().where(table.c.plugin_inst_id == inst_id))
+    if replace:
+        await session.exec(table.delete().where(table.c.plugin_inst_id == inst_id))
     if not files:
         return
     now = utcnow()

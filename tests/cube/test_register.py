@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from chris_sdk.descriptor import PluginType
 from sqlmodel import col, func, select
 
 from cube.db.engine import SessionMaker, create_schema, make_engine, make_sessionmaker
@@ -25,7 +26,11 @@ from cube.db.models import (
     StoredFile,
     User,
 )
-from cube.scheduler import register_files
+from cube.scheduler import Scheduler, StatusHub, register_files
+from cube.schema import InstanceStatus
+from cube.services.instances import transition
+from cube.settings import CubeSettings
+from cube.storage import FilesystemStorage
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -112,3 +117,61 @@ async def test_ten_thousand_files_register_in_bulk(sessions: SessionMaker) -> No
             await s.exec(select(func.count()).where(StoredFile.plugin_inst_id == inst_id))
         ).one()
         assert count == 10
+
+
+async def test_only_the_worker_that_ends_an_instance_registers_its_files(
+    sessions: SessionMaker, tmp_path: Path
+) -> None:
+    """Two workers registering the same output (a lease taken over) leave one
+    set of files; an instance cancelled meanwhile gets none."""
+    scheduler = Scheduler(
+        CubeSettings(home=tmp_path), sessions, FilesystemStorage(tmp_path / "s"), StatusHub()
+    )
+    files = [(f"home/chris/feeds/feed_1/pl-a_1/data/f{i}", i) for i in range(5)]
+
+    inst_id, _ = await seed_instance(sessions)
+    async with sessions() as s:
+        inst = await s.get(PluginInstance, inst_id)
+        assert inst is not None
+        inst.job_status = "finishedSuccessfully"
+        await s.commit()
+    for _worker in range(2):
+        await scheduler._record_files(inst, PluginType.FS, files)
+    async with sessions() as s:
+        ended = await s.get(PluginInstance, inst_id)
+        assert ended is not None and ended.status == "finishedSuccessfully"
+        assert ended.size == sum(range(5))
+        count = (
+            await s.exec(select(func.count()).where(StoredFile.plugin_inst_id == inst_id))
+        ).one()
+        assert count == 5
+
+    async with sessions() as s:
+        cancelled = PluginInstance(
+            plugin_id=inst.plugin_id,
+            feed_id=inst.feed_id,
+            owner_id=inst.owner_id,
+            compute_resource_id=inst.compute_resource_id,
+            cpu_limit=1000,
+            memory_limit=200,
+            number_of_workers=1,
+            gpu_limit=0,
+            status="registeringFiles",
+            job_status="finishedSuccessfully",
+        )
+        s.add(cancelled)
+        await s.commit()
+        assert cancelled.id is not None
+        cancelled_id = cancelled.id
+        await transition(
+            s, cancelled_id, [InstanceStatus.REGISTERING_FILES], InstanceStatus.CANCELLED
+        )
+        await s.commit()
+    await scheduler._record_files(cancelled, PluginType.FS, files)
+    async with sessions() as s:
+        row = await s.get(PluginInstance, cancelled_id)
+        assert row is not None and row.status == "cancelled"
+        count = (
+            await s.exec(select(func.count()).where(StoredFile.plugin_inst_id == cancelled_id))
+        ).one()
+        assert count == 0
