@@ -41,6 +41,7 @@ sys.path[:0] = [str(ROOT)]
 from chris_sdk.descriptor import PluginType  # noqa: E402
 
 from pman.backends.local import LocalBackend  # noqa: E402
+from pman.backends.local_runner import reap_children  # noqa: E402
 from pman.schema import JobId, JobSpec, JobStatus  # noqa: E402
 from pman.settings import PmanSettings  # noqa: E402
 
@@ -72,17 +73,6 @@ def _cpu() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def _reap_all() -> None:
-    # whatever of this process's children has exited counts in RUSAGE_CHILDREN once reaped
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if not pid:
-            return
-
-
 async def run_mode(mode: str, jobs: int, workdir: Path) -> Result:
     """Start ``jobs`` ``/bin/true`` jobs in ``mode``; CPU and wall time from start to close."""
     base = Path(tempfile.mkdtemp(prefix="pman-bench-", dir=workdir))
@@ -92,7 +82,8 @@ async def run_mode(mode: str, jobs: int, workdir: Path) -> Result:
         local_gpus=[],
         local_forkserver=MODES[mode],
     )
-    _reap_all()
+    # this process's exited children count in RUSAGE_CHILDREN once reaped
+    reap_children()
     self0, children0 = _cpu()
     start = time.perf_counter()
     backend = LocalBackend(settings)
@@ -117,7 +108,7 @@ async def run_mode(mode: str, jobs: int, workdir: Path) -> Result:
                 raise SystemExit(f"{mode}: job {jid} ended {info.status}: {info.message}")
     finally:
         await backend.close()
-    _reap_all()
+    reap_children()
     wall = time.perf_counter() - start
     self1, children1 = _cpu()
     return Result(mode, jobs, wall, self1 - self0, children1 - children0)

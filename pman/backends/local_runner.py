@@ -587,7 +587,7 @@ def serve_forks(fd: int) -> None:
                         break
                 except BlockingIOError:
                     break
-        _reap_children()
+        reap_children()
         if sock.fileno() not in events:
             continue
         data = sock.recv(65536)
@@ -603,7 +603,8 @@ def _ignore_signal(_signum: int, _frame: "FrameType | None") -> None:
     pass
 
 
-def _reap_children() -> None:
+def reap_children() -> None:
+    """Reap every child of this process that has exited (none is waited for)."""
     while True:
         try:
             pid, _status = os.waitpid(-1, os.WNOHANG)

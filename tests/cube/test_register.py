@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chris_sdk.descriptor import PluginType
@@ -45,6 +46,24 @@ async def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     await engine.dispose()
 
 
+def registering_instance(
+    plugin_id: int, feed_id: int, owner_id: int, resource_id: int, **fields: Any
+) -> PluginInstance:
+    """An instance whose output is being registered."""
+    return PluginInstance(
+        plugin_id=plugin_id,
+        feed_id=feed_id,
+        owner_id=owner_id,
+        compute_resource_id=resource_id,
+        cpu_limit=1000,
+        memory_limit=200,
+        number_of_workers=1,
+        gpu_limit=0,
+        status="registeringFiles",
+        **fields,
+    )
+
+
 async def seed_instance(sessions: SessionMaker) -> tuple[int, int]:
     """One user, feed and instance; returns (instance id, owner id)."""
     async with sessions() as s:
@@ -65,17 +84,7 @@ async def seed_instance(sessions: SessionMaker) -> tuple[int, int]:
         s.add_all([plugin, feed])
         await s.flush()
         assert plugin.id and feed.id
-        inst = PluginInstance(
-            plugin_id=plugin.id,
-            feed_id=feed.id,
-            owner_id=user.id,
-            compute_resource_id=resource.id,
-            cpu_limit=1000,
-            memory_limit=200,
-            number_of_workers=1,
-            gpu_limit=0,
-            status="registeringFiles",
-        )
+        inst = registering_instance(plugin.id, feed.id, user.id, resource.id)
         s.add(inst)
         await s.commit()
         assert inst.id
@@ -147,16 +156,11 @@ async def test_only_the_worker_that_ends_an_instance_registers_its_files(
         assert count == 5
 
     async with sessions() as s:
-        cancelled = PluginInstance(
-            plugin_id=inst.plugin_id,
-            feed_id=inst.feed_id,
-            owner_id=inst.owner_id,
-            compute_resource_id=inst.compute_resource_id,
-            cpu_limit=1000,
-            memory_limit=200,
-            number_of_workers=1,
-            gpu_limit=0,
-            status="registeringFiles",
+        cancelled = registering_instance(
+            inst.plugin_id,
+            inst.feed_id,
+            inst.owner_id,
+            inst.compute_resource_id,
             job_status="finishedSuccessfully",
         )
         s.add(cancelled)
